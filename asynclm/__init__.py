@@ -1,0 +1,101 @@
+"""asynclm: async-native language-model programs on anyio (asyncio and trio).
+
+Every public coroutine has a ``.sync`` twin that runs it from any plain thread.
+Names are re-exported lazily so that ``import asynclm`` stays fast: the heavy
+dependencies (pydantic, the HTTP transport) load on first use of a name that needs them.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+# public name -> private module that defines it
+_EXPORTS: dict[str, str] = {
+    # runtime
+    "configure": "asynclm.runtime",
+    "context": "asynclm.runtime",
+    "settings": "asynclm.runtime",
+    "Settings": "asynclm.runtime",
+    "syncify": "asynclm.runtime",
+    "asyncify": "asynclm.runtime",
+    "sync_twin": "asynclm.runtime",
+    "Parallel": "asynclm.runtime",
+    "SyncInAsyncContextError": "asynclm.runtime",
+    # signatures
+    "Signature": "asynclm.signatures",
+    "InputField": "asynclm.signatures",
+    "OutputField": "asynclm.signatures",
+    "SignatureError": "asynclm.signatures",
+    "Example": "asynclm.signatures",
+    "Prediction": "asynclm.signatures",
+    "History": "asynclm.signatures",
+    # adapters
+    "Adapter": "asynclm.adapters",
+    "ChatAdapter": "asynclm.adapters",
+    "JSONAdapter": "asynclm.adapters",
+    "ParseError": "asynclm.adapters",
+    # lm
+    "LM": "asynclm.lm",
+    "LocalLM": "asynclm.lm",
+    "LMResponse": "asynclm.lm",
+    "Usage": "asynclm.lm",
+    "LMError": "asynclm.lm",
+    "RateLimitError": "asynclm.lm",
+    "AuthenticationError": "asynclm.lm",
+    "BadRequestError": "asynclm.lm",
+    "ContextWindowExceededError": "asynclm.lm",
+    "ServerError": "asynclm.lm",
+    "LMConnectionError": "asynclm.lm",
+    "LMTimeoutError": "asynclm.lm",
+    "track_usage": "asynclm.lm",
+    "inspect_history": "asynclm.lm",
+    # modules
+    "Module": "asynclm.modules",
+    "Predict": "asynclm.modules",
+    "ChainOfThought": "asynclm.modules",
+    "ReAct": "asynclm.modules",
+    "Tool": "asynclm.modules",
+    "BestOfN": "asynclm.modules",
+    "Refine": "asynclm.modules",
+    "MultiChainComparison": "asynclm.modules",
+    "streamify": "asynclm.modules",
+    "StreamChunk": "asynclm.modules",
+    "Callback": "asynclm.modules",
+    # evaluate / optimize
+    "Evaluate": "asynclm.evaluate",
+    "EvaluationResult": "asynclm.evaluate",
+    "LabeledFewShot": "asynclm.optimize",
+    "BootstrapFewShot": "asynclm.optimize",
+    "BootstrapFewShotWithRandomSearch": "asynclm.optimize",
+}
+
+__all__ = ["__version__", *sorted(_EXPORTS)]
+
+if TYPE_CHECKING:
+    from asynclm.runtime import (
+        Parallel,
+        Settings,
+        SyncInAsyncContextError,
+        asyncify,
+        configure,
+        context,
+        settings,
+        sync_twin,
+        syncify,
+    )
+
+
+def __getattr__(name: str) -> Any:
+    module_name = _EXPORTS.get(name)
+    if module_name is None:
+        raise AttributeError(f"module 'asynclm' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module_name), name)
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return list(__all__)

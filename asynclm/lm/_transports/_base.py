@@ -1,0 +1,61 @@
+"""The HTTP transport seam: everything the LM client needs from an HTTP library.
+
+The LM client speaks only this interface; concrete transports (our anyio HTTP/1.1 client, aiohttp,
+any httpx-compatible client a user brings) live beside it. One transport object per event loop,
+created inside it (``asynclm.runtime.loop_resource``) and closed with it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+class TransportError(Exception):
+    """A connection-level failure (refused, reset, closed mid-response, malformed HTTP)."""
+
+
+class TransportTimeout(TransportError, TimeoutError):
+    """A connect/read/write operation timed out (per operation; whole-call deadlines are the LM's)."""
+
+
+@dataclass
+class Response:
+    """A complete HTTP response. Header names are lower-cased."""
+
+    status: int
+    headers: Mapping[str, str] = field(default_factory=dict)
+    body: bytes = b""
+
+
+class StreamingResponse(Protocol):
+    """An HTTP response whose body is read incrementally (server-sent events)."""
+
+    status: int
+    headers: Mapping[str, str]
+
+    def aiter_bytes(self) -> AsyncIterator[bytes]: ...
+
+    async def aread(self) -> bytes: ...
+
+    async def aclose(self) -> None:
+        """Stop reading; the connection is closed (not returned to the pool) if the body is unread."""
+
+
+class Transport(Protocol):
+    async def post(
+        self, url: str, body: bytes, headers: Mapping[str, str], *, timeout: float | None = None
+    ) -> Response:
+        """POST ``body`` and return the whole response. Raises TransportError / TransportTimeout.
+
+        Cancelling the caller closes the connection (the server sees the disconnect)."""
+        ...
+
+    async def post_stream(
+        self, url: str, body: bytes, headers: Mapping[str, str], *, timeout: float | None = None
+    ) -> StreamingResponse:
+        """POST and return once the status line and headers are read; the caller must aclose()."""
+        ...
+
+    async def aclose(self) -> None: ...

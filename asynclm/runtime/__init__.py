@@ -1,0 +1,49 @@
+"""The concurrency runtime: settings and ``context()``, the ``.sync`` twin and its per-thread
+portals, ``asyncify``, ``Parallel``, per-loop resources and process-wide limits.
+
+Knows nothing about language models; every other layer builds on it.
+"""
+
+from ._limits import ConcurrencyLimiter, RateLimiter
+from ._parallel import Parallel, call_with_args, run_items
+from ._portal import PortalClosedError, shutdown_portals
+from ._progress import Progress
+from ._registry import loop_resource
+from ._settings import Settings, configure, context, current_settings, settings
+from ._sync import (
+    BoundSyncTwin,
+    SyncCallable,
+    SyncInAsyncContextError,
+    SyncTwin,
+    asyncify,
+    is_async_callable,
+    run_sync,
+    sync_twin,
+    syncify,
+)
+
+__all__ = [
+    "BoundSyncTwin",
+    "ConcurrencyLimiter",
+    "Parallel",
+    "PortalClosedError",
+    "Progress",
+    "RateLimiter",
+    "Settings",
+    "SyncCallable",
+    "SyncInAsyncContextError",
+    "SyncTwin",
+    "asyncify",
+    "call_with_args",
+    "configure",
+    "context",
+    "current_settings",
+    "is_async_callable",
+    "loop_resource",
+    "run_items",
+    "run_sync",
+    "settings",
+    "shutdown_portals",
+    "sync_twin",
+    "syncify",
+]

@@ -1,0 +1,80 @@
+"""The one seam where asyncio and trio differ: which loop runs in this thread, how to wake it.
+
+Everything else in asynclm goes through anyio; only these primitives need the native loop.
+"""
+
+from __future__ import annotations
+
+import sys
+from asyncio import _get_running_loop
+from collections.abc import Callable
+from typing import Any
+
+__all__ = [
+    "current_loop_key",
+    "current_waker",
+    "mark_async_library",
+    "running_loop_name",
+    "trio_host_token",
+]
+
+try:
+    import sniffio as _sniffio
+except ImportError:  # pragma: no cover - anyio then assumes asyncio
+    _sniffio = None  # type: ignore[assignment]
+
+
+def mark_async_library(name: str) -> None:
+    """Record in the *current* context which async library runs it.
+
+    A task spawned from a context copied in a plain thread (``.sync()``) lacks the marker that
+    AnyIO's backend detection reads; set it before spawning there.
+    """
+    if _sniffio is not None:
+        _sniffio.current_async_library_cvar.set(name)
+
+
+def running_loop_name() -> str | None:
+    """``"asyncio"`` or ``"trio"`` when an event loop is running in *this* thread, else ``None``."""
+    if _get_running_loop() is not None:
+        return "asyncio"
+    trio = sys.modules.get("trio")
+    if trio is not None and trio.lowlevel.in_trio_run():
+        return "trio"
+    return None
+
+
+def current_loop_key() -> Any:
+    """A hashable, weak-referenceable object identifying the running event loop (its run)."""
+    loop = _get_running_loop()
+    if loop is not None:
+        return loop
+    import trio
+
+    return trio.lowlevel.current_trio_token()
+
+
+def current_waker() -> Callable[[Callable[[], object]], object]:
+    """A function that schedules a callback on the running loop, callable from any thread.
+
+    Raises ``RuntimeError`` (asyncio) or ``trio.RunFinishedError`` once the loop has ended.
+    """
+    loop = _get_running_loop()
+    if loop is not None:
+        return loop.call_soon_threadsafe
+    import trio
+
+    return trio.lowlevel.current_trio_token().run_sync_soon
+
+
+def trio_host_token() -> Any:
+    """In a thread started by ``trio.to_thread`` (not through anyio): its host's token, else None."""
+    trio = sys.modules.get("trio")
+    if trio is None:
+        return None
+    try:
+        from trio._threads import PARENT_TASK_DATA
+
+        return PARENT_TASK_DATA.token
+    except (ImportError, AttributeError):
+        return None

@@ -1,0 +1,161 @@
+"""Process defaults and task-local overrides.
+
+Two layers, each an immutable value swapped atomically:
+
+* ``_defaults`` — one :class:`Settings` object for the process. :func:`configure` builds a new one
+  under a lock and swaps the reference, so it may be called from any thread or task, any number of
+  times; readers never see half of an update.
+* ``_overrides`` — a :class:`contextvars.ContextVar` holding the overrides of the enclosing
+  :func:`context` blocks. Context variables are copied into child tasks, into ``asyncify`` worker
+  threads and into ``.sync()`` portal calls, and nothing set there flows back to the caller.
+
+The effective settings are the defaults with the overrides applied on top, so a ``configure()``
+made after entering a ``context()`` block is still seen for the keys that block did not override.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import threading
+from collections.abc import Iterator, Mapping
+from contextvars import ContextVar
+from typing import Any
+
+__all__ = ["Settings", "configure", "context", "current_settings", "settings"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """One immutable snapshot of asynclm's settings.
+
+    Attributes:
+        lm: the default language model used by modules that have none set on them.
+        adapter: the default adapter (``None`` means the module's own default, ``ChatAdapter``).
+        backend: the event loop that ``.sync()`` portals run (``"asyncio"`` or ``"trio"``).
+        cache_dir: where persistent LM caches live (``None``: the user cache directory).
+        callbacks: callbacks notified of module, LM, adapter and tool events.
+        max_parse_retries: how many times a predictor re-asks the LM after an unparsable answer.
+        trace: whether module calls record their inputs and outputs in the task-local trace.
+    """
+
+    lm: Any = None
+    adapter: Any = None
+    backend: str = "asyncio"
+    cache_dir: str | None = None
+    callbacks: tuple[Any, ...] = ()
+    max_parse_retries: int = 1
+    trace: bool = True
+
+
+_FIELDS: frozenset[str] = frozenset(f.name for f in dataclasses.fields(Settings))
+_BACKENDS = ("asyncio", "trio")
+
+
+def _check(kwargs: Mapping[str, Any], what: str) -> dict[str, Any]:
+    unknown = sorted(set(kwargs) - _FIELDS)
+    if unknown:
+        raise TypeError(
+            f"{what}() got unknown setting(s) {', '.join(map(repr, unknown))}; "
+            f"known settings are: {', '.join(sorted(_FIELDS))}"
+        )
+    checked = dict(kwargs)
+    backend = checked.get("backend")
+    if backend is not None and backend not in _BACKENDS:
+        raise ValueError(f"{what}(backend={backend!r}): the backend must be one of {_BACKENDS}")
+    if "callbacks" in checked:
+        checked["callbacks"] = tuple(checked["callbacks"] or ())
+    return checked
+
+
+_lock = threading.Lock()
+_defaults = Settings()
+
+
+class _Layer:
+    """The overrides of the enclosing ``context()`` blocks, with the merged snapshot cached."""
+
+    __slots__ = ("_base", "_merged", "overrides")
+
+    def __init__(self, overrides: dict[str, Any]) -> None:
+        self.overrides = overrides
+        self._base: Settings | None = None
+        self._merged: Settings | None = None
+
+    def resolve(self, base: Settings) -> Settings:
+        # Benign race: two threads may both compute the same immutable merge.
+        if self._base is not base:
+            self._merged = dataclasses.replace(base, **self.overrides)
+            self._base = base
+        assert self._merged is not None
+        return self._merged
+
+
+_overrides: ContextVar[_Layer | None] = ContextVar("asynclm.settings", default=None)
+
+
+def current_settings() -> Settings:
+    """The effective settings in the calling task or thread (defaults + ``context()`` overrides)."""
+    layer = _overrides.get()
+    if layer is None:
+        return _defaults
+    return layer.resolve(_defaults)
+
+
+def configure(**settings: Any) -> None:
+    """Replace process-wide defaults for the given keys.
+
+    Callable from any thread or task, any number of times: there is no owner thread. The new
+    defaults are visible at once everywhere, except for keys overridden by an enclosing
+    :func:`context` block. Unknown keys raise :class:`TypeError` listing the known ones.
+    """
+    global _defaults
+    checked = _check(settings, "configure")
+    with _lock:
+        _defaults = dataclasses.replace(_defaults, **checked)
+
+
+@contextlib.contextmanager
+def context(**overrides: Any) -> Iterator[Settings]:
+    """Override settings for the enclosed block only: ``with asynclm.context(lm=other): ...``.
+
+    A plain (sync) context manager, usable in threads and in tasks alike. The overrides live in
+    a context variable: they are seen by child tasks, ``asyncify`` threads and ``.sync()`` calls
+    started inside the block, and never by sibling tasks or other threads. Blocks nest; the
+    previous overrides are restored on exit. Yields the effective settings inside the block.
+    """
+    checked = _check(overrides, "context")
+    parent = _overrides.get()
+    merged = {**parent.overrides, **checked} if parent is not None else checked
+    token = _overrides.set(_Layer(merged))
+    try:
+        yield current_settings()
+    finally:
+        _overrides.reset(token)
+
+
+class _SettingsView:
+    """Read-only view of the effective settings: ``asynclm.settings.lm``."""
+
+    __slots__ = ()
+
+    def __getattr__(self, name: str) -> Any:
+        if name not in _FIELDS:
+            raise AttributeError(f"unknown setting {name!r}; known settings are: {', '.join(sorted(_FIELDS))}")
+        return getattr(current_settings(), name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(
+            "asynclm.settings is read-only: use asynclm.configure(...) for process defaults "
+            "or `with asynclm.context(...)` for a block"
+        )
+
+    def snapshot(self) -> Settings:
+        """The complete effective :class:`Settings` object (one consistent snapshot)."""
+        return current_settings()
+
+    def __repr__(self) -> str:
+        return f"<asynclm.settings {current_settings()!r}>"
+
+
+settings = _SettingsView()
