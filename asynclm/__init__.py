@@ -74,8 +74,8 @@ _EXPORTS: dict[str, str] = {
 
 __all__ = ["__version__", *sorted(_EXPORTS)]
 
-if TYPE_CHECKING:
-    from asynclm.runtime import (
+if TYPE_CHECKING:  # static checkers see the real names; at run time they load lazily
+    from asynclm.runtime import (  # noqa: F401
         Parallel,
         Settings,
         SyncInAsyncContextError,

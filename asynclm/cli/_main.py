@@ -10,18 +10,18 @@ import time
 def _demo(args: argparse.Namespace) -> int:
     import anyio
 
-    import asynclm as alm
+    from asynclm.runtime import Parallel, context, settings
 
     async def work(i: int) -> str:
         await anyio.sleep(0.05)
-        return f"{i}:{alm.settings.backend}"
+        return f"{i}:{settings.backend}"
 
     for backend in ("asyncio", "trio"):
-        with alm.context(backend=backend):
+        with context(backend=backend):
             start = time.perf_counter()
-            results = alm.Parallel(concurrency=args.concurrency).sync([(work, (i,)) for i in range(args.n)])
+            results = Parallel(concurrency=args.concurrency).sync([(work, (i,)) for i in range(args.n)])
             took = time.perf_counter() - start
-        print(f"{backend:>8}: {len(results)} items of 50 ms at concurrency {args.concurrency} in {took:.2f} s")
+        print(f"{backend:>8}: {len(results)} items of 50 ms, concurrency {args.concurrency}: {took:.2f} s")
     return 0
 
 

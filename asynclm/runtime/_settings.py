@@ -141,7 +141,8 @@ class _SettingsView:
 
     def __getattr__(self, name: str) -> Any:
         if name not in _FIELDS:
-            raise AttributeError(f"unknown setting {name!r}; known settings are: {', '.join(sorted(_FIELDS))}")
+            known = ", ".join(sorted(_FIELDS))
+            raise AttributeError(f"unknown setting {name!r}; known settings are: {known}")
         return getattr(current_settings(), name)
 
     def __setattr__(self, name: str, value: Any) -> None:

@@ -87,7 +87,8 @@ def _run_sync(
 
     host_token = getattr(_anyio_threadlocals, "current_token", None)
     if host_token is not None:  # AnyIO worker thread: run on the host loop
-        return anyio.from_thread.run(_call_in_context, ctx, fn, args, kwargs, timeout, token=host_token)
+        hosted: R = anyio.from_thread.run(_call_in_context, ctx, fn, args, kwargs, timeout, token=host_token)
+        return hosted
     trio_token = trio_host_token()
     if trio_token is not None:  # trio.to_thread worker thread
         import trio
@@ -268,7 +269,7 @@ class SyncCallable:
 
     def sync(self, *args: Any, **kwargs: Any) -> Any:
         """Run ``await self(*args, **kwargs)`` to completion from synchronous code."""
-        return _run_sync(self.__call__, args, kwargs, None)  # type: ignore[attr-defined]
+        return _run_sync(self.__call__, args, kwargs, None)  # type: ignore[operator]
 
 
 def is_async_callable(obj: Any) -> bool:
@@ -279,5 +280,6 @@ def is_async_callable(obj: Any) -> bool:
         obj = obj.func
     if inspect.iscoroutinefunction(obj):
         return True
-    call = getattr(type(obj), "__call__", None)
-    return call is not None and inspect.iscoroutinefunction(call)
+    return inspect.iscoroutinefunction(type(obj).__dict__.get("__call__")) or any(
+        inspect.iscoroutinefunction(klass.__dict__.get("__call__")) for klass in type(obj).__mro__[1:-1]
+    )
