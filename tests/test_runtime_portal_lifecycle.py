@@ -1,0 +1,225 @@
+"""Portal lifetime: owner exit (watchdog), interpreter exit (atexit), fork, KeyboardInterrupt."""
+
+from __future__ import annotations
+
+import _thread
+import dataclasses
+import multiprocessing
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import warnings
+from collections.abc import Iterator
+from typing import Any
+
+import anyio
+import pytest
+import sniffio
+
+from asynclm.runtime import Settings, configure, current_settings, shutdown_portals, sync_twin
+
+pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX process model")
+
+
+@pytest.fixture(autouse=True)
+def _restore_defaults() -> Iterator[None]:
+    before = current_settings()
+    yield
+    configure(**{f.name: getattr(before, f.name) for f in dataclasses.fields(Settings)})
+
+
+@pytest.fixture(params=["asyncio", "trio"])
+def portal_backend(request: pytest.FixtureRequest) -> str:
+    configure(backend=request.param)
+    return str(request.param)
+
+
+@sync_twin
+async def identify() -> tuple[int, str]:
+    await anyio.lowlevel.checkpoint()
+    return threading.get_ident(), sniffio.current_async_library()
+
+
+def _portal_threads() -> set[threading.Thread]:
+    return {t for t in threading.enumerate() if t.name.startswith("asynclm-portal")}
+
+
+def _wait_until(predicate: Any, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return bool(predicate())
+
+
+# -- owner exit --------------------------------------------------------------------------------
+
+
+def test_portal_stops_after_its_owner_thread_exits(portal_backend: str) -> None:
+    seen: list[int] = []
+    owner = threading.Thread(target=lambda: seen.append(identify.sync()[0]))
+    owner.start()
+    owner.join()
+    (portal_ident,) = seen
+    portal = next((t for t in _portal_threads() if t.ident == portal_ident), None)
+    if portal is not None:  # already gone is fine too
+        portal.join(2.0)
+        assert not portal.is_alive()
+
+
+def test_200_short_lived_threads_leak_no_portal(portal_backend: str) -> None:
+    identify.sync()  # the main thread's portal belongs to the baseline
+    baseline_portals = _portal_threads()
+    baseline = threading.active_count()
+    results: list[str] = []
+    errors: list[BaseException] = []
+
+    def short_lived() -> None:
+        try:
+            results.append(identify.sync()[1])
+            results.append(identify.sync()[1])
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=short_lived) for _ in range(200)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert results == [portal_backend] * 400
+    time.sleep(2.0)
+    assert _portal_threads() <= baseline_portals
+    assert threading.active_count() <= baseline
+
+
+def test_shutdown_portals_then_sync_again_starts_a_new_portal(portal_backend: str) -> None:
+    @sync_twin
+    async def portal_thread() -> threading.Thread:
+        return threading.current_thread()
+
+    first = portal_thread.sync()
+    shutdown_portals()
+    assert not first.is_alive()
+    second = portal_thread.sync()  # thread idents may be reused: compare Thread objects
+    assert second is not first
+    assert second.is_alive()
+    assert identify.sync()[1] == portal_backend
+
+
+# -- KeyboardInterrupt ------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(threading.current_thread() is not threading.main_thread(), reason="needs the main thread")
+def test_keyboard_interrupt_during_sync_cancels_the_coroutine(portal_backend: str) -> None:
+    state: dict[str, Any] = {}
+    started = threading.Event()
+
+    @sync_twin
+    async def slow() -> None:
+        try:
+            started.set()
+            await anyio.sleep(30)
+            state["completed"] = True
+        finally:
+            state["finally"] = sniffio.current_async_library()
+
+    def interrupt() -> None:
+        if started.wait(10):
+            _thread.interrupt_main()
+
+    timer = threading.Thread(target=interrupt)
+    timer.start()
+    t0 = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        slow.sync()
+    timer.join()
+    assert state == {"finally": portal_backend}  # finally ran, before .sync() returned
+    assert time.monotonic() - t0 < 10
+    assert identify.sync()[1] == portal_backend  # the portal is still usable
+
+
+# -- fork ----------------------------------------------------------------------------------------
+
+
+def _child_calls_sync(queue: Any, backend: str) -> None:
+    configure(backend=backend)
+    queue.put(identify.sync())
+    queue.put(identify.sync())
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_forked_child_can_call_sync(portal_backend: str) -> None:
+    parent_portal, _ = identify.sync()  # the parent has a live portal before forking
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # 3.12+: fork of a threaded process
+        child = ctx.Process(target=_child_calls_sync, args=(queue, portal_backend))
+        child.start()
+    try:
+        first = queue.get(timeout=20)
+        second = queue.get(timeout=20)
+    finally:
+        child.join(20)
+    assert child.exitcode == 0
+    assert first[1] == second[1] == portal_backend
+    assert first[0] == second[0]  # the child reuses its own new portal
+    assert identify.sync()[0] == parent_portal  # the parent's portal is unaffected
+
+
+# -- interpreter exit ------------------------------------------------------------------------------
+
+_AT_EXIT_SCRIPT = textwrap.dedent(
+    """
+    import sys, threading
+    import anyio
+    from asynclm.runtime import configure, loop_resource, sync_twin
+
+    configure(backend=sys.argv[1])
+    started = threading.Event()
+
+    class Resource:
+        async def aclose(self):
+            print("resource closed", flush=True)
+
+    @sync_twin
+    async def pending_forever():
+        loop_resource("test-resource", Resource, Resource.aclose)
+        try:
+            started.set()
+            await anyio.sleep(60)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await anyio.sleep(0.01)  # async cleanup still works at exit
+            print("finally ran", flush=True)
+
+    def caller():
+        try:
+            pending_forever.sync()
+        except BaseException as exc:
+            print("caller got", type(exc).__name__, flush=True)
+
+    # A daemon thread's .sync() call is still running when the main thread ends.
+    threading.Thread(target=caller, daemon=True).start()
+    assert started.wait(10)
+    print("main exiting", flush=True)
+    """
+)
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_pending_portal_call_runs_its_finally_at_interpreter_exit(backend: str) -> None:
+    t0 = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-c", _AT_EXIT_SCRIPT, backend], capture_output=True, text=True, timeout=30
+    )
+    elapsed = time.monotonic() - t0
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[:3] == ["main exiting", "finally ran", "resource closed"], (proc.stdout, proc.stderr)
+    assert elapsed < 20  # the exit did not wait for the 60 s sleep
