@@ -14,6 +14,18 @@ from ._sync import SyncCallable, asyncify, is_async_callable
 __all__ = ["Parallel", "call_with_args"]
 
 
+def _args_error(args: Any, index: int | None) -> TypeError:
+    where = f"item {index}: " if index is not None else ""
+    return TypeError(
+        f"Parallel {where}arguments must be a dict (keyword arguments), a tuple (positional "
+        f"arguments) or an Example; got {type(args).__name__}. Wrap a single argument as (value,)."
+    )
+
+
+def _valid_args(args: Any) -> bool:
+    return isinstance(args, (Mapping, tuple)) or callable(getattr(args, "inputs", None))
+
+
 def call_with_args(fn: Callable[..., Any], args: Any, index: int | None = None) -> Any:
     """Call ``fn`` with ``args`` spread the Parallel way: dict -> keywords, tuple -> positional,
     an object with ``.inputs()`` (an ``Example``) -> its inputs as keywords."""
@@ -24,11 +36,7 @@ def call_with_args(fn: Callable[..., Any], args: Any, index: int | None = None) 
     inputs = getattr(args, "inputs", None)
     if callable(inputs):
         return fn(**dict(inputs()))
-    where = f"item {index}: " if index is not None else ""
-    raise TypeError(
-        f"Parallel {where}arguments must be a dict (keyword arguments), a tuple (positional "
-        f"arguments) or an Example; got {type(args).__name__}. Wrap a single argument as (value,)."
-    )
+    raise _args_error(args, index)
 
 
 class Parallel(SyncCallable):
@@ -88,6 +96,10 @@ class Parallel(SyncCallable):
                 raise TypeError(
                     f"Parallel item {i} must be a (callable, arguments) pair; got {type(pair).__name__}"
                 )
+            if not _valid_args(pair[1]):
+                # A malformed batch is a caller bug: fail before running anything, whatever
+                # max_errors / return_exceptions say (they are for failures of the items).
+                raise _args_error(pair[1], i)
         return await run_items(
             items,
             concurrency=self.concurrency,
