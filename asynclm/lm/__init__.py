@@ -1,0 +1,57 @@
+"""The LM client: an OpenAI-compatible chat-completions client with retries, a total deadline,
+process-wide concurrency/rate limits, a persistent cache with single-flight, usage tracking,
+history and streaming. See ``docs/lm.md``.
+
+Errors (all subclasses of :class:`LMError`)::
+
+    LMError
+    ├── RateLimitError               429, after the retries
+    ├── AuthenticationError          401/403, or no API key
+    ├── BadRequestError              400/404/422 and other 4xx
+    │   └── ContextWindowExceededError
+    ├── ServerError                  5xx/409 or a malformed response, after the retries
+    ├── LMConnectionError            refused/reset/truncated, after the retries
+    └── LMTimeoutError               the call's deadline (also a TimeoutError), or 408
+"""
+
+from ._client import LM
+from ._errors import (
+    AuthenticationError,
+    BadRequestError,
+    ContextWindowExceededError,
+    LMConnectionError,
+    LMError,
+    LMTimeoutError,
+    RateLimitError,
+    ServerError,
+)
+from ._history import inspect_history
+from ._models import LMResponse, StreamDelta, Usage
+from ._usage import UsageTracker, track_usage
+
+__all__ = [
+    "LM",
+    "AuthenticationError",
+    "BadRequestError",
+    "ContextWindowExceededError",
+    "LMConnectionError",
+    "LMError",
+    "LMResponse",
+    "LMTimeoutError",
+    "RateLimitError",
+    "ServerError",
+    "StreamDelta",
+    "Usage",
+    "UsageTracker",
+    "inspect_history",
+    "track_usage",
+]
+
+
+def __getattr__(name: str) -> object:
+    if name == "LocalLM":
+        raise ImportError(
+            "asynclm.LocalLM (the embedded local model) is not available in this build; it needs "
+            "`pip install asynclm[local]` and the local-model module"
+        )
+    raise AttributeError(f"module 'asynclm.lm' has no attribute {name!r}")

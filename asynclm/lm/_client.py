@@ -1,0 +1,696 @@
+"""``LM``: an OpenAI-compatible chat-completions client.
+
+One ``LM`` object may be used from any number of tasks, threads, ``.sync()`` portals and event
+loops (asyncio and trio) at once:
+
+* per-event-loop state (the HTTP transport and its connections) is looked up on each call
+  through the transport registry, so nothing loop-bound is stored on the object;
+* process-wide state (limits, cache, history, usage trackers) is thread-safe.
+
+The per-call path is kept lean (no validation layer, no copies): one ``json.dumps`` of the body,
+one ``json.loads`` of the response, a dict lookup for the loop's transport.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import AsyncGenerator, Callable, Mapping
+from typing import Any
+
+import anyio
+
+from asynclm.runtime import ConcurrencyLimiter, RateLimiter, SyncCallable, current_settings
+
+from ._cache import cache_key, disk_cache, flights, memory_cache
+from ._errors import (
+    AuthenticationError,
+    LMConnectionError,
+    LMError,
+    LMTimeoutError,
+    ServerError,
+    error_for_status,
+)
+from ._history import global_history
+from ._models import LMResponse, StreamDelta, Usage
+from ._retry import backoff_delay, is_retryable_status, parse_retry_after
+from ._stream import SSEDecoder
+from ._transports import TransportError, TransportTimeout, get_transport
+from ._usage import record_usage
+
+__all__ = ["LM"]
+
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
+HISTORY_SIZE = 100
+# tokens reserved against ``tpm`` for the completion when the call sets no max_tokens
+DEFAULT_COMPLETION_ESTIMATE = 512
+
+_UNSET: Any = object()
+_dumps = json.dumps
+_loads = json.loads
+
+
+
+class _Secret:
+    """Holds the API key; its repr never shows it (so neither does the LM's ``vars()``)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: str | None) -> None:
+        self.value = value
+
+    def __repr__(self) -> str:
+        return "'***'" if self.value else "None"
+
+    def __deepcopy__(self, memo: Any) -> _Secret:
+        return self
+
+
+class _Attempts:
+    """How a call's retries went, for the message of a deadline error."""
+
+    __slots__ = ("count", "last_error")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.last_error: BaseException | None = None
+
+
+def _clone(error: BaseException) -> BaseException:
+    """A copy of a shared error to raise in another task (tracebacks must not be shared)."""
+    try:
+        clone = copy.copy(error)
+    except Exception:
+        return error
+    clone.__traceback__ = None
+    return clone
+
+
+def _shareable(error: BaseException) -> bool:
+    # A server's verdict on the request is shared with identical waiting calls; a leader's own
+    # deadline is not (the waiters have their own).
+    return isinstance(error, LMError) and not (isinstance(error, LMTimeoutError) and error.status is None)
+
+
+class LM(SyncCallable):
+    """A chat-completions client for any OpenAI-compatible server.
+
+    ``resp = await lm("a prompt")`` or ``await lm(messages=[...], temperature=0.2, n=2)``;
+    ``lm.sync(...)`` from synchronous code; ``async for delta in lm.stream(...)`` to stream.
+
+    Args:
+        model: ``"openai/<model>"`` (any OpenAI-compatible server; ``<model>`` is sent as is and may
+            itself contain ``/``) or a bare ``"<model>"`` without ``/``.
+        base_url: the server's API root, ending in ``/v1`` (default OpenAI's).
+        api_key: the bearer token (default ``$OPENAI_API_KEY``). Never shown in ``repr``, history,
+            cache files or error messages.
+        temperature, max_tokens: default request parameters (omitted from the request when ``None``).
+        cache: ``True`` (memory + SQLite file under ``asynclm.configure(cache_dir=...)``),
+            ``"memory"`` (this process only) or ``False``. Overridable per call.
+        max_retries: retries after the first attempt for 408/409/429/5xx, connection errors,
+            per-operation timeouts and malformed responses.
+        timeout: the total deadline of one call in seconds, retries and limiter waits included
+            (``None``: none); overridable per call. Raises :class:`LMTimeoutError`.
+        max_concurrency: the most requests of this LM in flight at once, process-wide.
+        rpm, tpm: requests / tokens per minute, process-wide, enforced smoothly (burst = one
+            second's worth, at least one request).
+        http_client_factory: a zero-argument callable returning an httpx-compatible async client,
+            called once per event loop (proxies, mTLS, custom CAs).
+        **default_params: any other chat-completions parameter sent with every call
+            (``top_p``, ``stop``, ``response_format``, ``seed``…).
+
+    Per-call keyword arguments are request parameters too, except ``cache``, ``timeout`` and
+    ``rollout_id`` (a cache-key component to get distinct samples of one request; never sent).
+
+    Attributes:
+        history: the last 100 calls of this LM (JSON-able dicts), oldest first.
+        backoff_base, backoff_max: the exponential backoff between retries (seconds; default 0.5
+            doubling up to 8, jittered), used when the server sends no ``Retry-After``.
+    """
+
+    def __init__(
+        self,
+        model: str,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        temperature: float | None = None,
+        max_tokens: int | None = None,
+        cache: bool | str = True,
+        max_retries: int = 3,
+        timeout: float | None = 600,
+        max_concurrency: int | None = None,
+        rpm: float | None = None,
+        tpm: float | None = None,
+        http_client_factory: Callable[[], Any] | None = None,
+        **default_params: Any,
+    ) -> None:
+        if not isinstance(model, str) or not model:
+            raise TypeError(
+                f"LM(model=...) must be a non-empty string like 'openai/gpt-4o-mini', got {model!r}"
+            )
+        provider, slash, name = model.partition("/")
+        if not slash:
+            provider, name = "openai", model
+        if provider == "local":
+            raise NotImplementedError(
+                f"LM({model!r}): the 'local/' prefix is for the embedded local model (asynclm.LocalLM), "
+                "which needs the extra `pip install asynclm[local]`; it is not available through LM."
+            )
+        if provider != "openai" or not name:
+            raise ValueError(
+                f"LM({model!r}): unknown provider prefix {provider!r}. Use 'openai/<model>' for any "
+                "OpenAI-compatible server (OpenAI, vLLM, Ollama, llama.cpp, Together, Groq…) with base_url= "
+                f"pointing at it, e.g. LM('openai/{model}', base_url='http://localhost:8000/v1')."
+            )
+        _check_cache(cache, "LM")
+        if not isinstance(max_retries, int) or max_retries < 0:
+            raise ValueError(f"LM(max_retries={max_retries!r}): use an int >= 0")
+        _check_timeout(timeout, "LM")
+        for what, value in (("rpm", rpm), ("tpm", tpm)):
+            if value is not None and not value > 0:
+                raise ValueError(f"LM({what}={value!r}): a rate limit must be > 0 per minute (or None)")
+        if max_concurrency is not None and (not isinstance(max_concurrency, int) or max_concurrency < 1):
+            raise ValueError(f"LM(max_concurrency={max_concurrency!r}): use an int >= 1 (or None)")
+        if http_client_factory is not None and not callable(http_client_factory):
+            raise TypeError("LM(http_client_factory=...) must be a zero-argument callable returning a client")
+        for reserved in ("stream", "messages", "model"):
+            if reserved in default_params:
+                raise TypeError(f"LM(..., {reserved}=...) is not a default parameter; see LM's arguments")
+
+        self.model = model
+        self.model_name = name
+        self.base_url = (base_url or DEFAULT_BASE_URL).rstrip("/")
+        self._url = self.base_url + "/chat/completions"
+        self._key = _Secret(api_key if api_key is not None else os.environ.get("OPENAI_API_KEY"))
+        self.cache = cache
+        self.max_retries = max_retries
+        self.timeout = timeout
+        self.max_concurrency = max_concurrency
+        self.rpm = rpm
+        self.tpm = tpm
+        self.http_client_factory = http_client_factory
+        self.backoff_base = 0.5
+        self.backoff_max = 8.0
+        params = {"temperature": temperature, "max_tokens": max_tokens, **default_params}
+        self.default_params: dict[str, Any] = {k: v for k, v in params.items() if v is not None}
+        self.history: deque[dict[str, Any]] = deque(maxlen=HISTORY_SIZE)
+        self._concurrency = ConcurrencyLimiter(max_concurrency) if max_concurrency is not None else None
+        self._rpm = RateLimiter(rpm / 60.0) if rpm is not None else None
+        self._tpm = RateLimiter(tpm / 60.0) if tpm is not None else None
+        self._paused_until = 0.0  # time.monotonic(); used when there is no rpm limiter to pause
+        self._pause_lock = threading.Lock()
+        self._headers = self._make_headers()
+        # made once: the transport registry keys each loop's transport by this object
+        self._transport_factory: Callable[[], Any] | None = None
+        if http_client_factory is not None:
+            from ._transports import transport_factory
+
+            self._transport_factory = transport_factory(http_client_factory)
+
+    def _make_headers(self) -> dict[str, str]:
+        headers = {"content-type": "application/json", "accept": "application/json"}
+        if self._key.value:
+            headers["authorization"] = f"Bearer {self._key.value}"
+        return headers
+
+    def __repr__(self) -> str:
+        extra = "".join(f", {k}={v!r}" for k, v in self.default_params.items())
+        return f"LM({self.model!r}, base_url={self.base_url!r}{extra})"
+
+    @property
+    def peak_concurrency(self) -> int | None:
+        """The most requests of this LM seen in flight at once (``None`` without ``max_concurrency``)."""
+        return self._concurrency.peak if self._concurrency is not None else None
+
+    # -- the call -------------------------------------------------------------------------------
+
+    async def __call__(
+        self, prompt: str | None = None, /, *, messages: Any = None, **params: Any
+    ) -> LMResponse:
+        """Send one chat completion and return its :class:`LMResponse`.
+
+        ``prompt`` (a string) is sent as one user message; otherwise pass ``messages``. Other
+        keyword arguments are request parameters for this call (``None`` removes a default), except
+        ``cache``, ``timeout`` and ``rollout_id``.
+
+        Raises:
+            LMError: a subclass saying what failed (see :mod:`asynclm.lm`), after the retries.
+        """
+        use_cache = self.cache
+        timeout = self.timeout
+        rollout_id = None
+        if params:
+            use_cache = params.pop("cache", use_cache)
+            timeout = params.pop("timeout", timeout)
+            rollout_id = params.pop("rollout_id", None)
+            if use_cache is not self.cache:
+                _check_cache(use_cache, "call")
+            if timeout is not self.timeout:
+                _check_timeout(timeout, "call")
+        body = self._body(prompt, messages, params)
+        started = time.time()
+        t0 = time.perf_counter()
+        attempts = _Attempts()
+        try:
+            if timeout is None:
+                response = await self._resolve(body, use_cache, rollout_id, attempts)
+            else:
+                with anyio.fail_after(timeout):
+                    response = await self._resolve(body, use_cache, rollout_id, attempts)
+        except TimeoutError as exc:
+            if isinstance(exc, LMError):
+                self._record_error(body, exc, started, t0)
+                raise
+            error = self._deadline_error(timeout, attempts)
+            self._record_error(body, error, started, t0)
+            raise error from None
+        except LMError as exc:
+            self._record_error(body, exc, started, t0)
+            raise
+        record_usage(self.model_name, response.usage, response.cache_hit)
+        self._record(body, response.texts, response.usage, response.cache_hit, started, t0)
+        return response
+
+    def _body(self, prompt: str | None, messages: Any, params: dict[str, Any]) -> dict[str, Any]:
+        if messages is None:
+            if prompt is None:
+                raise TypeError(
+                    "LM call needs a prompt string or messages=[{'role': ..., 'content': ...}, ...]"
+                )
+            if not isinstance(prompt, str):
+                raise TypeError(
+                    f"LM call: the prompt must be a string (got {type(prompt).__name__}); "
+                    "pass a conversation as messages=[...]"
+                )
+            messages = [{"role": "user", "content": prompt}]
+        elif prompt is not None:
+            raise TypeError("LM call: pass either a prompt string or messages=[...], not both")
+        elif not isinstance(messages, list):
+            raise TypeError(f"LM call: messages must be a list of dicts, got {type(messages).__name__}")
+        if "stream" in params:
+            raise TypeError("LM call: use `async for delta in lm.stream(...)` to stream, not stream=True")
+        body = {"model": self.model_name, "messages": messages, **self.default_params}
+        if params:
+            for key, value in params.items():
+                if value is None:
+                    body.pop(key, None)
+                else:
+                    body[key] = value
+        return body
+
+    def _encode(self, body: dict[str, Any], canonical: bool) -> bytes:
+        try:
+            if canonical:
+                return _dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+            return _dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+        except (TypeError, ValueError) as exc:
+            raise TypeError(f"LM call: the request is not JSON-serializable ({exc})") from None
+
+    async def _resolve(
+        self, body: dict[str, Any], use_cache: bool | str, rollout_id: Any, attempts: _Attempts
+    ) -> LMResponse:
+        if not use_cache:
+            data = self._encode(body, canonical=False)
+            _, raw = await self._send(data, body, attempts)
+            return LMResponse.from_json(raw, self.model_name, False)
+        data = self._encode(body, canonical=True)
+        key = cache_key(data, rollout_id)
+        hit = memory_cache.get(key)
+        if hit is not None:
+            return self._from_cache(hit)
+        flight = flights.join(key)
+        try:
+            async with flight.limiter:
+                if flight.value is not None:
+                    return self._from_cache(flight.value)
+                if flight.error is not None:
+                    raise _clone(flight.error)
+                hit = memory_cache.get(key)
+                if hit is not None:
+                    return self._from_cache(hit)
+                disk = disk_cache(current_settings().cache_dir) if use_cache is True else None
+                if disk is not None:
+                    hit = await anyio.to_thread.run_sync(disk.get, key)
+                    if hit is not None:
+                        memory_cache.put(key, hit)
+                        flight.value = hit
+                        return self._from_cache(hit)
+                try:
+                    payload, raw = await self._send(data, body, attempts)
+                except LMError as exc:
+                    if _shareable(exc):
+                        flight.error = exc
+                    raise
+                flight.value = payload
+                memory_cache.put(key, payload)
+                if disk is not None:
+                    disk.put(key, payload)
+                return LMResponse.from_json(raw, self.model_name, False)
+        finally:
+            flights.leave(key, flight)
+
+    def _from_cache(self, payload: bytes) -> LMResponse:
+        # parsed anew for each hit, so that no two callers share (and can mutate) one dict
+        return LMResponse.from_json(_loads(payload), self.model_name, True)
+
+    # -- one request, with limits and retries ----------------------------------------------------
+
+    def _estimate_tokens(self, data: bytes, body: Mapping[str, Any]) -> float:
+        completion = (
+            body.get("max_completion_tokens") or body.get("max_tokens") or DEFAULT_COMPLETION_ESTIMATE
+        )
+        n = body.get("n") or 1
+        return len(data) / 4.0 + float(completion) * n
+
+    async def _wait_pause(self) -> None:
+        if self._rpm is None:
+            delay = self._paused_until - time.monotonic()
+            if delay > 0:
+                await anyio.sleep(delay)
+
+    def _pause(self, seconds: float) -> None:
+        """A 429 with Retry-After: hold back every caller of this LM for ``seconds``."""
+        if self._rpm is not None:
+            self._rpm.pause(seconds)
+            return
+        with self._pause_lock:
+            self._paused_until = max(self._paused_until, time.monotonic() + seconds)
+
+    def _check_key(self) -> None:
+        if self._key.value or self.base_url != DEFAULT_BASE_URL:
+            return
+        key = os.environ.get("OPENAI_API_KEY")
+        if key:  # set after this LM was made
+            self._key = _Secret(key)
+            self._headers = self._make_headers()
+            return
+        raise AuthenticationError(
+            f"no API key for {self.model!r} at {self.base_url}: pass LM(..., api_key=...) or set "
+            "OPENAI_API_KEY (or point base_url= at a server that needs none)",
+            model=self.model_name,
+        )
+
+    async def _send(
+        self, data: bytes, body: Mapping[str, Any], attempts: _Attempts
+    ) -> tuple[bytes, dict[str, Any]]:
+        """POST with retries; return the body of a 2xx chat completion, as bytes and decoded."""
+        result: tuple[bytes, dict[str, Any]] = await self._request(data, body, attempts, stream=False)
+        return result
+
+    async def _request(self, data: bytes, body: Mapping[str, Any], attempts: _Attempts, stream: bool) -> Any:
+        self._check_key()
+        transport = get_transport(self._transport_factory)
+        estimate = self._estimate_tokens(data, body) if self._tpm is not None else 0.0
+        limiter = self._concurrency
+        while True:
+            if self._rpm is None and self._paused_until:
+                await self._wait_pause()
+            error: LMError
+            retryable = True
+            if limiter is not None:
+                await limiter.acquire()
+            keep_slot = False
+            try:
+                if self._rpm is not None:
+                    await self._rpm.acquire()
+                if self._tpm is not None:
+                    await self._tpm.acquire(estimate)
+                attempts.count += 1
+                try:
+                    if stream:
+                        response = await transport.post_stream(self._url, data, self._headers)
+                    else:
+                        response = await transport.post(self._url, data, self._headers)
+                except TransportTimeout as exc:
+                    error = LMTimeoutError(
+                        f"{self._url} timed out ({self._describe_exc(exc)})", model=self.model_name
+                    )
+                except TransportError as exc:
+                    error = LMConnectionError(
+                        f"connection to {self._url} failed: {self._describe_exc(exc)}", model=self.model_name
+                    )
+                else:
+                    status = response.status
+                    if stream:
+                        if 200 <= status < 300:
+                            keep_slot = True
+                            return response
+                        try:
+                            payload = await response.aread()
+                        except TransportError:
+                            payload = b""
+                        finally:
+                            with anyio.CancelScope(shield=True):
+                                await response.aclose()
+                    else:
+                        payload = response.body
+                    if 200 <= status < 300 and not stream:
+                        try:
+                            raw, used = _check_completion(payload)
+                        except ValueError as exc:
+                            error = ServerError(
+                                f"{status} from {self._url} with an invalid chat-completion body ({exc}): "
+                                f"{payload[:200]!r}",
+                                status=status,
+                                request_id=response.headers.get("x-request-id"),
+                                model=self.model_name,
+                            )
+                        else:
+                            if self._tpm is not None:
+                                self._tpm.adjust(estimate - used)
+                            return payload, raw
+                    else:
+                        retry_after = parse_retry_after(response.headers)
+                        error = error_for_status(
+                            status,
+                            payload,
+                            url=self._url,
+                            model=self.model_name,
+                            request_id=response.headers.get("x-request-id"),
+                            retry_after=retry_after,
+                            secret=self._key.value,
+                        )
+                        retryable = is_retryable_status(status) and b"insufficient_quota" not in payload
+                        if status == 429 and retry_after and retryable:
+                            self._pause(min(retry_after, 60.0))
+                if self._tpm is not None:
+                    self._tpm.adjust(estimate)  # nothing was generated: give the estimate back
+            finally:
+                if limiter is not None and not keep_slot:
+                    limiter.release()
+            attempts.last_error = error
+            retry = attempts.count - 1
+            if not retryable or retry >= self.max_retries:
+                raise error
+            delay = backoff_delay(retry, self.backoff_base, self.backoff_max, error.retry_after)
+            deadline = anyio.current_effective_deadline()
+            if anyio.current_time() + delay >= deadline:
+                raise error  # the wait would outlast the call's deadline: report the real failure now
+            if delay > 0:
+                await anyio.sleep(delay)
+
+    def _describe_exc(self, exc: BaseException) -> str:
+        text = str(exc) or type(exc).__name__
+        if self._key.value:
+            text = text.replace(self._key.value, "***")
+        return text
+
+    def _deadline_error(self, timeout: float | None, attempts: _Attempts) -> LMTimeoutError:
+        last = attempts.last_error
+        tail = f"; last error: {last}" if last is not None else ""
+        return LMTimeoutError(
+            f"{self.model!r} gave no response within the call's timeout of {timeout} s "
+            f"({attempts.count} attempt(s){tail}). Raise LM(timeout=...) or pass timeout= per call.",
+            model=self.model_name,
+        )
+
+    # -- history --------------------------------------------------------------------------------
+
+    def _record(
+        self,
+        body: dict[str, Any],
+        outputs: list[str],
+        usage: Usage,
+        cache_hit: bool,
+        started: float,
+        t0: float,
+    ) -> None:
+        entry = {
+            "model": self.model_name,
+            "messages": body["messages"],
+            "params": {k: v for k, v in body.items() if k != "messages" and k != "model"},
+            "outputs": outputs,
+            "usage": usage.to_dict(),
+            "cache_hit": cache_hit,
+            "timestamp": started,
+            "duration": time.perf_counter() - t0,
+        }
+        self.history.append(entry)
+        global_history.append(entry)
+
+    def _record_error(self, body: dict[str, Any], error: BaseException, started: float, t0: float) -> None:
+        entry = {
+            "model": self.model_name,
+            "messages": body["messages"],
+            "params": {k: v for k, v in body.items() if k != "messages" and k != "model"},
+            "outputs": [],
+            "usage": Usage().to_dict(),
+            "cache_hit": False,
+            "timestamp": started,
+            "duration": time.perf_counter() - t0,
+            "error": f"{type(error).__name__}: {error}",
+        }
+        self.history.append(entry)
+        global_history.append(entry)
+
+    # -- streaming ------------------------------------------------------------------------------
+
+    async def stream(
+        self, prompt: str | None = None, /, *, messages: Any = None, **params: Any
+    ) -> AsyncGenerator[StreamDelta, None]:
+        """Stream a chat completion: ``async for delta in lm.stream(...)``, each with ``.text``.
+
+        Retries (as for a normal call) happen only before the first byte of the answer; after
+        that a failure raises. ``timeout`` bounds the whole stream. Breaking out of the loop closes
+        the HTTP response: at once with ``async with contextlib.aclosing(lm.stream(...)) as s``,
+        otherwise when the generator is garbage-collected (immediately on CPython). Usage comes
+        from the final chunk when the server sends it (``stream_options.include_usage`` is
+        requested unless you pass ``stream_options``). Streams are never cached. There is no
+        ``.sync`` twin: from sync code use ``lm.sync(...)`` for the whole answer.
+        """
+        timeout = params.pop("timeout", self.timeout)
+        _check_timeout(timeout, "stream")
+        params.pop("cache", None)
+        params.pop("rollout_id", None)
+        body = self._body(prompt, messages, params)
+        body["stream"] = True
+        body.setdefault("stream_options", {"include_usage": True})
+        data = self._encode(body, canonical=False)
+        started = time.time()
+        t0 = time.perf_counter()
+        deadline = float("inf") if timeout is None else anyio.current_time() + timeout
+        attempts = _Attempts()
+        texts: dict[int, list[str]] = {}
+        usage: Usage | None = None
+        response: Any = None
+        error: BaseException | None = None
+        try:
+            try:
+                with anyio.fail_after(None if timeout is None else timeout):
+                    response = await self._request(data, body, attempts, stream=True)
+            except TimeoutError as exc:
+                if isinstance(exc, LMError):
+                    raise
+                raise self._deadline_error(timeout, attempts) from None
+            decoder = SSEDecoder()
+            chunks = response.aiter_bytes().__aiter__()
+            done = False
+            while not done:
+                try:
+                    with anyio.fail_after(max(0.0, deadline - anyio.current_time())):
+                        chunk = await chunks.__anext__()
+                except StopAsyncIteration:
+                    break
+                except TimeoutError:
+                    raise self._deadline_error(timeout, attempts) from None
+                except TransportError as exc:
+                    raise LMConnectionError(
+                        f"the stream from {self._url} broke: {self._describe_exc(exc)}", model=self.model_name
+                    ) from None
+                for event in decoder.feed(chunk):
+                    if event == "[DONE]":
+                        done = True
+                        break
+                    for delta in self._deltas(event):
+                        if delta.usage is not None:
+                            usage = delta.usage
+                        if delta.text:
+                            texts.setdefault(delta.index, []).append(delta.text)
+                        yield delta
+            if not done:
+                raise LMConnectionError(
+                    f"the stream from {self._url} ended before its [DONE] event (truncated response)",
+                    model=self.model_name,
+                )
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            if response is not None:
+                with anyio.CancelScope(shield=True):
+                    try:
+                        await response.aclose()
+                    except Exception:
+                        pass
+                if self._concurrency is not None:
+                    self._concurrency.release()
+            used = usage or Usage()
+            record_usage(self.model_name, used, False)
+            outputs = ["".join(texts[i]) for i in sorted(texts)]
+            if isinstance(error, LMError):
+                self._record_error(body, error, started, t0)
+            else:
+                self._record(body, outputs, used, False, started, t0)
+
+    def _deltas(self, event: str) -> list[StreamDelta]:
+        try:
+            chunk = _loads(event)
+        except ValueError:
+            raise ServerError(f"the stream from {self._url} sent invalid JSON: {event[:200]!r}") from None
+        if not isinstance(chunk, dict):
+            raise ServerError(f"the stream from {self._url} sent a non-object chunk: {event[:200]!r}")
+        if "error" in chunk:
+            err = chunk["error"]
+            message = err.get("message") if isinstance(err, dict) else err
+            raise ServerError(
+                f"the stream from {self._url} reported an error: {message}", model=self.model_name
+            )
+        usage = Usage.from_json(chunk["usage"]) if chunk.get("usage") else None
+        out: list[StreamDelta] = []
+        for choice in chunk.get("choices") or ():
+            delta = choice.get("delta") or {}
+            content = delta.get("content")
+            out.append(
+                StreamDelta(
+                    content if isinstance(content, str) else "",
+                    choice.get("index", 0),
+                    choice.get("finish_reason"),
+                    None,
+                    chunk,
+                )
+            )
+        if usage is not None:
+            if out:
+                out[-1].usage = usage
+            else:
+                out.append(StreamDelta("", 0, None, usage, chunk))
+        return out
+
+
+def _check_completion(payload: bytes) -> tuple[dict[str, Any], int]:
+    """Decode a 2xx body and check it is a chat completion; return it and its total tokens."""
+    raw = _loads(payload)  # ValueError (JSONDecodeError) if malformed
+    if not isinstance(raw, dict):
+        raise ValueError("not a JSON object")
+    choices = raw.get("choices")
+    if not isinstance(choices, list) or not choices:
+        if "error" in raw:
+            raise ValueError(f"error object: {raw['error']!r}"[:300])
+        raise ValueError("no 'choices'")
+    usage = raw.get("usage")
+    total = usage.get("total_tokens") if isinstance(usage, dict) else None
+    return raw, total if isinstance(total, int) else 0
+
+
+def _check_cache(cache: Any, what: str) -> None:
+    if cache not in (True, False, "memory"):
+        raise ValueError(f"{what}(cache={cache!r}): use True (memory + disk), 'memory', or False")
+
+
+def _check_timeout(timeout: Any, what: str) -> None:
+    if timeout is not None and not (isinstance(timeout, (int, float)) and timeout > 0):
+        raise ValueError(f"{what}(timeout={timeout!r}): use a number of seconds > 0, or None for no deadline")

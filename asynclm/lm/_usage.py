@@ -1,0 +1,116 @@
+"""``track_usage()``: roll up token usage over everything run inside a block.
+
+The tracker lives in a :class:`~contextvars.ContextVar`. Child tasks, ``Parallel`` items,
+``asyncify`` threads and ``.sync()`` portal calls all run in a *copy* of the caller's context; a
+copy holds the same tracker object, so every call made anywhere under the block adds to it. The
+tracker is thread-safe because those calls may run on other threads' loops at the same time.
+Blocks nest: a call counts in every enclosing block.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterator
+from contextvars import ContextVar
+
+from ._models import Usage
+
+__all__ = ["UsageTracker", "record_usage", "track_usage"]
+
+
+class UsageTracker:
+    """The running totals of a :func:`track_usage` block (read them any time, from any thread).
+
+    Attributes:
+        prompt_tokens, completion_tokens, total_tokens: summed over every call.
+        calls: LM calls made, cache hits included.
+        cache_hits: how many of those were served from the cache (they cost zero tokens).
+    """
+
+    __slots__ = (
+        "_by_model",
+        "_lock",
+        "cache_hits",
+        "calls",
+        "completion_tokens",
+        "parent",
+        "prompt_tokens",
+        "total_tokens",
+    )
+
+    def __init__(self, parent: UsageTracker | None = None) -> None:
+        self.parent = parent
+        self.prompt_tokens = 0
+        self.completion_tokens = 0
+        self.total_tokens = 0
+        self.calls = 0
+        self.cache_hits = 0
+        self._by_model: dict[str, list[int]] = {}
+        self._lock = threading.Lock()
+
+    def add(self, model: str, usage: Usage, cache_hit: bool) -> None:
+        tracker: UsageTracker | None = self
+        while tracker is not None:
+            with tracker._lock:
+                tracker.prompt_tokens += usage.prompt_tokens
+                tracker.completion_tokens += usage.completion_tokens
+                tracker.total_tokens += usage.total_tokens
+                tracker.calls += 1
+                tracker.cache_hits += cache_hit
+                row = tracker._by_model.get(model)
+                if row is None:
+                    row = tracker._by_model[model] = [0, 0, 0, 0]
+                row[0] += usage.prompt_tokens
+                row[1] += usage.completion_tokens
+                row[2] += usage.total_tokens
+                row[3] += 1
+            tracker = tracker.parent
+
+    @property
+    def usage(self) -> Usage:
+        """The totals as a :class:`Usage`."""
+        with self._lock:
+            return Usage(self.prompt_tokens, self.completion_tokens, self.total_tokens)
+
+    def by_model(self) -> dict[str, dict[str, int]]:
+        """Per-model totals: ``{model: {"prompt_tokens", "completion_tokens", "total_tokens", "calls"}}``."""
+        with self._lock:
+            return {
+                model: {"prompt_tokens": p, "completion_tokens": c, "total_tokens": t, "calls": n}
+                for model, (p, c, t, n) in self._by_model.items()
+            }
+
+    def __repr__(self) -> str:
+        return (
+            f"<UsageTracker calls={self.calls} cache_hits={self.cache_hits} prompt_tokens={self.prompt_tokens} "
+            f"completion_tokens={self.completion_tokens} total_tokens={self.total_tokens}>"
+        )
+
+
+_current: ContextVar[UsageTracker | None] = ContextVar("asynclm.usage", default=None)
+
+
+@contextlib.contextmanager
+def track_usage() -> Iterator[UsageTracker]:
+    """Count the tokens of every LM call made inside the block, wherever it runs.
+
+    ``with asynclm.track_usage() as u: ...`` then read ``u.prompt_tokens``, ``u.completion_tokens``,
+    ``u.total_tokens``, ``u.calls``, ``u.cache_hits`` and ``u.by_model()``. Calls in child tasks,
+    ``Parallel`` items, ``asyncify`` threads and ``.sync()`` calls started inside the block are
+    included; calls started elsewhere (other threads, sibling tasks) are not. A plain ``with``:
+    usable in sync and async code alike.
+    """
+    tracker = UsageTracker(_current.get())
+    token = _current.set(tracker)
+    try:
+        yield tracker
+    finally:
+        _current.reset(token)
+
+
+def record_usage(model: str, usage: Usage, cache_hit: bool) -> None:
+    """Add one call to the trackers of the calling context (a no-op outside any block)."""
+    tracker = _current.get()
+    if tracker is not None:
+        tracker.add(model, usage, cache_hit)
