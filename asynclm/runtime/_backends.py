@@ -49,9 +49,7 @@ def current_loop_key() -> Any:
     loop = _get_running_loop()
     if loop is not None:
         return loop
-    import trio
-
-    return trio.lowlevel.current_trio_token()
+    return _trio_token("asynclm.runtime.loop_resource()")
 
 
 def current_waker() -> Callable[[Callable[[], object]], object]:
@@ -62,9 +60,20 @@ def current_waker() -> Callable[[Callable[[], object]], object]:
     loop = _get_running_loop()
     if loop is not None:
         return loop.call_soon_threadsafe
-    import trio
+    schedule: Callable[[Callable[[], object]], object] = _trio_token("this asynclm call").run_sync_soon
+    return schedule
 
-    return trio.lowlevel.current_trio_token().run_sync_soon
+
+def _trio_token(what: str) -> Any:
+    trio = sys.modules.get("trio")
+    if trio is None or not trio.lowlevel.in_trio_run():
+        # Without this check the caller gets trio's "must be called from async context", or an
+        # ImportError when trio is not installed.
+        raise RuntimeError(
+            f"{what} needs a running event loop (asyncio or trio) in this thread; call it from "
+            "async code, or from sync code through .sync()"
+        )
+    return trio.lowlevel.current_trio_token()
 
 
 def trio_host_token() -> Any:
