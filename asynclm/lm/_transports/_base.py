@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
+from types import TracebackType
 from typing import Protocol
 
 
@@ -22,7 +23,7 @@ class TransportTimeout(TransportError, TimeoutError):
 
 @dataclass
 class Response:
-    """A complete HTTP response. Header names are lower-cased."""
+    """A complete HTTP response. Header names are lower-cased; repeated headers are joined by ", "."""
 
     status: int
     headers: Mapping[str, str] = field(default_factory=dict)
@@ -30,20 +31,45 @@ class Response:
 
 
 class StreamingResponse(Protocol):
-    """An HTTP response whose body is read incrementally (server-sent events)."""
+    """An HTTP response whose body is read incrementally (server-sent events).
+
+    Use it as ``async with await transport.post_stream(...) as resp:`` or call :meth:`aclose`.
+    """
 
     status: int
     headers: Mapping[str, str]
 
-    def aiter_bytes(self) -> AsyncIterator[bytes]: ...
+    def aiter_bytes(self) -> AsyncIterator[bytes]:
+        """The (decoded) body in chunks as they arrive; each read is subject to the read timeout."""
+        ...
 
-    async def aread(self) -> bytes: ...
+    async def aread(self) -> bytes:
+        """The rest of the body, at once."""
+        ...
 
     async def aclose(self) -> None:
         """Stop reading; the connection is closed (not returned to the pool) if the body is unread."""
+        ...
+
+    async def __aenter__(self) -> StreamingResponse: ...
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
 
 
 class Transport(Protocol):
+    """An HTTP client bound to one event loop.
+
+    ``timeout`` (seconds) bounds each operation — connecting, writing the request, each read —
+    not the whole call; ``None`` keeps the transport's defaults. Errors are only
+    :class:`TransportError` / :class:`TransportTimeout` (and ``ValueError`` for a malformed
+    URL or header). HTTP error statuses are *not* errors here: they come back as responses.
+    """
+
     async def post(
         self, url: str, body: bytes, headers: Mapping[str, str], *, timeout: float | None = None
     ) -> Response:
@@ -58,4 +84,6 @@ class Transport(Protocol):
         """POST and return once the status line and headers are read; the caller must aclose()."""
         ...
 
-    async def aclose(self) -> None: ...
+    async def aclose(self) -> None:
+        """Close every pooled connection. Idempotent."""
+        ...

@@ -1,0 +1,119 @@
+"""HTTP transports: the seam between the LM client and HTTP libraries.
+
+* :class:`HTTP11Transport` — the default: asynclm's own HTTP/1.1 keep-alive client on anyio,
+  same code on asyncio and trio.
+* :class:`AiohttpTransport` — aiohttp (asyncio only, ``asynclm[fast]``).
+* :class:`HttpxTransport` — wraps any httpx-compatible ``AsyncClient`` (proxies, mTLS, custom CA).
+
+:func:`get_transport` returns the running event loop's transport: created inside that loop on
+first use, closed when the loop's run ends, never shared with another loop or backend.
+"""
+
+from __future__ import annotations
+
+import os
+import urllib.request
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+from ...runtime import loop_resource
+from ...runtime._backends import running_loop_name
+from ._aiohttp import AiohttpTransport
+from ._base import Response, StreamingResponse, Transport, TransportError, TransportTimeout
+from ._http11 import HTTP11Transport
+from ._httpx import HttpxTransport
+
+__all__ = [
+    "AiohttpTransport",
+    "HTTP11Transport",
+    "HttpxTransport",
+    "Response",
+    "StreamingResponse",
+    "Transport",
+    "TransportError",
+    "TransportTimeout",
+    "default_transport",
+    "get_transport",
+    "transport_factory",
+]
+
+_DEFAULT = "asynclm.lm.transport:default"
+
+
+def default_transport() -> Transport:
+    """The transport asynclm uses when none is configured, for the running loop.
+
+    :class:`HTTP11Transport`, unless ``ASYNCLM_HTTP_TRANSPORT`` says ``aiohttp`` / ``httpx``, or
+    proxy environment variables (``HTTPS_PROXY``, ``HTTP_PROXY``, ``ALL_PROXY``) are set: our
+    client does not speak to proxies, so then an ``httpx.AsyncClient`` honouring them is used.
+    """
+    choice = os.environ.get("ASYNCLM_HTTP_TRANSPORT", "").strip().lower()
+    if choice == "aiohttp":
+        if running_loop_name() == "asyncio":
+            return AiohttpTransport()
+        choice = ""  # aiohttp cannot run on trio: fall back to the default
+    if choice == "httpx" or (not choice and _proxies_configured()):
+        try:
+            import httpx
+        except ImportError:
+            if choice == "httpx":
+                raise ImportError("ASYNCLM_HTTP_TRANSPORT=httpx needs httpx: pip install httpx") from None
+            warnings.warn(
+                "proxy environment variables are set but httpx is not installed; asynclm's default "
+                "HTTP client connects directly. Install httpx to go through the proxy.",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+        else:
+            return HttpxTransport(
+                httpx.AsyncClient(
+                    trust_env=True,
+                    timeout=httpx.Timeout(connect=10.0, read=None, write=None, pool=None),
+                    limits=httpx.Limits(max_connections=None, max_keepalive_connections=None),
+                )
+            )
+    elif choice not in ("", "http11", "default"):
+        raise ValueError(
+            f"ASYNCLM_HTTP_TRANSPORT={choice!r} is not one of: http11 (default), aiohttp, httpx"
+        )
+    return HTTP11Transport()
+
+
+def _proxies_configured() -> bool:
+    proxies = urllib.request.getproxies_environment()
+    return any(k in proxies for k in ("http", "https", "all"))
+
+
+def transport_factory(http_client_factory: Callable[[], Any]) -> Callable[[], Transport]:
+    """Turn ``LM(http_client_factory=...)`` into a transport factory for :func:`get_transport`.
+
+    The user's factory may return an httpx-compatible ``AsyncClient`` (wrapped in
+    :class:`HttpxTransport`, which then owns and closes it) or a :class:`Transport` itself.
+    Make this once per LM and pass the same object every time: it is the per-loop cache key.
+    """
+
+    def make() -> Transport:
+        client = http_client_factory()
+        if callable(getattr(client, "post_stream", None)):
+            return client  # type: ignore[no-any-return]
+        return HttpxTransport(client)
+
+    name = getattr(http_client_factory, "__qualname__", repr(http_client_factory))
+    make.__qualname__ = f"transport_factory({name})"
+    return make
+
+
+async def _aclose(transport: Transport) -> None:
+    await transport.aclose()
+
+
+def get_transport(factory: Callable[[], Transport] | None = None) -> Transport:
+    """The running event loop's transport made by ``factory`` (default: :func:`default_transport`).
+
+    One transport per (loop, factory object): created by ``factory()`` inside the loop on first
+    use, closed when that loop's run ends. Call from inside a running asyncio or trio loop.
+    """
+    if factory is None:
+        return loop_resource(_DEFAULT, default_transport, _aclose)
+    return loop_resource(("asynclm.lm.transport", factory), factory, _aclose)
