@@ -70,6 +70,13 @@ class _Secret:
         return self
 
 
+class _Headers(dict[str, str]):
+    """The request headers; the repr masks the Authorization value."""
+
+    def __repr__(self) -> str:
+        return repr({k: "***" if k == "authorization" else v for k, v in self.items()})
+
+
 class _Attempts:
     """How a call's retries went, for the message of a deadline error."""
 
@@ -211,8 +218,8 @@ class LM(SyncCallable):
 
             self._transport_factory = transport_factory(http_client_factory)
 
-    def _make_headers(self) -> dict[str, str]:
-        headers = {"content-type": "application/json", "accept": "application/json"}
+    def _make_headers(self) -> _Headers:
+        headers = _Headers({"content-type": "application/json", "accept": "application/json"})
         if self._key.value:
             headers["authorization"] = f"Bearer {self._key.value}"
         return headers
