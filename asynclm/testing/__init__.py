@@ -7,12 +7,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ._server import FakeOpenAIServer, FakeRequest, Fault, Headers, Reply, SpawnedFakeServer
+from ._server import DEFAULT_FAULTS, FakeOpenAIServer, FakeRequest, Fault, Headers, Reply, SpawnedFakeServer
 
 if TYPE_CHECKING:
-    from ._scripted import ScriptedLM
+    from ._scripted import ScriptedLM  # type: ignore[import-not-found, unused-ignore]
 
 __all__ = [
+    "DEFAULT_FAULTS",
     "FakeOpenAIServer",
     "FakeRequest",
     "Fault",
@@ -27,7 +28,7 @@ def __getattr__(name: str) -> Any:
     # ScriptedLM lives in a module written separately; load it on first use so that a missing or
     # broken module never breaks ``import asynclm.testing`` (nor the pytest plugin).
     if name == "ScriptedLM":
-        from ._scripted import ScriptedLM
+        from ._scripted import ScriptedLM  # type: ignore[import-not-found, unused-ignore]
 
         return ScriptedLM
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

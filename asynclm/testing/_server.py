@@ -96,6 +96,9 @@ class Headers(Mapping[str, str]):
     def __getitem__(self, name: str) -> str:
         return self._map[name.lower()]
 
+    def get(self, name: str, default: Any = None) -> Any:  # faster than Mapping.get's try/except
+        return self._map.get(name.lower(), default)
+
     def __contains__(self, name: object) -> bool:
         return isinstance(name, str) and name.lower() in self._map
 
@@ -114,10 +117,9 @@ class Headers(Mapping[str, str]):
         return f"Headers({self.raw!r})"
 
 
-@dataclass(frozen=True, eq=False)
 class FakeRequest:
     """One request received by :class:`FakeOpenAIServer` (what response functions get and what
-    :attr:`FakeOpenAIServer.request_log` keeps).
+    :attr:`FakeOpenAIServer.request_log` keeps). Read-only by convention.
 
     Attributes:
         index: 1-based number of this chat-completion request since the server started (or since
@@ -126,41 +128,35 @@ class FakeRequest:
         headers: every header as received, including ``Authorization`` (tests assert it was sent).
         body: the raw request body.
         json: the parsed JSON body (``None`` when the body was not valid JSON).
+        messages: the ``messages`` list (``[]`` when absent or not a list).
+        model: the ``model`` asked for (``None`` when absent).
+        stream: whether ``"stream": true`` was asked for.
+        n: the number of choices asked for (``1`` when absent or invalid).
     """
 
-    index: int
-    method: str
-    path: str
-    headers: Headers
-    body: bytes
-    json: Any
+    __slots__ = ("body", "headers", "index", "json", "messages", "method", "model", "n", "path", "stream")
 
-    @property
-    def _obj(self) -> dict[str, Any]:
-        return self.json if isinstance(self.json, dict) else {}
+    def __init__(self, index: int, method: str, path: str, headers: Headers, body: bytes, json: Any) -> None:
+        self.index = index
+        self.method = method
+        self.path = path
+        self.headers = headers
+        self.body = body
+        self.json = json
+        obj: dict[str, Any] = json if isinstance(json, dict) else {}
+        messages = obj.get("messages")
+        self.messages: list[Any] = messages if isinstance(messages, list) else []
+        model = obj.get("model")
+        self.model: str | None = model if isinstance(model, str) else None
+        self.stream: bool = obj.get("stream") is True
+        n = obj.get("n")
+        self.n: int = n if type(n) is int and n >= 1 else 1
 
-    @property
-    def messages(self) -> list[dict[str, Any]]:
-        """The ``messages`` list of the request (``[]`` when absent)."""
-        messages = self._obj.get("messages")
-        return messages if isinstance(messages, list) else []
-
-    @property
-    def model(self) -> str | None:
-        """The ``model`` the client asked for."""
-        model = self._obj.get("model")
-        return model if isinstance(model, str) else None
-
-    @property
-    def stream(self) -> bool:
-        """Whether the client asked for server-sent events."""
-        return self._obj.get("stream") is True
-
-    @property
-    def n(self) -> int:
-        """The number of choices asked for (``1`` when absent)."""
-        n = self._obj.get("n")
-        return n if isinstance(n, int) and not isinstance(n, bool) and n >= 1 else 1
+    def __repr__(self) -> str:
+        return (
+            f"<FakeRequest #{self.index} {self.method} {self.path} model={self.model!r} "
+            f"messages={len(self.messages)} stream={self.stream} n={self.n}>"
+        )
 
     @property
     def last_user_message(self) -> str:
@@ -728,22 +724,24 @@ class _Core:
     # -- configuration -----------------------------------------------------------------------------
 
     def set_responses(self, responses: Responses) -> None:
-        self.script_function: ResponseFunction | None = None
-        self.script_list: deque[ResponseItem] | None = None
-        self.script_static: ResponseItem | None = None
-        self.script_size = 0
+        function: ResponseFunction | None = None
+        items: deque[ResponseItem] | None = None
+        static: ResponseItem | None = None
         if isinstance(responses, (str, Reply, Fault, dict)):
-            self.script_static = responses
+            static = responses
         elif callable(responses):
-            self.script_function = responses
+            function = responses
         elif isinstance(responses, Sequence):
-            self.script_list = deque(responses)
-            self.script_size = len(responses)
+            items = deque(responses)
         else:
             raise TypeError(
                 "responses must be a str, Reply, Fault or response dict, a list of those (one per "
                 f"request, in order), or a function of the FakeRequest; got {type(responses).__name__}"
             )
+        self.script_function = function
+        self.script_list = items
+        self.script_static = static
+        self.script_size = len(items) if items is not None else 0
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -792,9 +790,12 @@ class _Core:
         route = raw.path.split("?", 1)[0].rstrip("/")
         if route.endswith("/chat/completions"):
             if raw.method != "POST":
-                self._simple(conn, raw, 405, _error_body(
-                    f"{raw.method} is not allowed on {route}; use POST", "invalid_request_error"
-                ))
+                self._simple(
+                    conn,
+                    raw,
+                    405,
+                    _error_body(f"{raw.method} is not allowed on {route}; use POST", "invalid_request_error"),
+                )
             else:
                 self._chat(conn, raw)
         elif route.endswith("/models") and raw.method == "GET":
@@ -803,12 +804,18 @@ class _Core:
         elif route == "/_fake/stats" and raw.method == "GET":
             self._simple(conn, raw, 200, _dumps(self.stats()))
         else:
-            self._simple(conn, raw, 404, _error_body(
-                f"FakeOpenAIServer has no route {raw.method} {route}: it serves POST /v1/chat/completions "
-                "and GET /v1/models",
-                "invalid_request_error",
-                "unknown_url",
-            ))
+            self._simple(
+                conn,
+                raw,
+                404,
+                _error_body(
+                    f"FakeOpenAIServer has no route {raw.method} {route}; it serves POST "
+                    "/v1/chat/completions "
+                    "and GET /v1/models",
+                    "invalid_request_error",
+                    "unknown_url",
+                ),
+            )
 
     def _simple(self, conn: _Conn, raw: _Raw, status: int, body: bytes) -> None:
         exchange = _Exchange(conn, raw.keep_alive, "req_fake_0")
@@ -839,13 +846,16 @@ class _Core:
             exchange.send_error(400, error, "invalid_request_error")
             return
         if request.n > 1 and not self.support_n:
-            exchange.send(400, _error_body(
-                f"n={request.n} is not supported by this server (FakeOpenAIServer(support_n=False)); "
-                "only n=1 is accepted",
-                "invalid_request_error",
-                "unsupported_parameter",
-                "n",
-            ))
+            exchange.send(
+                400,
+                _error_body(
+                    f"n={request.n} is not supported by this server (FakeOpenAIServer(support_n=False)); "
+                    "only n=1 is accepted",
+                    "invalid_request_error",
+                    "unsupported_parameter",
+                    "n",
+                ),
+            )
             return
         item: ResponseItem | Awaitable[ResponseItem]
         if self.injected:
@@ -930,9 +940,10 @@ class _Core:
         if isinstance(item, Reply):
             texts = list(item.texts) if item.texts is not None else None
             if texts is not None and len(texts) < request.n:
-                self._function_failed(exchange, ValueError(
-                    f"Reply.texts has {len(texts)} texts but the request asked for n={request.n}"
-                ))
+                self._function_failed(
+                    exchange,
+                    ValueError(f"Reply.texts has {len(texts)} texts but the request asked for n={request.n}"),
+                )
                 return
             if request.stream:
                 self._spawn(exchange, self._stream(exchange, request, item, None))
@@ -946,10 +957,13 @@ class _Core:
             else:
                 self._later(exchange, None, exchange.send, 200, _dumps(item))
         else:
-            self._function_failed(exchange, TypeError(
-                "a scripted response must be a str, Reply, Fault or response dict (or an awaitable of "
-                f"one), got {type(item).__name__}"
-            ))
+            self._function_failed(
+                exchange,
+                TypeError(
+                    "a scripted response must be a str, Reply, Fault or response dict (or an awaitable of "
+                    f"one), got {type(item).__name__}"
+                ),
+            )
 
     def _later(self, exchange: _Exchange, delay: float | None, fn: Callable[..., None], *args: Any) -> None:
         delay = self.latency if delay is None else delay
@@ -969,8 +983,14 @@ class _Core:
     def _usage(self, request: FakeRequest, reply: Reply, texts: list[str]) -> dict[str, int]:
         prompt = reply.prompt_tokens
         if prompt is None:
-            prompt = max(1, sum(_estimate_tokens(_content_text(m.get("content"))) for m in request.messages
-                                if isinstance(m, dict)))
+            prompt = max(
+                1,
+                sum(
+                    _estimate_tokens(_content_text(m.get("content")))
+                    for m in request.messages
+                    if isinstance(m, dict)
+                ),
+            )
         completion = reply.completion_tokens
         if completion is None:
             completion = sum(_estimate_tokens(t) for t in texts)
@@ -978,22 +998,24 @@ class _Core:
 
     def _completion(self, request: FakeRequest, reply: Reply) -> bytes:
         texts = self._texts(request, reply)
-        return _dumps({
-            "id": f"chatcmpl-fake-{request.index}",
-            "object": "chat.completion",
-            "created": int(time.time()),
-            "model": request.model or self.model,
-            "choices": [
-                {
-                    "index": i,
-                    "message": {"role": "assistant", "content": text},
-                    "logprobs": None,
-                    "finish_reason": reply.finish_reason,
-                }
-                for i, text in enumerate(texts)
-            ],
-            "usage": self._usage(request, reply, texts),
-        })
+        return _dumps(
+            {
+                "id": f"chatcmpl-fake-{request.index}",
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": request.model or self.model,
+                "choices": [
+                    {
+                        "index": i,
+                        "message": {"role": "assistant", "content": text},
+                        "logprobs": None,
+                        "finish_reason": reply.finish_reason,
+                    }
+                    for i, text in enumerate(texts)
+                ],
+                "usage": self._usage(request, reply, texts),
+            }
+        )
 
     def _stream_events(self, request: FakeRequest, reply: Reply) -> list[bytes]:
         texts = self._texts(request, reply)
@@ -1014,25 +1036,42 @@ class _Core:
                 chunk["usage"] = None
             return _dumps(chunk)
 
-        events = [event([
-            {
-                "index": i,
-                "delta": {"role": "assistant", "content": ""},
-                "logprobs": None,
-                "finish_reason": None,
-            }
-            for i in range(len(texts))
-        ])]
+        events = [
+            event(
+                [
+                    {
+                        "index": i,
+                        "delta": {"role": "assistant", "content": ""},
+                        "logprobs": None,
+                        "finish_reason": None,
+                    }
+                    for i in range(len(texts))
+                ]
+            )
+        ]
         for i, text in enumerate(texts):
             for piece in _split_stream(text):
                 if piece:
-                    events.append(event([
-                        {"index": i, "delta": {"content": piece}, "logprobs": None, "finish_reason": None}
-                    ]))
-        events.append(event([
-            {"index": i, "delta": {}, "logprobs": None, "finish_reason": reply.finish_reason}
-            for i in range(len(texts))
-        ]))
+                    events.append(
+                        event(
+                            [
+                                {
+                                    "index": i,
+                                    "delta": {"content": piece},
+                                    "logprobs": None,
+                                    "finish_reason": None,
+                                }
+                            ]
+                        )
+                    )
+        events.append(
+            event(
+                [
+                    {"index": i, "delta": {}, "logprobs": None, "finish_reason": reply.finish_reason}
+                    for i in range(len(texts))
+                ]
+            )
+        )
         if include_usage:
             events.append(_dumps({**base, "choices": [], "usage": self._usage(request, reply, texts)}))
         return events
@@ -1088,8 +1127,12 @@ class _Core:
             if body is None:
                 default_type, default_code, default_message = _DEFAULT_ERRORS.get(
                     fault.status,
-                    ("server_error", None, "The server had an error while processing your request "
-                     "(injected by FakeOpenAIServer)."),
+                    (
+                        "server_error",
+                        None,
+                        "The server had an error while processing your request "
+                        "(injected by FakeOpenAIServer).",
+                    ),
                 )
                 data = _error_body(
                     fault.message or default_message,
@@ -1338,10 +1381,13 @@ class FakeOpenAIServer:
             fn(*args)
             return
         done = threading.Event()
+        failure: list[BaseException] = []
 
         def call() -> None:
             try:
                 fn(*args)
+            except BaseException as exc:
+                failure.append(exc)
             finally:
                 done.set()
 
@@ -1350,7 +1396,16 @@ class FakeOpenAIServer:
         except RuntimeError:  # the loop has just closed
             fn(*args)
             return
-        done.wait()
+        while not done.wait(0.05):
+            if not self._thread_alive():  # stopped before running our callback
+                fn(*args)
+                return
+        if failure:
+            raise failure[0]
+
+    def _thread_alive(self) -> bool:
+        thread = self._thread
+        return thread is not None and thread.is_alive()
 
     latency = property(
         lambda self: self._core.latency,
@@ -1415,9 +1470,7 @@ class FakeOpenAIServer:
         return list(self._core.errors)
 
     @sync_twin
-    async def wait_until(
-        self, predicate: Callable[[FakeOpenAIServer], bool], timeout: float = 5.0
-    ) -> None:
+    async def wait_until(self, predicate: Callable[[FakeOpenAIServer], bool], timeout: float = 5.0) -> None:
         """Wait until ``predicate(server)`` is true (polled every millisecond), e.g.
         ``await server.wait_until(lambda s: s.client_disconnects == 1)``; ``.sync(...)`` from sync
         code. Raises ``TimeoutError`` after ``timeout`` seconds."""
@@ -1457,8 +1510,19 @@ class FakeOpenAIServer:
         (e.g. ``["429:0.05", "500", "reset"]``). Returns a :class:`SpawnedFakeServer` handle (also
         a context manager) once the server listens.
         """
-        args = [python or sys.executable, "-m", "asynclm.testing.server", "--port", "0",
-                "--latency", repr(latency), "--text", text, "--model", model]
+        args = [
+            python or sys.executable,
+            "-m",
+            "asynclm.testing.server",
+            "--port",
+            "0",
+            "--latency",
+            repr(latency),
+            "--text",
+            text,
+            "--model",
+            model,
+        ]
         if chunk_delay is not None:
             args += ["--chunk-delay", repr(chunk_delay)]
         if not support_n:
