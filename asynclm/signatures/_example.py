@@ -129,7 +129,9 @@ class Example:
         try:
             return self._store[name]
         except KeyError:
-            raise AttributeError(f"{type(self).__name__} has no field {name!r}; it has {list(self._store)}") from None
+            raise AttributeError(
+                f"{type(self).__name__} has no field {name!r}; it has {list(self._store)}"
+            ) from None
 
     def __setattr__(self, name: str, value: Any) -> None:
         if name.startswith("_") or isinstance(getattr(type(self), name, None), property):
@@ -162,7 +164,7 @@ class Example:
 
         return {k: to_jsonable_python(v, fallback=str) for k, v in self._store.items()}
 
-    toDict = to_dict  # noqa: N815 - DSPy's spelling
+    toDict = to_dict  # DSPy's spelling
 
     def to_json_dict(self) -> dict[str, Any]:
         """Fields and input keys, for saving; read back with :meth:`from_json_dict`."""

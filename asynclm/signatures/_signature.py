@@ -56,7 +56,7 @@ class _FieldMarker:
         return f"{'InputField' if self.kind == 'input' else 'OutputField'}(desc={self.desc!r})"
 
 
-def InputField(desc: str | None = None, *, prefix: str | None = None, **constraints: Any) -> Any:  # noqa: N802
+def InputField(desc: str | None = None, *, prefix: str | None = None, **constraints: Any) -> Any:
     """Declare an input field in a class-form signature: ``question: str = InputField(desc="...")``.
 
     ``constraints`` are pydantic constraints (``gt``, ``ge``, ``lt``, ``le``, ``multiple_of``,
@@ -66,7 +66,7 @@ def InputField(desc: str | None = None, *, prefix: str | None = None, **constrai
     return _FieldMarker("input", desc, prefix, constraints)
 
 
-def OutputField(desc: str | None = None, *, prefix: str | None = None, **constraints: Any) -> Any:  # noqa: N802
+def OutputField(desc: str | None = None, *, prefix: str | None = None, **constraints: Any) -> Any:
     """Declare an output field in a class-form signature: ``answer: int = OutputField(ge=0)``.
 
     Constraints are enforced when the LM's answer is parsed (a violation is a ``ParseError``) and
@@ -177,10 +177,11 @@ def _marker_to_field(name: str, spec: Any, type_: Any, *, what: str) -> Signatur
 
 
 _R = TypeVar("_R")
+_KEEP = object()
 _P = ParamSpec("_P")
 
 
-class _sigproperty(Generic[_R]):  # noqa: N801
+class _sigproperty(Generic[_R]):
     """A property that also works on a class-form signature (``QA.output_fields``)."""
 
     def __init__(self, fget: Callable[[Any], _R]) -> None:
@@ -193,7 +194,7 @@ class _sigproperty(Generic[_R]):  # noqa: N801
         return self.fget(obj)
 
 
-class _sigmethod(Generic[_P, _R]):  # noqa: N801
+class _sigmethod(Generic[_P, _R]):
     """A method that also works on a class-form signature (``QA.with_instructions(...)``)."""
 
     def __init__(self, func: Callable[Concatenate[Any, _P], _R]) -> None:
@@ -226,6 +227,8 @@ class Signature:
 
     # Set by __init_subclass__ on class-form signatures.
     _asynclm_class_error: ClassVar[SignatureError | None] = None
+    _asynclm_localns: ClassVar[dict[str, Any]]
+    _asynclm_canonical: ClassVar[Signature]
 
     _fields: tuple[SignatureField, ...]
     _instructions: str | None
@@ -265,7 +268,11 @@ class Signature:
         signature_text: str | None = None,
     ) -> None:
         fields = tuple(fields)
-        where = f"Invalid signature {signature_text!r}" if signature_text else f"Invalid signature {name or ''}".rstrip()
+        where = (
+            f"Invalid signature {signature_text!r}"
+            if signature_text
+            else f"Invalid signature {name or ''}".rstrip()
+        )
         seen: dict[str, FieldKind] = {}
         for f in fields:
             if not isinstance(f, SignatureField):
@@ -301,9 +308,7 @@ class Signature:
         self._memo = {}
 
     @classmethod
-    def _make(
-        cls, fields: Iterable[SignatureField], instructions: str | None, name: str | None
-    ) -> Signature:
+    def _make(cls, fields: Iterable[SignatureField], instructions: str | None, name: str | None) -> Signature:
         sig = object.__new__(Signature)
         sig._init(fields, instructions, name)
         return sig
@@ -371,7 +376,7 @@ class Signature:
         for klass in reversed(cls.__mro__):
             if klass is Signature or not issubclass(klass, Signature):
                 continue
-            names = list(klass.__dict__.get("__annotations__", {}))
+            names = list(inspect.get_annotations(klass))
             names += [n for n, v in klass.__dict__.items() if isinstance(v, _FieldMarker) and n not in names]
             for name in names:
                 if name.startswith("_"):
@@ -387,8 +392,8 @@ class Signature:
                     )
                 if name in reserved:
                     raise SignatureError(
-                        f"Invalid signature {cls.__name__}: field name {name!r} clashes with Signature.{name}; "
-                        "rename the field."
+                        f"Invalid signature {cls.__name__}: field name {name!r} clashes with "
+                        f"Signature.{name}; rename the field."
                     )
                 ordered.pop(name, None)
                 ordered[name] = _marker_to_field(name, marker, hint, what=f"{cls.__name__}.{name}")
@@ -442,10 +447,9 @@ class Signature:
 
     # -- derivation -----------------------------------------------------------------------------
 
-    def _derive(self, fields: Iterable[SignatureField], instructions: str | None | type = ...) -> Signature:
-        return Signature._make(
-            fields, self._instructions if instructions is ... else cast("str | None", instructions), self._name
-        )
+    def _derive(self, fields: Iterable[SignatureField], instructions: object = _KEEP) -> Signature:
+        kept = self._instructions if instructions is _KEEP else cast("str | None", instructions)
+        return Signature._make(fields, kept, self._name)
 
     @_sigmethod
     def with_instructions(self, instructions: str) -> Signature:
@@ -470,12 +474,12 @@ class Signature:
     @_sigmethod
     def append(self, name: str, field: Any, type_: Any = None) -> Signature:
         """A copy with ``field`` added after the last field of its kind."""
-        return cast(Signature, self.insert(-1, name, field, type_))
+        return self.insert(-1, name, field, type_)
 
     @_sigmethod
     def prepend(self, name: str, field: Any, type_: Any = None) -> Signature:
         """A copy with ``field`` added before the first field of its kind."""
-        return cast(Signature, self.insert(0, name, field, type_))
+        return self.insert(0, name, field, type_)
 
     @_sigmethod
     def delete(self, name: str) -> Signature:
@@ -485,7 +489,7 @@ class Signature:
         return self._derive(f for f in self._fields if f.name != name)
 
     @_sigmethod
-    def with_updated_fields(self, name: str, type_: Any = None, **changes: Any) -> Signature:
+    def with_updated_fields(self, name: str, /, type_: Any = None, **changes: Any) -> Signature:
         """A copy where field ``name`` gets a new type and/or ``desc``/``prefix``/constraints."""
         if name not in self._all:
             raise SignatureError(f"cannot update field {name!r}: the signature has {list(self._all)}")
@@ -546,21 +550,28 @@ class Signature:
         }
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any], *, custom_types: Mapping[str, Any] | None = None) -> Signature:
+    def from_dict(
+        cls, data: Mapping[str, Any], *, custom_types: Mapping[str, Any] | None = None
+    ) -> Signature:
         """Rebuild a signature written by :meth:`to_dict`. User classes named in field types must
         be supplied through ``custom_types`` (``{"Address": Address}``)."""
         try:
             raw_fields = data["fields"]
         except (KeyError, TypeError):
-            raise SignatureError(f"Signature.from_dict: expected a dict with a 'fields' list, got {data!r}") from None
+            raise SignatureError(
+                f"Signature.from_dict: expected a dict with a 'fields' list, got {data!r}"
+            ) from None
         fields = []
         for i, fd in enumerate(raw_fields):
             if not isinstance(fd, Mapping) or "name" not in fd or fd.get("kind") not in ("input", "output"):
                 raise SignatureError(
-                    f"Signature.from_dict: field entry {i} must have 'name' and 'kind' ('input' or 'output'), got {fd!r}"
+                    f"Signature.from_dict: field entry {i} must have 'name' and 'kind' ('input' or "
+                    f"'output'), got {fd!r}"
                 )
             annotation = parse_type(
-                fd.get("type", "str"), field=fd["name"], signature_text=f"<from_dict {data.get('name')}>",
+                fd.get("type", "str"),
+                field=fd["name"],
+                signature_text=f"<from_dict {data.get('name')}>",
                 custom_types=custom_types,
             )
             fields.append(
@@ -627,7 +638,8 @@ def _parse_fields(text: str, custom_types: Mapping[str, Any] | None) -> tuple[Si
     arrows = [pos for pos, _ in _scan_top_level(text, ("->",))]
     if not arrows:
         raise SignatureError(
-            f"Invalid signature {text!r}: missing '->' between inputs and outputs (expected e.g. 'question -> answer')."
+            f"Invalid signature {text!r}: missing '->' between inputs and outputs "
+            "(expected e.g. 'question -> answer')."
         )
     if len(arrows) > 1:
         raise SignatureError(
@@ -653,7 +665,9 @@ def _parse_fields(text: str, custom_types: Mapping[str, Any] | None) -> tuple[Si
             annotation: Any = str
             if colon:
                 if not type_text.strip():
-                    raise SignatureError(f"Invalid signature {text!r}: field {name!r} has ':' but no type after it.")
+                    raise SignatureError(
+                        f"Invalid signature {text!r}: field {name!r} has ':' but no type after it."
+                    )
                 annotation = parse_type(type_text, field=name, signature_text=text, custom_types=custom_types)
             fields.append(SignatureField(name=name, kind=cast(FieldKind, kind), annotation=annotation))
     # Name clashes are reported by _init with the same wording for every form.

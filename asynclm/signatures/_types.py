@@ -50,7 +50,7 @@ _GENERIC_CONTAINERS = (list, dict, tuple, set, frozenset)
 
 
 def known_type_names() -> list[str]:
-    return sorted(n for n in _BUILTIN_NAMES if n != "NoneType") + ["History"]
+    return [*sorted(n for n in _BUILTIN_NAMES if n != "NoneType"), "History"]
 
 
 def parse_type(text: str, *, field: str, signature_text: str, custom_types: Mapping[str, Any] | None) -> Any:
@@ -75,7 +75,8 @@ class _TypeEvaluator:
 
     def fail(self, what: str) -> SignatureError:
         return SignatureError(
-            f"Invalid signature {self.signature_text!r}: {what} in the type {self.text!r} of field {self.field!r}."
+            f"Invalid signature {self.signature_text!r}: {what} in the type {self.text!r} "
+            f"of field {self.field!r}."
         )
 
     def name(self, name: str) -> Any:
@@ -91,8 +92,8 @@ class _TypeEvaluator:
 
     def unknown(self, name: str) -> Any:
         raise SignatureError(
-            f"Invalid signature {self.signature_text!r}: unknown type name {name!r} in the type {self.text!r} "
-            f"of field {self.field!r}. Known names: {', '.join(known_type_names())}. To use your own class, "
+            f"Invalid signature {self.signature_text!r}: unknown type name {name!r} in the type "
+            f"{self.text!r} of field {self.field!r}. Known names: {', '.join(known_type_names())}. To use your own class, "
             f"pass custom_types={{{name!r}: {name}}} (or use the class form of Signature)."
         )
 
@@ -100,7 +101,7 @@ class _TypeEvaluator:
         if isinstance(node, ast.Name):
             return self.name(node.id)
         if isinstance(node, ast.Attribute):
-            # `typing.List`, `datetime.date`, `mymodule.Model`: resolve by the dotted name, then the last part.
+            # `typing.List`, `datetime.date`, `mymodule.Model`: the dotted name, or the last part.
             dotted = ast.unparse(node)
             if dotted in self.custom:
                 return self.custom[dotted]
@@ -110,7 +111,9 @@ class _TypeEvaluator:
         if isinstance(node, ast.Constant) and node.value is None:
             return None
         if isinstance(node, ast.BinOp) and isinstance(node.op, ast.BitOr):
-            return Union[self.eval(node.left), self.eval(node.right)]  # noqa: UP007 - one canonical form
+            return Union[
+                self.eval(node.left), self.eval(node.right)
+            ]  # one canonical form for `|` and Union[]
         if isinstance(node, ast.Subscript):
             origin = self.eval(node.value)
             elts = node.slice.elts if isinstance(node.slice, ast.Tuple) else [node.slice]
@@ -203,7 +206,8 @@ def annotation_name(tp: Any) -> str:
     if origin is None:
         return str(getattr(tp, "__name__", tp))
     if origin is Literal:
-        return f"Literal[{', '.join(_quote_literal(a) if isinstance(a, str) else annotation_name(a) for a in args)}]"
+        shown = (_quote_literal(a) if isinstance(a, str) else annotation_name(a) for a in args)
+        return f"Literal[{', '.join(shown)}]"
     return f"{annotation_name(origin)}[{', '.join(annotation_name(a) for a in args)}]"
 
 
