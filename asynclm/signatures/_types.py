@@ -93,8 +93,9 @@ class _TypeEvaluator:
     def unknown(self, name: str) -> Any:
         raise SignatureError(
             f"Invalid signature {self.signature_text!r}: unknown type name {name!r} in the type "
-            f"{self.text!r} of field {self.field!r}. Known names: {', '.join(known_type_names())}. To use your own class, "
-            f"pass custom_types={{{name!r}: {name}}} (or use the class form of Signature)."
+            f"{self.text!r} of field {self.field!r}. Known names: {', '.join(known_type_names())}. "
+            f"To use your own class, pass custom_types={{{name!r}: {name}}} "
+            "(or use the class form of Signature)."
         )
 
     def eval(self, node: ast.expr) -> Any:
