@@ -26,7 +26,10 @@ REQUEST = json.dumps(
         "model": "gpt-4o-mini",
         "messages": [
             {"role": "system", "content": "You are a careful assistant. " * 12},
-            {"role": "user", "content": "Summarise the following text in one sentence. " + "lorem ipsum " * 45},
+            {
+                "role": "user",
+                "content": "Summarise the following text in one sentence. " + "lorem ipsum " * 45,
+            },
         ],
         "temperature": 0.0,
         "max_tokens": 256,
@@ -196,7 +199,9 @@ def run_client(name: str, url: str, n: int, concurrency: int) -> dict[str, float
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--n", type=int, default=2000, help="timed calls per row (default 2000)")
     parser.add_argument("--concurrency", default="64,256", help="comma-separated (default 64,256)")
     parser.add_argument("--latency", type=float, default=0.05, help="server latency, seconds")
@@ -214,21 +219,37 @@ def main() -> None:
         return
 
     server = subprocess.Popen(
-        [sys.executable, __file__, "--serve", "--latency", str(args.latency)], stdout=subprocess.PIPE, text=True
+        [sys.executable, __file__, "--serve", "--latency", str(args.latency)],
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert server.stdout is not None
         url = f"http://127.0.0.1:{server.stdout.readline().strip()}/v1/chat/completions"
         clients = args.clients.split(",")
-        print(f"{args.n} POSTs, ~{len(REQUEST)} B request / {len(RESPONSE)} B response, "
-              f"server latency {1000 * args.latency:g} ms, {os.cpu_count()} CPUs")
+        print(
+            f"{args.n} POSTs, ~{len(REQUEST)} B request / {len(RESPONSE)} B response, "
+            f"server latency {1000 * args.latency:g} ms, {os.cpu_count()} CPUs"
+        )
         for c in (int(x) for x in args.concurrency.split(",")):
             rows: dict[str, dict[str, float]] = {}
             for name in clients:
                 out = subprocess.run(
-                    [sys.executable, __file__, "--client", name, "--url", url, "--n", str(args.n),
-                     "--concurrency", str(c)],
-                    capture_output=True, text=True, timeout=900,
+                    [
+                        sys.executable,
+                        __file__,
+                        "--client",
+                        name,
+                        "--url",
+                        url,
+                        "--n",
+                        str(args.n),
+                        "--concurrency",
+                        str(c),
+                    ],
+                    capture_output=True,
+                    text=True,
+                    timeout=900,
                 )
                 if out.returncode:
                     print(f"  {name}: FAILED\n{out.stderr[-2000:]}")

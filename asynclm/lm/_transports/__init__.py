@@ -74,9 +74,7 @@ def default_transport() -> Transport:
                 )
             )
     elif choice not in ("", "http11", "default"):
-        raise ValueError(
-            f"ASYNCLM_HTTP_TRANSPORT={choice!r} is not one of: http11 (default), aiohttp, httpx"
-        )
+        raise ValueError(f"ASYNCLM_HTTP_TRANSPORT={choice!r} is not one of: http11 (default), aiohttp, httpx")
     return HTTP11Transport()
 
 

@@ -513,9 +513,7 @@ class HTTP11Transport:
                     return cast(Response, await self._exchange(conn, target, payload, None, None))
                 with anyio.CancelScope(deadline=anyio.current_time() + read_t) as scope:
                     return cast(Response, await self._exchange(conn, target, payload, scope, read_t))
-                raise TransportTimeout(
-                    f"{target.safe_url}: no response data for {read_t:g} s (read timeout)"
-                )
+                raise TransportTimeout(f"{target.safe_url}: no response data for {read_t:g} s (read timeout)")
             except _Stale:
                 continue  # the connection is already closed; retry once on a fresh one
         raise AssertionError("unreachable")  # pragma: no cover

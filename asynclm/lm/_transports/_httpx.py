@@ -16,8 +16,19 @@ from ._base import Response, TransportError, TransportTimeout
 __all__ = ["HttpxTransport"]
 
 _TRANSPORT_ERRORS = frozenset(
-    {"TransportError", "NetworkError", "ProtocolError", "ConnectError", "ReadError", "WriteError",
-     "RemoteProtocolError", "LocalProtocolError", "ProxyError", "StreamError", "DecodingError"}
+    {
+        "TransportError",
+        "NetworkError",
+        "ProtocolError",
+        "ConnectError",
+        "ReadError",
+        "WriteError",
+        "RemoteProtocolError",
+        "LocalProtocolError",
+        "ProxyError",
+        "StreamError",
+        "DecodingError",
+    }
 )
 
 

@@ -1,0 +1,856 @@
+"""The HTTP transports, against a real HTTP server on 127.0.0.1 (raw bytes, so framing and faults
+are exactly what each test says). The server runs its own asyncio loop in a thread, so the same
+tests run with the client on asyncio and on trio."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import itertools
+import json
+import socket
+import ssl
+import threading
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from asynclm.lm._transports import (
+    AiohttpTransport,
+    HTTP11Transport,
+    HttpxTransport,
+    Response,
+    TransportError,
+    TransportTimeout,
+    default_transport,
+    get_transport,
+    transport_factory,
+)
+from asynclm.lm._transports._http11 import _CHUNKED, _LENGTH, _BodyReader, _Connection
+
+# -- a raw HTTP/1.1 server in a thread --------------------------------------------------------
+
+
+@dataclass
+class Request:
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+    conn_id: int
+    index_on_conn: int
+
+
+Handler = Callable[["RawServer", Request, asyncio.StreamReader, asyncio.StreamWriter], Awaitable[bool]]
+
+
+def reply(
+    body: bytes = b'{"ok": true}', status: str = "200 OK", headers: dict[str, str] | None = None
+) -> bytes:
+    head = f"HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+    for k, v in (headers or {}).items():
+        head += f"{k}: {v}\r\n"
+    return head.encode() + b"\r\n" + body
+
+
+def chunked(*parts: bytes, head: str = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n") -> bytes:
+    return head.encode() + b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in parts) + b"0\r\n\r\n"
+
+
+async def ok(server: RawServer, req: Request, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> bool:
+    w.write(reply(json.dumps({"echo": req.body.decode(), "path": req.path}).encode()))
+    return True
+
+
+def static(data: bytes, keep: bool = True) -> Handler:
+    async def handler(server: RawServer, req: Request, r: Any, w: asyncio.StreamWriter) -> bool:
+        w.write(data)
+        return keep
+
+    return handler
+
+
+async def hang(server: RawServer, req: Request, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> bool:
+    """Never answer; record the client's disconnect."""
+    server.waiting.set()
+    if not await r.read(1):
+        server.disconnects += 1
+        server.disconnected.set()
+    return False
+
+
+@dataclass
+class RawServer:
+    routes: dict[str, Handler] = field(default_factory=dict)
+    connections: int = 0
+    disconnects: int = 0
+    requests: list[Request] = field(default_factory=list)
+    waiting: threading.Event = field(default_factory=threading.Event)
+    disconnected: threading.Event = field(default_factory=threading.Event)
+    closed_conns: int = 0
+    ssl_context: ssl.SSLContext | None = None
+    port: int = 0
+    loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def url(self) -> str:
+        return f"{'https' if self.ssl_context else 'http'}://127.0.0.1:{self.port}"
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        conn_id = self.connections
+        index = 0
+        try:
+            while True:
+                try:
+                    head = await reader.readuntil(b"\r\n\r\n")
+                except (asyncio.IncompleteReadError, ConnectionError):
+                    return
+                lines = head.decode("latin-1").split("\r\n")
+                method, path, _ = lines[0].split(" ")
+                headers = {}
+                for line in lines[1:]:
+                    if line:
+                        k, _, v = line.partition(":")
+                        headers[k.strip().lower()] = v.strip()
+                body = await reader.readexactly(int(headers.get("content-length", "0")))
+                req = Request(method, path, headers, body, conn_id, index)
+                index += 1
+                self.requests.append(req)
+                handler = self.routes.get(path.split("?")[0], ok)
+                keep = await handler(self, req, reader, writer)
+                await writer.drain()
+                if not keep:
+                    return
+        except ConnectionError:
+            pass
+        finally:
+            self.closed_conns += 1
+            writer.close()
+
+    def __enter__(self) -> RawServer:
+        started = threading.Event()
+
+        def run() -> None:
+            async def main() -> None:
+                self.loop = asyncio.get_running_loop()
+                server = await asyncio.start_server(self._handle, "127.0.0.1", 0, ssl=self.ssl_context)
+                self.port = server.sockets[0].getsockname()[1]
+                self._stop = asyncio.Event()
+                started.set()
+                async with server:
+                    await self._stop.wait()
+
+            asyncio.run(main())
+
+        self._thread = threading.Thread(target=run, daemon=True)
+        self._thread.start()
+        started.wait(5)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self.loop is not None
+        self.loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(5)
+
+
+@pytest.fixture
+def server() -> Iterator[RawServer]:
+    with RawServer() as s:
+        yield s
+
+
+async def eventually(pred: Callable[[], bool], timeout: float = 5.0) -> None:
+    with anyio.fail_after(timeout):
+        while not pred():  # noqa: ASYNC110 - the condition is set by the server thread
+            await anyio.sleep(0.01)
+
+
+HEADERS = {"Content-Type": "application/json", "Authorization": "Bearer sk-test"}
+
+
+# -- plain requests ---------------------------------------------------------------------------
+
+
+async def test_post_round_trip_and_request_framing(server: RawServer) -> None:
+    t = HTTP11Transport()
+    try:
+        resp = await t.post(server.url + "/v1/chat?x=1", b'{"a": 1}', {**HEADERS, "X-Custom": "yes"})
+    finally:
+        await t.aclose()
+    assert isinstance(resp, Response)
+    assert resp.status == 200
+    assert resp.headers["content-type"] == "application/json"
+    assert json.loads(resp.body) == {"echo": '{"a": 1}', "path": "/v1/chat?x=1"}
+    req = server.requests[0]
+    assert req.method == "POST"
+    assert req.headers["host"] == f"127.0.0.1:{server.port}"
+    assert req.headers["content-length"] == "8"
+    assert req.headers["x-custom"] == "yes"
+    assert req.headers["authorization"] == "Bearer sk-test"
+    assert req.headers["user-agent"].startswith("asynclm/")
+
+
+async def test_caller_cannot_override_framing_headers(server: RawServer) -> None:
+    t = HTTP11Transport()
+    try:
+        await t.post(server.url, b"abc", {"Content-Length": "999", "Transfer-Encoding": "chunked"})
+        resp = await t.post(server.url, b"de", {})  # the connection is still in sync
+    finally:
+        await t.aclose()
+    assert server.requests[0].headers["content-length"] == "3"
+    assert "transfer-encoding" not in server.requests[0].headers
+    assert json.loads(resp.body)["echo"] == "de"
+    assert server.connections == 1
+
+
+async def test_keep_alive_reuses_one_connection(server: RawServer) -> None:
+    t = HTTP11Transport()
+    try:
+        for i in range(10):
+            resp = await t.post(server.url, str(i).encode(), HEADERS)
+            assert json.loads(resp.body)["echo"] == str(i)
+    finally:
+        await t.aclose()
+    assert server.connections == 1
+    assert [r.index_on_conn for r in server.requests] == list(range(10))
+
+
+async def test_concurrent_requests_each_get_their_own_response(server: RawServer) -> None:
+    async def slow(server: RawServer, req: Request, r: Any, w: asyncio.StreamWriter) -> bool:
+        await asyncio.sleep(0.05)
+        w.write(reply(req.body))
+        return True
+
+    server.routes["/slow"] = slow
+    t = HTTP11Transport()
+    results: dict[int, bytes] = {}
+
+    async def one(i: int) -> None:
+        results[i] = (await t.post(server.url + "/slow", str(i).encode(), HEADERS)).body
+
+    try:
+        async with anyio.create_task_group() as tg:
+            for i in range(30):
+                tg.start_soon(one, i)
+        first_wave = server.connections
+        async with anyio.create_task_group() as tg:
+            for i in range(30, 60):
+                tg.start_soon(one, i)
+    finally:
+        await t.aclose()
+    assert results == {i: str(i).encode() for i in range(60)}
+    assert first_wave == 30
+    assert server.connections == 30  # the second wave reused the pool
+
+
+async def test_chunked_body_with_extensions_and_trailers(server: RawServer) -> None:
+    raw = (
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"5;ext=1\r\nhello\r\n1\r\n \r\nA\r\n0123456789\r\n0\r\nX-Trailer: t\r\n\r\n"
+    )
+    server.routes["/c"] = static(raw)
+    t = HTTP11Transport()
+    try:
+        resp = await t.post(server.url + "/c", b"", {})
+        again = await t.post(server.url + "/c", b"", {})
+    finally:
+        await t.aclose()
+    assert resp.body == b"hello 0123456789" == again.body
+    assert server.connections == 1
+
+
+async def test_body_until_close_is_read_and_connection_not_reused(server: RawServer) -> None:
+    server.routes["/eof"] = static(b"HTTP/1.1 200 OK\r\n\r\n" + b"x" * 100_000, keep=False)
+    t = HTTP11Transport()
+    try:
+        resp = await t.post(server.url + "/eof", b"", {})
+        resp2 = await t.post(server.url + "/eof", b"", {})
+    finally:
+        await t.aclose()
+    assert resp.body == b"x" * 100_000 == resp2.body
+    assert server.connections == 2
+
+
+async def test_connection_close_header_is_honoured(server: RawServer) -> None:
+    server.routes["/close"] = static(reply(b"bye", headers={"Connection": "close"}))
+    t = HTTP11Transport()
+    try:
+        assert (await t.post(server.url + "/close", b"", {})).body == b"bye"
+        assert (await t.post(server.url + "/close", b"", {})).body == b"bye"
+    finally:
+        await t.aclose()
+    assert server.connections == 2
+
+
+async def test_large_content_length_body_over_many_reads(server: RawServer) -> None:
+    big = bytes(range(256)) * 8192  # 2 MiB
+    server.routes["/big"] = static(reply(big))
+    t = HTTP11Transport()
+    try:
+        resp = await t.post(server.url + "/big", b"q" * 300_000, {})
+    finally:
+        await t.aclose()
+    assert resp.body == big
+    assert len(server.requests[0].body) == 300_000
+
+
+async def test_gzip_body_is_decoded(server: RawServer) -> None:
+    payload = b'{"text": "' + b"abc" * 1000 + b'"}'
+    server.routes["/gz"] = static(reply(gzip.compress(payload), headers={"Content-Encoding": "gzip"}))
+    t = HTTP11Transport()
+    try:
+        resp = await t.post(server.url + "/gz", b"", {})
+    finally:
+        await t.aclose()
+    assert resp.body == payload
+
+
+async def test_interim_1xx_and_bodyless_204(server: RawServer) -> None:
+    server.routes["/early"] = static(b"HTTP/1.1 103 Early Hints\r\nLink: </x>\r\n\r\n" + reply(b"final"))
+    server.routes["/empty"] = static(b"HTTP/1.1 204 No Content\r\n\r\n")
+    t = HTTP11Transport()
+    try:
+        early = await t.post(server.url + "/early", b"", {})
+        empty = await t.post(server.url + "/empty", b"", {})
+        after = await t.post(server.url + "/", b"z", {})
+    finally:
+        await t.aclose()
+    assert (early.status, early.body) == (200, b"final")
+    assert (empty.status, empty.body) == (204, b"")
+    assert json.loads(after.body)["echo"] == "z"
+    assert server.connections == 1
+
+
+async def test_error_statuses_are_responses_not_errors(server: RawServer) -> None:
+    server.routes["/429"] = static(
+        reply(b'{"error": "slow down"}', "429 Too Many Requests", {"Retry-After": "2"})
+    )
+    t = HTTP11Transport()
+    try:
+        resp = await t.post(server.url + "/429", b"", {})
+    finally:
+        await t.aclose()
+    assert resp.status == 429
+    assert resp.headers["retry-after"] == "2"
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"HTTP/1.1 abc OK\r\n\r\n",
+        b"garbage\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!",
+        b"HTTP/1.1 200 OK\r\nbad header line\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+    ],
+    ids=["status", "garbage", "content-length", "header", "chunk-size"],
+)
+async def test_malformed_responses_raise_transport_error(
+    server: RawServer, raw: bytes, anyio_backend: str
+) -> None:
+    server.routes["/bad"] = static(raw, keep=False)
+    t = HTTP11Transport()
+    try:
+        with pytest.raises(TransportError, match=r"malformed|conflicting"):
+            await t.post(server.url + "/bad", b"", {})
+        assert (await t.post(server.url + "/", b"", {})).status == 200
+    finally:
+        await t.aclose()
+
+
+async def test_truncated_body_raises(server: RawServer) -> None:
+    server.routes["/cut"] = static(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly this", keep=False)
+    t = HTTP11Transport()
+    try:
+        with pytest.raises(TransportError, match="closed the connection before the response was complete"):
+            await t.post(server.url + "/cut", b"", {})
+    finally:
+        await t.aclose()
+    assert len(server.requests) == 1  # a partly received response is never retried
+
+
+# -- stale keep-alive connections -------------------------------------------------------------
+
+
+async def test_idle_connection_closed_by_server_is_detected(server: RawServer) -> None:
+    server.routes["/once"] = static(reply(b"1"), keep=False)  # answers, then closes (no Connection: close)
+    t = HTTP11Transport()
+    try:
+        assert (await t.post(server.url + "/once", b"", {})).body == b"1"
+        (conn,) = t._idle[("http", "127.0.0.1", server.port)]
+        await eventually(lambda: server.closed_conns == 1)
+        assert not conn.looks_alive()
+        assert (await t.post(server.url + "/", b"", {})).status == 200
+        (conn,) = t._idle[("http", "127.0.0.1", server.port)]
+        assert conn.looks_alive()
+    finally:
+        await t.aclose()
+    assert server.connections == 2
+    assert len(server.requests) == 2  # no failed attempt on the dead connection
+
+
+async def test_idle_connections_expire(server: RawServer) -> None:
+    server.routes["/ka"] = static(reply(b"k", headers={"Keep-Alive": "timeout=1"}))
+    t = HTTP11Transport(keepalive_expiry=0.2)
+    try:
+        await t.post(server.url, b"", {})
+        await t.post(server.url, b"", {})
+        assert server.connections == 1
+        await anyio.sleep(0.3)
+        await t.post(server.url + "/ka", b"", {})
+        assert server.connections == 2
+        t.keepalive_expiry = 30
+        await t.post(server.url + "/ka", b"", {})  # Keep-Alive: timeout=1 -> kept 0.5 s at most
+        await anyio.sleep(0.6)
+        await t.post(server.url, b"", {})
+        assert server.connections == 3
+    finally:
+        await t.aclose()
+
+
+async def test_reused_connection_dropped_before_response_is_retried_once(server: RawServer) -> None:
+    async def drop_on_reuse(server: RawServer, req: Request, r: Any, w: asyncio.StreamWriter) -> bool:
+        if req.index_on_conn == 0:
+            w.write(reply(b"first"))
+            return True
+        return False  # the race a keep-alive timeout causes: request read, connection closed
+
+    server.routes["/r"] = drop_on_reuse
+    t = HTTP11Transport()
+    try:
+        assert (await t.post(server.url + "/r", b"", {})).body == b"first"
+        assert (await t.post(server.url + "/r", b"", {})).body == b"first"
+    finally:
+        await t.aclose()
+    assert server.connections == 2
+    assert [(r.conn_id, r.index_on_conn) for r in server.requests] == [(1, 0), (1, 1), (2, 0)]
+
+
+async def test_fresh_connection_dropped_is_not_retried(server: RawServer) -> None:
+    server.routes["/drop"] = static(b"", keep=False)
+    t = HTTP11Transport()
+    try:
+        with pytest.raises(TransportError, match="closed the connection"):
+            await t.post(server.url + "/drop", b"", {})
+    finally:
+        await t.aclose()
+    assert len(server.requests) == 1
+
+
+# -- cancellation and timeouts ----------------------------------------------------------------
+
+
+async def test_cancelling_the_caller_closes_the_connection(server: RawServer) -> None:
+    server.routes["/hang"] = hang
+    t = HTTP11Transport()
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(t.post, server.url + "/hang", b"", {})
+            await eventually(server.waiting.is_set)
+            tg.cancel_scope.cancel()
+        await eventually(server.disconnected.is_set)
+        assert (await t.post(server.url + "/", b"ok", {})).status == 200
+    finally:
+        await t.aclose()
+    assert server.disconnects == 1
+    assert server.connections == 2  # the cancelled connection never went back to the pool
+
+
+async def test_read_timeout_raises_transport_timeout_and_closes(server: RawServer) -> None:
+    server.routes["/hang"] = hang
+    t = HTTP11Transport()
+    try:
+        with anyio.fail_after(5):
+            with pytest.raises(TransportTimeout, match="read timeout") as info:
+                await t.post(server.url + "/hang", b"", {}, timeout=0.2)
+        assert isinstance(info.value, TimeoutError)
+        await eventually(server.disconnected.is_set)
+    finally:
+        await t.aclose()
+
+
+async def test_default_read_timeout_is_per_read_not_total(server: RawServer) -> None:
+    async def trickle(server: RawServer, req: Request, r: Any, w: asyncio.StreamWriter) -> bool:
+        w.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        for _ in range(6):
+            await asyncio.sleep(0.1)
+            w.write(b"1\r\n.\r\n")
+            await w.drain()
+        w.write(b"0\r\n\r\n")
+        return True
+
+    server.routes["/trickle"] = trickle
+    t = HTTP11Transport(read_timeout=0.4)
+    try:
+        resp = await t.post(server.url + "/trickle", b"", {})  # 0.6 s in total, each read < 0.4 s
+    finally:
+        await t.aclose()
+    assert resp.body == b"......"
+
+
+async def test_connection_refused_is_transport_error_without_the_query() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens once closed
+    t = HTTP11Transport()
+    try:
+        with pytest.raises(TransportError) as info:
+            await t.post(f"http://127.0.0.1:{port}/v1?key=SECRET", b"", {})
+    finally:
+        await t.aclose()
+    assert not isinstance(info.value, TransportTimeout)
+    assert "cannot connect" in str(info.value)
+    assert "SECRET" not in str(info.value)
+
+
+# -- streaming --------------------------------------------------------------------------------
+
+
+async def test_stream_returns_after_headers_and_yields_chunks(server: RawServer) -> None:
+    go = threading.Event()
+
+    async def sse(server: RawServer, req: Request, r: Any, w: asyncio.StreamWriter) -> bool:
+        w.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n")
+        await w.drain()
+        await asyncio.to_thread(go.wait, 5)
+        for i in range(3):
+            event = f"data: {i}\n\n".encode()
+            w.write(b"%x\r\n%s\r\n" % (len(event), event))
+            await w.drain()
+            await asyncio.sleep(0.02)
+        w.write(b"0\r\n\r\n")
+        return True
+
+    server.routes["/sse"] = sse
+    t = HTTP11Transport()
+    try:
+        with anyio.fail_after(5):
+            resp = await t.post_stream(server.url + "/sse", b"", {})  # the body has not started yet
+        assert resp.status == 200
+        assert resp.headers["content-type"] == "text/event-stream"
+        go.set()
+        chunks = [c async for c in resp.aiter_bytes()]
+        await resp.aclose()
+        assert b"".join(chunks) == b"data: 0\n\ndata: 1\n\ndata: 2\n\n"
+        assert len(chunks) >= 2  # delivered as they arrived, not buffered to the end
+        assert (await t.post(server.url + "/", b"", {})).status == 200
+    finally:
+        await t.aclose()
+    assert server.connections == 1  # fully read: the connection went back to the pool
+
+
+async def test_stream_content_length_body_and_aread(server: RawServer) -> None:
+    server.routes["/cl"] = static(reply(b"x" * 200_000))
+    t = HTTP11Transport()
+    try:
+        async with await t.post_stream(server.url + "/cl", b"", {}) as resp:
+            assert await resp.aread() == b"x" * 200_000
+        assert (await t.post(server.url + "/", b"", {})).status == 200
+    finally:
+        await t.aclose()
+    assert server.connections == 1
+
+
+async def test_stream_aclose_mid_body_closes_the_connection(server: RawServer) -> None:
+    async def endless(server: RawServer, req: Request, r: Any, w: asyncio.StreamWriter) -> bool:
+        w.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n")
+        await w.drain()
+        return await hang(server, req, r, w)
+
+    server.routes["/endless"] = endless
+    t = HTTP11Transport()
+    try:
+        resp = await t.post_stream(server.url + "/endless", b"", {})
+        async for chunk in resp.aiter_bytes():
+            assert chunk == b"first"
+            break
+        await resp.aclose()
+        await eventually(server.disconnected.is_set)
+        assert (await t.post(server.url + "/", b"", {})).status == 200
+    finally:
+        await t.aclose()
+    assert server.connections == 2
+
+
+async def test_stream_read_timeout_and_cancellation(server: RawServer) -> None:
+    async def stalls(server: RawServer, req: Request, r: Any, w: asyncio.StreamWriter) -> bool:
+        w.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        await w.drain()
+        return await hang(server, req, r, w)
+
+    server.routes["/stalls"] = stalls
+    t = HTTP11Transport()
+    try:
+        resp = await t.post_stream(server.url + "/stalls", b"", {}, timeout=0.2)
+        with anyio.fail_after(5), pytest.raises(TransportTimeout):
+            async for _ in resp.aiter_bytes():
+                pass
+        await eventually(server.disconnected.is_set)
+        server.disconnected.clear()
+
+        resp = await t.post_stream(server.url + "/stalls", b"", {})
+        with anyio.move_on_after(0.2):
+            async for _ in resp.aiter_bytes():
+                pass
+        await eventually(server.disconnected.is_set)
+        assert [c async for c in resp.aiter_bytes()] == []  # closed, nothing more
+    finally:
+        await t.aclose()
+    assert server.disconnects == 2
+
+
+# -- validation -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "headers", "match"),
+    [
+        ("ftp://127.0.0.1/x", {}, "unsupported URL scheme"),
+        ("http://user:pw@127.0.0.1/x", {}, "credentials"),
+        ("http:///x", {}, "no host"),
+        ("http://127.0.0.1/x", {"X-Bad": "a\r\nInjected: 1"}, "invalid HTTP header"),
+        ("http://127.0.0.1/x", {"Bad Name": "a"}, "invalid HTTP header"),
+        ("http://127.0.0.1/x", {"X-Text": "emoji 🙂"}, "latin-1"),
+    ],
+)
+async def test_invalid_requests_raise_value_error(
+    url: str, headers: dict[str, str], match: str, anyio_backend: str
+) -> None:
+    t = HTTP11Transport()
+    try:
+        with pytest.raises(ValueError, match=match):
+            await t.post(url, b"", headers)
+    finally:
+        await t.aclose()
+
+
+async def test_closed_transport_refuses_requests(server: RawServer) -> None:
+    t = HTTP11Transport()
+    await t.post(server.url, b"", {})
+    await t.aclose()
+    with pytest.raises(TransportError, match="closed"):
+        await t.post(server.url, b"", {})
+    await eventually(lambda: server.closed_conns == 1)  # aclose closed the idle connection
+
+
+# -- TLS --------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def tls_server() -> Iterator[tuple[RawServer, ssl.SSLContext]]:
+    trustme = pytest.importorskip("trustme")
+    ca = trustme.CA()
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_ctx)
+    client_ctx = ssl.create_default_context()
+    ca.configure_trust(client_ctx)
+    with RawServer(ssl_context=server_ctx) as s:
+        yield s, client_ctx
+
+
+async def test_https_with_custom_ca(tls_server: tuple[RawServer, ssl.SSLContext]) -> None:
+    server, client_ctx = tls_server
+    t = HTTP11Transport(ssl_context=client_ctx)
+    try:
+        for i in range(3):
+            assert json.loads((await t.post(server.url, str(i).encode(), {})).body)["echo"] == str(i)
+        async with await t.post_stream(server.url, b"s", {}) as resp:
+            assert json.loads(await resp.aread())["echo"] == "s"
+    finally:
+        await t.aclose()
+    assert server.connections == 1
+
+
+async def test_https_untrusted_certificate_is_transport_error(
+    tls_server: tuple[RawServer, ssl.SSLContext],
+) -> None:
+    server, _ = tls_server
+    t = HTTP11Transport()  # system CAs: the test CA is unknown
+    try:
+        with pytest.raises(TransportError, match="cannot connect"):
+            await t.post(server.url, b"", {})
+    finally:
+        await t.aclose()
+
+
+# -- one transport per loop -------------------------------------------------------------------
+
+
+def test_get_transport_is_per_loop_and_closed_with_it(server: RawServer) -> None:
+    seen: list[Any] = []
+
+    async def use() -> None:
+        t = get_transport()
+        assert get_transport() is t
+        assert (await t.post(server.url, b"", {})).status == 200
+        seen.append(t)
+
+    anyio.run(use, backend="asyncio")
+    anyio.run(use, backend="trio")
+    anyio.run(use, backend="asyncio")
+    assert len({id(t) for t in seen}) == 3
+    assert all(isinstance(t, HTTP11Transport) for t in seen)
+    # Each loop's transport closed its keep-alive connection when its run ended.
+    assert server.connections == 3
+    anyio.run(eventually, lambda: server.closed_conns == 3)
+    with pytest.raises(TransportError, match="closed"):
+        anyio.run(seen[0].post, server.url, b"", {})
+
+
+def test_transport_used_from_another_loop_raises(server: RawServer) -> None:
+    t = HTTP11Transport()
+    anyio.run(t.post, server.url, b"", {})
+    with pytest.raises(RuntimeError, match="another event loop"):
+        anyio.run(t.post, server.url, b"", {}, backend="trio")
+
+
+async def test_get_transport_with_a_factory_is_keyed_by_the_factory(server: RawServer) -> None:
+    made: list[HTTP11Transport] = []
+
+    def factory() -> HTTP11Transport:
+        made.append(HTTP11Transport())
+        return made[-1]
+
+    a, b = get_transport(factory), get_transport(factory)
+    assert a is b is made[0]
+    assert get_transport() is not a
+    assert (await a.post(server.url, b"", {})).status == 200
+
+
+# -- adapters ---------------------------------------------------------------------------------
+
+
+async def test_httpx_adapter_via_transport_factory(server: RawServer) -> None:
+    httpx = pytest.importorskip("httpx")
+    factory = transport_factory(lambda: httpx.AsyncClient())
+    t = get_transport(factory)
+    assert isinstance(t, HttpxTransport)
+    assert get_transport(factory) is t
+    resp = await t.post(server.url + "/p?q=1", b"hi", HEADERS)
+    assert resp.status == 200
+    assert json.loads(resp.body) == {"echo": "hi", "path": "/p?q=1"}
+    assert resp.headers["content-type"] == "application/json"
+    server.routes["/c"] = static(chunked(b"ab", b"cd"))
+    async with await t.post_stream(server.url + "/c", b"", {}) as stream:
+        assert b"".join([c async for c in stream.aiter_bytes()]) == b"abcd"
+
+
+async def test_httpx_adapter_translates_errors(server: RawServer) -> None:
+    httpx = pytest.importorskip("httpx")
+    server.routes["/hang"] = hang
+    t = HttpxTransport(httpx.AsyncClient())
+    try:
+        with pytest.raises(TransportTimeout):
+            await t.post(server.url + "/hang", b"", {}, timeout=0.2)
+        server.routes["/drop"] = static(b"", keep=False)
+        with pytest.raises(TransportError):
+            await t.post(server.url + "/drop?key=SECRET", b"", {})
+    finally:
+        await t.aclose()
+
+
+def test_transport_factory_accepts_transports_and_rejects_other_objects() -> None:
+    own = HTTP11Transport()
+    assert transport_factory(lambda: own)() is own
+    with pytest.raises(TypeError, match="httpx-compatible AsyncClient"):
+        transport_factory(lambda: object())()
+
+
+async def test_aiohttp_adapter(server: RawServer, anyio_backend: str) -> None:
+    pytest.importorskip("aiohttp")
+    if anyio_backend == "trio":
+        with pytest.raises(RuntimeError, match="asyncio only"):
+            AiohttpTransport()
+        return
+    server.routes["/hang"] = hang
+    t = AiohttpTransport()
+    try:
+        resp = await t.post(server.url, b"x", HEADERS)
+        assert json.loads(resp.body)["echo"] == "x"
+        server.routes["/c"] = static(chunked(b"ab", b"cd"))
+        async with await t.post_stream(server.url + "/c", b"", {}) as stream:
+            assert b"".join([c async for c in stream.aiter_bytes()]) == b"abcd"
+        with pytest.raises(TransportTimeout):
+            await t.post(server.url + "/hang", b"", {}, timeout=0.2)
+        await eventually(server.disconnected.is_set)
+    finally:
+        await t.aclose()
+
+
+async def test_default_transport_choice(monkeypatch: pytest.MonkeyPatch, anyio_backend: str) -> None:
+    for var in ("HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY", "https_proxy", "http_proxy", "all_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.delenv("ASYNCLM_HTTP_TRANSPORT", raising=False)
+    assert isinstance(default_transport(), HTTP11Transport)
+    monkeypatch.setenv("ASYNCLM_HTTP_TRANSPORT", "aiohttp")
+    t = default_transport()
+    expected = AiohttpTransport if anyio_backend == "asyncio" else HTTP11Transport
+    assert isinstance(t, expected)
+    await t.aclose()
+    monkeypatch.setenv("ASYNCLM_HTTP_TRANSPORT", "carrier-pigeon")
+    with pytest.raises(ValueError, match="ASYNCLM_HTTP_TRANSPORT"):
+        default_transport()
+    monkeypatch.delenv("ASYNCLM_HTTP_TRANSPORT")
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.invalid:3128")
+    t = default_transport()
+    assert isinstance(t, HttpxTransport)  # our client does not speak to proxies; httpx does
+    await t.aclose()
+
+
+# -- the body parser, property-based ----------------------------------------------------------
+
+
+class _ScriptedStream:
+    """Delivers pre-cut byte segments, then EOF."""
+
+    def __init__(self, segments: list[bytes]) -> None:
+        self.segments = segments
+
+    async def receive(self, max_bytes: int = 65536) -> bytes:
+        if not self.segments:
+            raise anyio.EndOfStream
+        return self.segments.pop(0)
+
+    def extra(self, attr: Any) -> Any:
+        raise LookupError
+
+
+def _cut(data: bytes, cuts: list[int]) -> list[bytes]:
+    points = sorted({c % (len(data) + 1) for c in cuts} | {0, len(data)})
+    return [data[a:b] for a, b in itertools.pairwise(points) if b > a]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    parts=st.lists(st.binary(min_size=1, max_size=300), max_size=8),
+    cuts=st.lists(st.integers(min_value=0, max_value=10_000), max_size=20),
+    trailing=st.binary(max_size=20),
+)
+def test_body_reader_reassembles_any_segmentation(
+    parts: list[bytes], cuts: list[int], trailing: bytes
+) -> None:
+    body = b"".join(parts)
+    wire_chunked = b"".join(b"%X\r\n%s\r\n" % (len(p), p) for p in parts) + b"0\r\nT: x\r\n\r\n" + trailing
+    wire_length = body + trailing
+
+    async def read(wire: bytes, kind: int) -> tuple[bytes, bytes]:
+        conn = _Connection(_ScriptedStream(_cut(wire, cuts)), ("http", "h", 80))  # type: ignore[arg-type]
+        reader = _BodyReader(conn, kind, len(body))
+        out = []
+        while not reader.done:
+            out.append(await reader.read_some(None, None))
+        return b"".join(out), bytes(conn.buf)
+
+    got, rest = anyio.run(read, wire_chunked, _CHUNKED)
+    assert got == body
+    assert trailing.startswith(rest)  # never reads past the message into what follows
+    if body:
+        got, rest = anyio.run(read, wire_length, _LENGTH)
+        assert got == body
+        assert trailing.startswith(rest)
