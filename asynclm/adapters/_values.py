@@ -13,6 +13,7 @@ import ast
 import enum
 import json
 import re
+import warnings
 from typing import Any
 
 import pydantic
@@ -26,6 +27,7 @@ HEADER_LINE = re.compile(r"^[^\S\n]*\[\[ ## (\w+) ## \]\]", re.MULTILINE)
 _FENCE = re.compile(r"\A```[\w+-]*[^\S\n]*\n?(.*?)\n?[^\S\n]*```\Z", re.DOTALL)
 _LITERAL_EVAL_LIMIT = 100_000
 _SIMPLE_SCALARS = (int, float, bool)
+_PY_CONSTANTS: dict[str, Any] = {"True": True, "False": False, "None": None}
 
 
 def to_jsonable(value: Any) -> Any:
@@ -107,9 +109,14 @@ def _candidates(text: str) -> list[Any]:
     try:
         out.append(json.loads(text))
     except ValueError:
-        if len(text) <= _LITERAL_EVAL_LIMIT:
+        if text in _PY_CONSTANTS:
+            out.append(_PY_CONSTANTS[text])
+        elif text[:1] in "[({'" and len(text) <= _LITERAL_EVAL_LIMIT:
+            # Python reprs an LM may write when told "a valid Python list[str]": ['a', 'b'].
             try:
-                out.append(ast.literal_eval(text))  # True/None/'single quoted' Python reprs
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", SyntaxWarning)  # e.g. "invalid decimal literal"
+                    out.append(ast.literal_eval(text))
             except Exception:  # literal_eval raises many types (SyntaxError, ValueError, RecursionError…)
                 pass
         if not out and text[:1] in "[{":
