@@ -15,8 +15,7 @@ import anyio
 import pytest
 
 import asynclm
-from asynclm.lm import LM, BadRequestError, track_usage
-from asynclm.lm import _cache
+from asynclm.lm import LM, BadRequestError, _cache, track_usage
 from asynclm.testing import FakeOpenAIServer, Fault
 
 KEY = "sk-cache-test-SECRET-987654321"
