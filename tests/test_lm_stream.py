@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import itertools
 import json
 
 import anyio
@@ -57,7 +58,7 @@ def test_sse_decoder_is_independent_of_chunk_boundaries(cuts: list[int]) -> None
     bounds = [0, *sorted(cuts), len(STREAM)]
     d = SSEDecoder()
     events: list[str] = []
-    for a, b in zip(bounds, bounds[1:]):
+    for a, b in itertools.pairwise(bounds):
         events += d.feed(STREAM[a:b])
     assert events == EXPECTED
 
@@ -122,7 +123,7 @@ async def test_cancelling_a_stream_closes_the_response(server: FakeOpenAIServer)
 
 async def test_stream_deadline(server: FakeOpenAIServer) -> None:
     server.fail_next(Fault.hang(after_chunks=1))
-    with pytest.raises(LMTimeoutError, match="timeout of 0.3 s"):
+    with pytest.raises(LMTimeoutError, match=r"timeout of 0\.3 s"):
         async with contextlib.aclosing(make_lm(server).stream("go", timeout=0.3)) as stream:
             async for _ in stream:
                 pass

@@ -427,6 +427,7 @@ class LM(SyncCallable):
                 if self._tpm is not None:
                     await self._tpm.acquire(estimate)
                 attempts.count += 1
+                response: Any
                 try:
                     if stream:
                         response = await transport.post_stream(self._url, data, self._headers)
