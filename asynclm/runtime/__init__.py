@@ -4,6 +4,7 @@ portals, ``asyncify``, ``Parallel``, per-loop resources and process-wide limits.
 Knows nothing about language models; every other layer builds on it.
 """
 
+from ._iterate import iterate_sync
 from ._limits import ConcurrencyLimiter, RateLimiter
 from ._parallel import Parallel, call_with_args, run_items
 from ._portal import PortalClosedError, shutdown_portals
@@ -39,6 +40,7 @@ __all__ = [
     "context",
     "current_settings",
     "is_async_callable",
+    "iterate_sync",
     "loop_resource",
     "run_items",
     "run_sync",

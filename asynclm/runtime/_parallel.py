@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import anyio
@@ -111,7 +111,7 @@ class Parallel(SyncCallable):
 
 
 async def run_items(
-    items: list[tuple[Callable[..., Any], Any]],
+    items: Sequence[tuple[Callable[..., Any], Any]],
     *,
     concurrency: int,
     max_errors: int | None = 0,

@@ -1,0 +1,133 @@
+"""Callbacks: observe module, LM, adapter and tool calls.
+
+Handlers come from three places, called in this order: ``configure(callbacks=[...])`` /
+``context(callbacks=[...])`` (the effective setting), then the module's own ``callbacks``. A handler
+may be a plain method or a coroutine method (awaited in place, so events keep their order). A
+handler that raises is logged with its traceback and never breaks the program.
+
+Every event carries a ``call_id``; handlers that accept a ``parent_call_id`` keyword also get the
+id of the enclosing call. The current call id lives in a context variable, so the parent/child
+relation follows child tasks, ``Parallel`` items, ``asyncify`` threads and ``.sync()`` hops.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import itertools
+import logging
+from collections.abc import AsyncIterator, Sequence
+from contextvars import ContextVar
+from typing import Any
+
+from asynclm.runtime import current_settings
+
+__all__ = ["Callback", "current_call_id", "observe"]
+
+logger = logging.getLogger("asynclm.callbacks")
+
+_current_call: ContextVar[str | None] = ContextVar("asynclm.call_id", default=None)
+_ids = itertools.count(1)  # next() on a count is atomic under the GIL: ids are unique process-wide
+
+
+def current_call_id() -> str | None:
+    """The id of the innermost module/LM/tool call running in this context, if any."""
+    return _current_call.get()
+
+
+class Callback:
+    """Base class for callbacks; override the events you need (each may be ``async def``).
+
+    ``instance`` is the module, LM, adapter or tool; ``inputs`` the keyword inputs; ``outputs``
+    the result (``None`` when ``exception`` is set).
+    """
+
+    def on_module_start(self, call_id: str, instance: Any, inputs: dict[str, Any]) -> Any: ...
+    def on_module_end(self, call_id: str, outputs: Any, exception: BaseException | None = None) -> Any: ...
+    def on_lm_start(self, call_id: str, instance: Any, inputs: dict[str, Any]) -> Any: ...
+    def on_lm_end(self, call_id: str, outputs: Any, exception: BaseException | None = None) -> Any: ...
+    def on_adapter_format_start(self, call_id: str, instance: Any, inputs: dict[str, Any]) -> Any: ...
+    def on_adapter_format_end(
+        self, call_id: str, outputs: Any, exception: BaseException | None = None
+    ) -> Any: ...
+    def on_adapter_parse_start(self, call_id: str, instance: Any, inputs: dict[str, Any]) -> Any: ...
+    def on_adapter_parse_end(
+        self, call_id: str, outputs: Any, exception: BaseException | None = None
+    ) -> Any: ...
+    def on_tool_start(self, call_id: str, instance: Any, inputs: dict[str, Any]) -> Any: ...
+    def on_tool_end(self, call_id: str, outputs: Any, exception: BaseException | None = None) -> Any: ...
+
+
+_accepts_parent: dict[Any, bool] = {}
+
+
+def _wants_parent(method: Any) -> bool:
+    key = getattr(method, "__func__", method)
+    known = _accepts_parent.get(key)
+    if known is None:
+        try:
+            params = inspect.signature(method).parameters
+            known = "parent_call_id" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+        except (TypeError, ValueError):
+            known = False
+        _accepts_parent[key] = known
+    return known
+
+
+async def _notify(handlers: Sequence[Any], event: str, *args: Any, parent: str | None) -> None:
+    for handler in handlers:
+        method = getattr(handler, event, None)
+        if method is None:
+            continue
+        try:
+            if _wants_parent(method):
+                result = method(*args, parent_call_id=parent)
+            else:
+                result = method(*args)
+            if inspect.isawaitable(result):
+                await result
+        except Exception:
+            logger.exception("asynclm callback %r failed in %s; the program continues", handler, event)
+
+
+def handlers_for(instance: Any) -> tuple[Any, ...]:
+    own = getattr(instance, "callbacks", None) or ()
+    configured = current_settings().callbacks
+    if not own:
+        return configured
+    return (*configured, *own)
+
+
+@contextlib.asynccontextmanager
+async def observe(kind: str, instance: Any, inputs: dict[str, Any]) -> AsyncIterator[_Outcome]:
+    """``async with observe("module", self, inputs) as outcome: ...; outcome.value = result``.
+
+    Sends ``on_<kind>_start`` / ``on_<kind>_end`` (with the exception, if one escapes) and makes
+    this call the parent of the calls made inside. Costs one context-variable set when no
+    callbacks are registered.
+    """
+    handlers = handlers_for(instance)
+    outcome = _Outcome()
+    parent = _current_call.get()
+    call_id = f"c{next(_ids)}"
+    token = _current_call.set(call_id)
+    try:
+        if handlers:
+            await _notify(handlers, f"on_{kind}_start", call_id, instance, inputs, parent=parent)
+        try:
+            yield outcome
+        except BaseException as exc:
+            if handlers:
+                await _notify(handlers, f"on_{kind}_end", call_id, None, exc, parent=parent)
+            raise
+        if handlers:
+            await _notify(handlers, f"on_{kind}_end", call_id, outcome.value, None, parent=parent)
+    finally:
+        _current_call.reset(token)
+
+
+class _Outcome:
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value: Any = None

@@ -1,0 +1,297 @@
+"""``Predict`` and ``ChainOfThought``: one signature, one LM call (plus re-asks)."""
+
+from __future__ import annotations
+
+import types
+import typing
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import anyio
+
+from asynclm.adapters import Adapter, ChatAdapter, JSONAdapter, ParseError
+from asynclm.runtime import current_settings
+from asynclm.signatures import Example, OutputField, Prediction, Signature
+
+from . import _stream_state
+from ._callbacks import observe
+from ._module import Module, ProgramFileError
+from ._trace import record
+
+__all__ = ["ChainOfThought", "NoLMError", "Predict"]
+
+_CONTROL = frozenset({"config", "demos", "lm", "signature"})
+
+
+class NoLMError(RuntimeError):
+    """A predictor was called with no LM set on it and none configured."""
+
+
+def _admits_none(annotation: Any) -> bool:
+    if annotation is None or annotation is type(None) or annotation is Any:
+        return True
+    origin = typing.get_origin(annotation)
+    if origin is typing.Union or (hasattr(types, "UnionType") and origin is types.UnionType):
+        return type(None) in typing.get_args(annotation)
+    return False
+
+
+class Predict(Module):
+    """Ask an LM for a signature's outputs given its inputs.
+
+    ``await Predict("question -> answer")(question="...")`` returns a :class:`Prediction` with the
+    output fields. Inputs are keyword-only; a missing or unknown input raises ``TypeError`` naming
+    the expected fields.
+
+    Args:
+        signature: a :class:`Signature` or its string form.
+        lm: the LM to use; default: ``asynclm.settings.lm`` at call time.
+        adapter: the adapter; default: ``asynclm.settings.adapter``, else the LM's preferred
+            adapter, else :class:`ChatAdapter`.
+        demos: few-shot examples (``Example`` or dicts with input and output fields).
+        max_parse_retries: re-asks after an unparsable answer (default: the setting, 1); after
+            them, one last try through :class:`JSONAdapter`; then :class:`ParseError`.
+        **config: LM request parameters (``temperature``, ``n``, ``max_tokens``, ``rollout_id``…);
+            ``n > 1`` fills ``prediction.completions`` (asked concurrently when the server
+            returns fewer choices than asked).
+    Per call: ``config={...}``, ``demos=[...]``, ``lm=...`` override the above.
+    """
+
+    def __init__(
+        self,
+        signature: str | Signature | type[Signature],
+        *,
+        lm: Any = None,
+        adapter: Adapter | None = None,
+        demos: Iterable[Example | Mapping[str, Any]] | None = None,
+        callbacks: Iterable[Any] | None = None,
+        max_parse_retries: int | None = None,
+        **config: Any,
+    ) -> None:
+        super().__init__(callbacks=callbacks)
+        self.signature = Signature.ensure(signature)
+        self.lm = lm
+        self.adapter = adapter
+        self.demos: list[Example] = [d if isinstance(d, Example) else Example(d) for d in (demos or [])]
+        self.max_parse_retries = max_parse_retries
+        self.config = config
+
+    def reset(self) -> None:
+        """Forget learned state: demos (the LM and configuration stay)."""
+        self.demos = []
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.signature!r})"
+
+    # -- state ----------------------------------------------------------------------------------
+
+    def dump_state(self) -> dict[str, Any]:
+        return {
+            "signature": self.signature.to_dict(),
+            "demos": [demo.to_json_dict() for demo in self.demos],
+        }
+
+    def load_state(self, state: Mapping[str, Any], *, custom_types: Mapping[str, Any] | None = None) -> Predict:
+        if not isinstance(state, Mapping) or "signature" not in state or "demos" not in state:
+            raise ProgramFileError("a predictor's state needs 'signature' and 'demos'")
+        saved = Signature.from_dict(state["signature"], custom_types=custom_types)
+        if list(saved.input_fields) != list(self.signature.input_fields) or list(saved.output_fields) != list(
+            self.signature.output_fields
+        ):
+            raise ProgramFileError(
+                f"the saved signature {saved.signature!r} does not match this predictor's "
+                f"{self.signature.signature!r}"
+            )
+        self.signature = saved
+        self.demos = [Example.from_json_dict(d) for d in state["demos"]]
+        return self
+
+    # -- the call -------------------------------------------------------------------------------
+
+    async def __call__(self, *args: Any, **kwargs: Any) -> Prediction:
+        if args:
+            raise TypeError(
+                f"{self!r} takes its inputs as keywords: {self._expected()}; got {len(args)} positional argument(s)"
+            )
+        return await super().__call__(**kwargs)  # type: ignore[no-any-return]
+
+    def _expected(self) -> str:
+        return ", ".join(f"{n}=..." for n in self.signature.input_fields) or "(no inputs)"
+
+    def _split(self, kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        control = {k: kwargs.pop(k) for k in _CONTROL & kwargs.keys()}
+        fields = self.signature.input_fields
+        unknown = [k for k in kwargs if k not in fields]
+        if unknown:
+            raise TypeError(
+                f"{self!r} got unexpected input(s) {', '.join(map(repr, unknown))}; expected {self._expected()}"
+            )
+        missing = [n for n, f in fields.items() if n not in kwargs and not _admits_none(f.annotation)]
+        if missing:
+            raise TypeError(
+                f"{self!r} is missing input(s) {', '.join(map(repr, missing))}; expected {self._expected()}"
+            )
+        for name in fields:
+            if name not in kwargs:
+                kwargs[name] = None
+        return kwargs, control
+
+    async def forward(self, **kwargs: Any) -> Prediction:
+        inputs, control = self._split(kwargs)
+        signature: Signature = Signature.ensure(control.get("signature", self.signature))
+        settings = current_settings()
+        lm = control.get("lm") or self.lm or settings.lm
+        if lm is None:
+            raise NoLMError(
+                f"{self!r} has no LM: call asynclm.configure(lm=asynclm.LM('openai/gpt-4o-mini')), "
+                "use `with asynclm.context(lm=...)`, or pass Predict(..., lm=...)"
+            )
+        adapter: Adapter = (
+            self.adapter or settings.adapter or getattr(lm, "preferred_adapter", None) or _default_adapter()
+        )
+        demos = control.get("demos", self.demos)
+        params = {**self.config, **(control.get("config") or {})}
+        retries = self.max_parse_retries if self.max_parse_retries is not None else settings.max_parse_retries
+        completions = await self._complete(lm, adapter, signature, demos, inputs, params, retries)
+        prediction = Prediction.from_completions(completions)
+        record(self, inputs, prediction)
+        return prediction
+
+    async def _complete(
+        self,
+        lm: Any,
+        adapter: Adapter,
+        signature: Signature,
+        demos: list[Any],
+        inputs: dict[str, Any],
+        params: dict[str, Any],
+        retries: int,
+    ) -> list[dict[str, Any]]:
+        async with observe("adapter_format", adapter, {"signature": signature, "inputs": inputs}) as out:
+            messages = adapter.format(signature, demos, inputs)
+            out.value = messages
+        n = int(params.get("n") or 1)
+        texts = await self._ask(lm, adapter, signature, messages, params)
+        if n > 1 and len(texts) < n:  # the server ignored n: ask for the rest concurrently
+            texts = texts + await self._ask_each(lm, adapter, signature, messages, params, n - len(texts))
+        results: list[dict[str, Any] | None] = [None] * len(texts)
+
+        async def settle(i: int, text: str) -> None:
+            results[i] = await self._parse_or_reask(lm, adapter, signature, demos, inputs, messages, params,
+                                                    text, retries)
+
+        if len(texts) == 1:
+            await settle(0, texts[0])
+        else:
+            async with anyio.create_task_group() as tg:
+                for i, text in enumerate(texts):
+                    tg.start_soon(settle, i, text)
+        return [r for r in results if r is not None]
+
+    async def _ask(
+        self, lm: Any, adapter: Adapter, signature: Signature, messages: list[dict[str, Any]], params: dict[str, Any]
+    ) -> list[str]:
+        request = dict(params)
+        response_format = adapter.response_format(signature)
+        if response_format is not None and "response_format" not in request:
+            request["response_format"] = response_format
+        sink = _stream_state.current_sink()
+        async with observe("lm", lm, {"messages": messages, **request}) as out:
+            if sink is not None and int(request.get("n") or 1) == 1:
+                text = await sink.stream(self, lm, adapter, signature, messages, request)
+                texts = [text]
+            else:
+                response = await lm(messages=messages, **request)
+                texts = list(response.texts)
+            out.value = texts
+        return texts
+
+    async def _ask_each(
+        self,
+        lm: Any,
+        adapter: Adapter,
+        signature: Signature,
+        messages: list[dict[str, Any]],
+        params: dict[str, Any],
+        count: int,
+    ) -> list[str]:
+        base = params.get("rollout_id")
+        texts: list[list[str]] = [[] for _ in range(count)]
+
+        async def one(i: int) -> None:
+            single = {**params, "n": None, "rollout_id": f"{base}:{i + 1}" if base is not None else i + 1}
+            texts[i] = (await self._ask(lm, adapter, signature, messages, single))[:1]
+
+        async with anyio.create_task_group() as tg:
+            for i in range(count):
+                tg.start_soon(one, i)
+        return [t for group in texts for t in group]
+
+    async def _parse_or_reask(
+        self,
+        lm: Any,
+        adapter: Adapter,
+        signature: Signature,
+        demos: list[Any],
+        inputs: dict[str, Any],
+        messages: list[dict[str, Any]],
+        params: dict[str, Any],
+        text: str,
+        retries: int,
+    ) -> dict[str, Any]:
+        single = {k: v for k, v in params.items() if k != "n"}
+        conversation = list(messages)
+        attempt = 0
+        while True:
+            try:
+                return await self._parse(adapter, signature, text)
+            except ParseError as error:
+                if attempt >= retries:
+                    last_error = error
+                    break
+                attempt += 1
+                conversation = [
+                    *conversation,
+                    {"role": "assistant", "content": text},
+                    *adapter.format_feedback(signature, text, error),
+                ]
+                text = (await self._ask(lm, adapter, signature, conversation, single))[0]
+        if isinstance(adapter, JSONAdapter):
+            raise last_error
+        # Last resort: the same question through the JSON adapter (structured output if supported).
+        fallback = JSONAdapter()
+        json_messages = fallback.format(signature, demos, inputs)
+        text = (await self._ask(lm, fallback, signature, json_messages, single))[0]
+        return await self._parse(fallback, signature, text)
+
+    async def _parse(self, adapter: Adapter, signature: Signature, text: str) -> dict[str, Any]:
+        async with observe("adapter_parse", adapter, {"signature": signature, "completion": text}) as out:
+            values = adapter.parse(signature, text)
+            out.value = values
+        return values
+
+
+_DEFAULT_ADAPTER: Adapter | None = None
+
+
+def _default_adapter() -> Adapter:
+    global _DEFAULT_ADAPTER
+    if _DEFAULT_ADAPTER is None:
+        _DEFAULT_ADAPTER = ChatAdapter()
+    return _DEFAULT_ADAPTER
+
+
+class ChainOfThought(Predict):
+    """``Predict`` with a ``reasoning`` output asked for before the other outputs."""
+
+    def __init__(
+        self,
+        signature: str | Signature | type[Signature],
+        *,
+        rationale_field: Any = None,
+        rationale_type: Any = str,
+        **kwargs: Any,
+    ) -> None:
+        base = Signature.ensure(signature)
+        field = rationale_field or OutputField(desc="Think step by step in order to produce the outputs.")
+        super().__init__(base.prepend("reasoning", field, rationale_type), **kwargs)
