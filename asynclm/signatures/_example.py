@@ -50,9 +50,7 @@ class Example:
     def inputs(self) -> Example:
         """The input fields, as an ``Example`` with the same input keys."""
         if self._input_keys is None:
-            raise ValueError(
-                "this Example has no input keys; call example.with_inputs('question', ...) first"
-            )
+            raise ValueError("this Example has no input keys; call example.with_inputs('question', ...) first")
         new = type(self).__new__(type(self))
         object.__setattr__(new, "_store", {k: v for k, v in self._store.items() if k in self._input_keys})
         object.__setattr__(new, "_input_keys", self._input_keys)
@@ -129,9 +127,7 @@ class Example:
         try:
             return self._store[name]
         except KeyError:
-            raise AttributeError(
-                f"{type(self).__name__} has no field {name!r}; it has {list(self._store)}"
-            ) from None
+            raise AttributeError(f"{type(self).__name__} has no field {name!r}; it has {list(self._store)}") from None
 
     def __setattr__(self, name: str, value: Any) -> None:
         if name.startswith("_") or isinstance(getattr(type(self), name, None), property):

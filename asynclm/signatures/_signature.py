@@ -228,6 +228,7 @@ class Signature:
     # Set by __init_subclass__ on class-form signatures.
     _asynclm_class_error: ClassVar[SignatureError | None] = None
     _asynclm_localns: ClassVar[dict[str, Any]]
+    _asynclm_frame: ClassVar[types.FrameType | None]
     _asynclm_canonical: ClassVar[Signature]
 
     _fields: tuple[SignatureField, ...]
@@ -269,9 +270,7 @@ class Signature:
     ) -> None:
         fields = tuple(fields)
         where = (
-            f"Invalid signature {signature_text!r}"
-            if signature_text
-            else f"Invalid signature {name or ''}".rstrip()
+            f"Invalid signature {signature_text!r}" if signature_text else f"Invalid signature {name or ''}".rstrip()
         )
         seen: dict[str, FieldKind] = {}
         for f in fields:
@@ -346,7 +345,10 @@ class Signature:
         try:
             canonical = cls._build_canonical()
         except NameError:
-            return  # a forward reference; resolved on first use
+            # A forward reference to a class defined later: keep the defining frame (its locals
+            # then include that class) until the first use builds the signature.
+            cls._asynclm_frame = frame
+            return
         except SignatureError as exc:
             if "no output fields" not in str(exc):
                 raise
@@ -363,8 +365,12 @@ class Signature:
                 raise SignatureError(
                     "Signature itself has no fields; subclass it or call Signature('question -> answer')."
                 )
+            frame = cls.__dict__.get("_asynclm_frame")
+            if frame is not None:
+                cls._asynclm_localns = {**cls._asynclm_localns, **frame.f_locals}
             canonical = cls._build_canonical()
             cls._asynclm_canonical = canonical
+            cls._asynclm_frame = None
         return cast(Signature, canonical)
 
     @classmethod
@@ -550,17 +556,13 @@ class Signature:
         }
 
     @classmethod
-    def from_dict(
-        cls, data: Mapping[str, Any], *, custom_types: Mapping[str, Any] | None = None
-    ) -> Signature:
+    def from_dict(cls, data: Mapping[str, Any], *, custom_types: Mapping[str, Any] | None = None) -> Signature:
         """Rebuild a signature written by :meth:`to_dict`. User classes named in field types must
         be supplied through ``custom_types`` (``{"Address": Address}``)."""
         try:
             raw_fields = data["fields"]
         except (KeyError, TypeError):
-            raise SignatureError(
-                f"Signature.from_dict: expected a dict with a 'fields' list, got {data!r}"
-            ) from None
+            raise SignatureError(f"Signature.from_dict: expected a dict with a 'fields' list, got {data!r}") from None
         fields = []
         for i, fd in enumerate(raw_fields):
             if not isinstance(fd, Mapping) or "name" not in fd or fd.get("kind") not in ("input", "output"):
@@ -638,8 +640,7 @@ def _parse_fields(text: str, custom_types: Mapping[str, Any] | None) -> tuple[Si
     arrows = [pos for pos, _ in _scan_top_level(text, ("->",))]
     if not arrows:
         raise SignatureError(
-            f"Invalid signature {text!r}: missing '->' between inputs and outputs "
-            "(expected e.g. 'question -> answer')."
+            f"Invalid signature {text!r}: missing '->' between inputs and outputs (expected e.g. 'question -> answer')."
         )
     if len(arrows) > 1:
         raise SignatureError(
@@ -665,9 +666,7 @@ def _parse_fields(text: str, custom_types: Mapping[str, Any] | None) -> tuple[Si
             annotation: Any = str
             if colon:
                 if not type_text.strip():
-                    raise SignatureError(
-                        f"Invalid signature {text!r}: field {name!r} has ':' but no type after it."
-                    )
+                    raise SignatureError(f"Invalid signature {text!r}: field {name!r} has ':' but no type after it.")
                 annotation = parse_type(type_text, field=name, signature_text=text, custom_types=custom_types)
             fields.append(SignatureField(name=name, kind=cast(FieldKind, kind), annotation=annotation))
     # Name clashes are reported by _init with the same wording for every form.

@@ -75,8 +75,7 @@ class _TypeEvaluator:
 
     def fail(self, what: str) -> SignatureError:
         return SignatureError(
-            f"Invalid signature {self.signature_text!r}: {what} in the type {self.text!r} "
-            f"of field {self.field!r}."
+            f"Invalid signature {self.signature_text!r}: {what} in the type {self.text!r} of field {self.field!r}."
         )
 
     def name(self, name: str) -> Any:
@@ -112,9 +111,7 @@ class _TypeEvaluator:
         if isinstance(node, ast.Constant) and node.value is None:
             return None
         if isinstance(node, ast.BinOp) and isinstance(node.op, ast.BitOr):
-            return Union[
-                self.eval(node.left), self.eval(node.right)
-            ]  # one canonical form for `|` and Union[]
+            return Union[self.eval(node.left), self.eval(node.right)]  # one canonical form for `|` and Union[]
         if isinstance(node, ast.Subscript):
             origin = self.eval(node.value)
             elts = node.slice.elts if isinstance(node.slice, ast.Tuple) else [node.slice]
