@@ -112,7 +112,7 @@ def test_class_form_inheritance_untyped_fields_and_forward_refs() -> None:
     class Derived(Base):
         """Derived."""
 
-        later: Later = OutputField()  # noqa: F821 - defined below; resolved on first use
+        later: Later = OutputField()  # defined below; resolved on first use
 
     class Later(pydantic.BaseModel):
         v: int
@@ -311,7 +311,7 @@ def test_class_form_errors() -> None:
             question: str
             answer: str = OutputField()
 
-    with pytest.raises(SignatureError, match="field name 'instructions' clashes with Signature.instructions"):
+    with pytest.raises(SignatureError, match=r"field name 'instructions' clashes with Signature\.instructions"):
 
         class Clash(Signature):
             instructions: str = InputField()
