@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -199,13 +200,19 @@ def run_client(name: str, url: str, n: int, concurrency: int) -> dict[str, float
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=2000, help="timed calls per row (default 2000)")
     parser.add_argument("--concurrency", default="64,256", help="comma-separated (default 64,256)")
     parser.add_argument("--latency", type=float, default=0.05, help="server latency, seconds")
+    parser.add_argument("--repeat", type=int, default=1, help="runs per row; the median is shown")
     parser.add_argument("--clients", default=",".join(CLIENTS), help="comma-separated subset")
+    parser.add_argument(
+        "--server",
+        choices=["raw", "fake"],
+        default="raw",
+        help="raw: a minimal asyncio server replying a fixed body (default; least server CPU); "
+        "fake: asynclm.testing.FakeOpenAIServer in a separate process",
+    )
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--client", help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
@@ -218,53 +225,60 @@ def main() -> None:
         print(json.dumps(run_client(args.client, args.url, args.n, int(args.concurrency))))
         return
 
-    server = subprocess.Popen(
-        [sys.executable, __file__, "--serve", "--latency", str(args.latency)],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
+    server: Any
+    if args.server == "fake":
+        from asynclm.testing import FakeOpenAIServer
+
+        server = FakeOpenAIServer.spawn(latency=args.latency, text="A summary sentence. " * 35)
+        url = server.base_url + "/chat/completions"
+    else:
+        server = subprocess.Popen(
+            [sys.executable, __file__, "--serve", "--latency", str(args.latency)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         assert server.stdout is not None
         url = f"http://127.0.0.1:{server.stdout.readline().strip()}/v1/chat/completions"
+    try:
         clients = args.clients.split(",")
         print(
             f"{args.n} POSTs, ~{len(REQUEST)} B request / {len(RESPONSE)} B response, "
-            f"server latency {1000 * args.latency:g} ms, {os.cpu_count()} CPUs"
+            f"server latency {1000 * args.latency:g} ms ({args.server} server), {os.cpu_count()} CPUs"
         )
         for c in (int(x) for x in args.concurrency.split(",")):
-            rows: dict[str, dict[str, float]] = {}
-            for name in clients:
-                out = subprocess.run(
-                    [
-                        sys.executable,
-                        __file__,
-                        "--client",
-                        name,
-                        "--url",
-                        url,
-                        "--n",
-                        str(args.n),
-                        "--concurrency",
-                        str(c),
-                    ],
-                    capture_output=True,
-                    text=True,
-                    timeout=900,
-                )
-                if out.returncode:
-                    print(f"  {name}: FAILED\n{out.stderr[-2000:]}")
-                    continue
-                rows[name] = json.loads(out.stdout.strip().splitlines()[-1])
+            runs: dict[str, list[dict[str, float]]] = {name: [] for name in clients}
+            for _ in range(args.repeat):  # interleaved, so background load hits every client alike
+                for name in clients:
+                    cmd = [sys.executable, __file__, "--client", name, "--url", url]
+                    cmd += ["--n", str(args.n), "--concurrency", str(c)]
+                    out = subprocess.run(
+                        cmd,
+                        capture_output=True,
+                        text=True,
+                        timeout=900,
+                    )
+                    if out.returncode:
+                        print(f"  {name}: FAILED\n{out.stderr[-2000:]}")
+                        continue
+                    runs[name].append(json.loads(out.stdout.strip().splitlines()[-1]))
+            rows = {
+                name: {k: statistics.median(r[k] for r in results) for k in results[0]}
+                for name, results in runs.items()
+                if results
+            }
             base = rows.get("aiohttp", {}).get("calls_per_s")
             ideal = c / args.latency
-            print(f"\nconcurrency {c} (ideal {ideal:.0f} calls/s)")
+            print(f"\nconcurrency {c} (ideal {ideal:.0f} calls/s; median of {args.repeat})")
             print(f"  {'client':<16} {'calls/s':>9} {'CPU ms/call':>12} {'vs aiohttp':>11}")
             for name, r in rows.items():
                 ratio = f"{r['calls_per_s'] / base:.2f}x" if base else "-"
                 print(f"  {name:<16} {r['calls_per_s']:>9.0f} {r['cpu_ms_per_call']:>12.3f} {ratio:>11}")
     finally:
-        server.terminate()
-        server.wait()
+        if args.server == "fake":
+            server.stop()
+        else:
+            server.terminate()
+            server.wait()
 
 
 if __name__ == "__main__":

@@ -49,9 +49,7 @@ class Request:
 Handler = Callable[["RawServer", Request, asyncio.StreamReader, asyncio.StreamWriter], Awaitable[bool]]
 
 
-def reply(
-    body: bytes = b'{"ok": true}', status: str = "200 OK", headers: dict[str, str] | None = None
-) -> bytes:
+def reply(body: bytes = b'{"ok": true}', status: str = "200 OK", headers: dict[str, str] | None = None) -> bytes:
     head = f"HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n"
     for k, v in (headers or {}).items():
         head += f"{k}: {v}\r\n"
@@ -328,9 +326,7 @@ async def test_interim_1xx_and_bodyless_204(server: RawServer) -> None:
 
 
 async def test_error_statuses_are_responses_not_errors(server: RawServer) -> None:
-    server.routes["/429"] = static(
-        reply(b'{"error": "slow down"}', "429 Too Many Requests", {"Retry-After": "2"})
-    )
+    server.routes["/429"] = static(reply(b'{"error": "slow down"}', "429 Too Many Requests", {"Retry-After": "2"}))
     t = HTTP11Transport()
     try:
         resp = await t.post(server.url + "/429", b"", {})
@@ -351,9 +347,7 @@ async def test_error_statuses_are_responses_not_errors(server: RawServer) -> Non
     ],
     ids=["status", "garbage", "content-length", "header", "chunk-size"],
 )
-async def test_malformed_responses_raise_transport_error(
-    server: RawServer, raw: bytes, anyio_backend: str
-) -> None:
+async def test_malformed_responses_raise_transport_error(server: RawServer, raw: bytes, anyio_backend: str) -> None:
     server.routes["/bad"] = static(raw, keep=False)
     t = HTTP11Transport()
     try:
@@ -832,9 +826,7 @@ def _cut(data: bytes, cuts: list[int]) -> list[bytes]:
     cuts=st.lists(st.integers(min_value=0, max_value=10_000), max_size=20),
     trailing=st.binary(max_size=20),
 )
-def test_body_reader_reassembles_any_segmentation(
-    parts: list[bytes], cuts: list[int], trailing: bytes
-) -> None:
+def test_body_reader_reassembles_any_segmentation(parts: list[bytes], cuts: list[int], trailing: bytes) -> None:
     body = b"".join(parts)
     wire_chunked = b"".join(b"%X\r\n%s\r\n" % (len(p), p) for p in parts) + b"0\r\nT: x\r\n\r\n" + trailing
     wire_length = body + trailing
@@ -854,3 +846,68 @@ def test_body_reader_reassembles_any_segmentation(
         got, rest = anyio.run(read, wire_length, _LENGTH)
         assert got == body
         assert trailing.startswith(rest)
+
+
+# -- against FakeOpenAIServer with mixed faults -----------------------------------------------
+
+
+async def test_mixed_faults_every_call_ends_and_nothing_leaks() -> None:
+    testing = pytest.importorskip("asynclm.testing")
+    Fault = testing.Fault
+    faults = [
+        Fault.connection_reset(),
+        Fault.truncated(after_chunks=2),
+        Fault.malformed_json(),
+        Fault.server_error(500),
+        Fault.rate_limit(retry_after=1),
+        Fault.hang(),
+    ]
+    n = 300
+    outcomes: dict[int, str] = {}
+    t = HTTP11Transport()
+    with testing.FakeOpenAIServer("hello there", latency=0.005, fault_rate=0.3, faults=faults, seed=7) as fake:
+        url = fake.base_url + "/chat/completions"
+
+        async def call(i: int) -> None:
+            stream = i % 3 == 0
+            body = json.dumps(
+                {"model": "m", "messages": [{"role": "user", "content": str(i)}], "stream": stream}
+            ).encode()
+            try:
+                if stream:
+                    async with await t.post_stream(url, body, HEADERS, timeout=1.0) as resp:
+                        data = await resp.aread()
+                        complete = data.rstrip().endswith(b"data: [DONE]")
+                        outcomes[i] = f"{resp.status}{'' if complete else '-cut'}"
+                else:
+                    resp = await t.post(url, body, HEADERS, timeout=1.0)
+                    outcomes[i] = str(resp.status)
+            except TransportTimeout:
+                outcomes[i] = "timeout"
+            except TransportError:
+                outcomes[i] = "error"
+
+        limiter = anyio.Semaphore(32)
+
+        async def limited(i: int) -> None:
+            async with limiter:
+                await call(i)
+
+        try:
+            with anyio.fail_after(30):
+                async with anyio.create_task_group() as tg:
+                    for i in range(n):
+                        tg.start_soon(limited, i)
+            kinds = set(outcomes.values())
+            assert len(outcomes) == n  # every call ended, as a response or its own error
+            assert {"200", "500", "429", "timeout", "error"} <= kinds
+            assert sum(v == "200" for v in outcomes.values()) > n // 2
+            hangs = sum(v == "timeout" for v in outcomes.values())
+            await fake.wait_until(lambda s: s.client_disconnects >= hangs)
+            # The pool survives: a clean call afterwards works.
+            fake.fault_rate = 0.0
+            resp = await t.post(url, b'{"model": "m", "messages": []}', HEADERS)
+            assert resp.status == 200
+        finally:
+            await t.aclose()
+        await fake.wait_until(lambda s: s.in_flight == 0)
