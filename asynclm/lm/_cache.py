@@ -7,7 +7,8 @@
 * Disk: one SQLite file per cache directory, ``<cache_dir>/lm_cache_v1.sqlite3`` (WAL mode, so
   several processes can share it). Reads run in a worker thread (``anyio.to_thread``); writes are
   queued to one daemon writer thread per file that commits them in batches, so the event loop never
-  waits for disk. Queued writes are flushed at interpreter exit.
+  waits for disk. Queued writes are flushed at interpreter exit. An in-memory index of the keys in
+  the file (64-bit prefixes, read once) lets a miss skip the worker-thread hop altogether.
 * Single-flight: identical requests in flight at once share one HTTP request. Each key in flight
   has a :class:`Flight` whose one-slot process-wide ``ConcurrencyLimiter`` is held by the caller doing
   the request; the others queue on it (on their own loops and threads) and find the value when
@@ -39,6 +40,10 @@ def cache_key(canonical_body: bytes, rollout_id: object) -> str:
     if rollout_id is not None:
         digest.update(b"\x00rollout_id=" + repr(rollout_id).encode())
     return digest.hexdigest()
+
+
+def _short(key: str) -> int:
+    return int(key[:16], 16)
 
 
 class MemoryCache:
@@ -80,6 +85,7 @@ class DiskCache:
         self._conn: sqlite3.Connection | None = None
         self._queue: queue.SimpleQueue[tuple[str, str] | threading.Event | None] = queue.SimpleQueue()
         self._writer: threading.Thread | None = None
+        self._index: set[int] | None = None
 
     def _connect(self) -> sqlite3.Connection:
         if self._conn is None:
@@ -93,8 +99,21 @@ class DiskCache:
 
     def get(self, key: str) -> bytes | None:
         with self._lock:
-            row = self._connect().execute("SELECT value FROM responses WHERE key = ?", (key,)).fetchone()
+            conn = self._connect()
+            if self._index is None:
+                self._index = {_short(k) for (k,) in conn.execute("SELECT key FROM responses")}
+            row = conn.execute("SELECT value FROM responses WHERE key = ?", (key,)).fetchone()
         return None if row is None else str(row[0]).encode()
+
+    def surely_absent(self, key: str) -> bool:
+        """True when ``key`` is known not to be in the file, so a lookup (a thread hop) is skipped.
+
+        The index of keys (a 64-bit prefix of each) is read with the first :meth:`get` and kept up
+        to date with this process's writes. Entries written by *another* process after that are
+        missed: a missed hit costs one request, and the write that follows is harmless.
+        """
+        index = self._index
+        return index is not None and _short(key) not in index
 
     def put(self, key: str, value: bytes) -> None:
         """Queue a write (never blocks)."""
@@ -105,6 +124,8 @@ class DiskCache:
                         target=self._write_loop, name=f"asynclm-cache-writer {self.path}", daemon=True
                     )
                     self._writer.start()
+        if self._index is not None:
+            self._index.add(_short(key))
         self._queue.put((key, value.decode()))
 
     def flush(self, timeout: float | None = None) -> bool:

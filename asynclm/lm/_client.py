@@ -340,7 +340,7 @@ class LM(SyncCallable):
                 if hit is not None:
                     return self._from_cache(hit)
                 disk = disk_cache(current_settings().cache_dir) if use_cache is True else None
-                if disk is not None:
+                if disk is not None and not disk.surely_absent(key):
                     hit = await anyio.to_thread.run_sync(disk.get, key)
                     if hit is not None:
                         memory_cache.put(key, hit)
