@@ -157,6 +157,9 @@ class Module(SyncCallable):
                     memo[id(value)] = value
             for callback in module.callbacks:
                 memo[id(callback)] = callback
+            signature = module.__dict__.get("signature")
+            if signature is not None:  # immutable: share it
+                memo[id(signature)] = signature
         return copy.deepcopy(self, memo)
 
     def reset_copy(self) -> Module:
@@ -174,7 +177,7 @@ class Module(SyncCallable):
         return {
             "format": _FORMAT,
             "program": type(self).__qualname__,
-            "predictors": {name: p.dump_state() for name, p in self.named_predictors()},
+            "predictors": {name: p.dump_predictor_state() for name, p in self.named_predictors()},
         }
 
     def load_state(self, state: Mapping[str, Any], *, custom_types: Mapping[str, Any] | None = None) -> Module:
@@ -191,7 +194,7 @@ class Module(SyncCallable):
             )
         for name, predictor in mine.items():
             try:
-                predictor.load_state(saved[name], custom_types=custom_types)
+                predictor.load_predictor_state(saved[name], custom_types=custom_types)
             except ProgramFileError:
                 raise
             except Exception as exc:

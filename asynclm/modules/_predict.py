@@ -10,6 +10,7 @@ from typing import Any
 import anyio
 
 from asynclm.adapters import Adapter, ChatAdapter, JSONAdapter, ParseError
+from asynclm.lm import BadRequestError, ContextWindowExceededError
 from asynclm.runtime import current_settings
 from asynclm.signatures import Example, OutputField, Prediction, Signature
 
@@ -85,13 +86,16 @@ class Predict(Module):
 
     # -- state ----------------------------------------------------------------------------------
 
-    def dump_state(self) -> dict[str, Any]:
+    def dump_predictor_state(self) -> dict[str, Any]:
+        """This predictor's learnable state: signature (with instructions) and demos."""
         return {
             "signature": self.signature.to_dict(),
             "demos": [demo.to_json_dict() for demo in self.demos],
         }
 
-    def load_state(self, state: Mapping[str, Any], *, custom_types: Mapping[str, Any] | None = None) -> Predict:
+    def load_predictor_state(
+        self, state: Mapping[str, Any], *, custom_types: Mapping[str, Any] | None = None
+    ) -> Predict:
         if not isinstance(state, Mapping) or "signature" not in state or "demos" not in state:
             raise ProgramFileError("a predictor's state needs 'signature' and 'demos'")
         saved = Signature.from_dict(state["signature"], custom_types=custom_types)
@@ -171,7 +175,12 @@ class Predict(Module):
             messages = adapter.format(signature, demos, inputs)
             out.value = messages
         n = int(params.get("n") or 1)
-        texts = await self._ask(lm, adapter, signature, messages, params)
+        try:
+            texts = await self._ask(lm, adapter, signature, messages, params)
+        except BadRequestError as exc:
+            if n == 1 or isinstance(exc, ContextWindowExceededError):
+                raise
+            texts = []  # the server rejects n > 1: ask for each candidate on its own
         if n > 1 and len(texts) < n:  # the server ignored n: ask for the rest concurrently
             texts = texts + await self._ask_each(lm, adapter, signature, messages, params, n - len(texts))
         results: list[dict[str, Any] | None] = [None] * len(texts)

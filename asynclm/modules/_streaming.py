@@ -106,16 +106,27 @@ class StreamingProgram:
                     sink_var.reset(token)
                 await send.send(result)
 
+        failure: BaseException | None = None
+        closed = False
         async with anyio.create_task_group() as tg:
             tg.start_soon(run)
             try:
                 async with receive:
                     async for item in receive:
                         if isinstance(item, _Failure):
-                            raise item.error
-                        yield item
+                            failure = item.error
+                            break
+                        try:
+                            yield item
+                        except GeneratorExit:  # closed early: leave the task group cleanly first
+                            closed = True
+                            break
             finally:
                 tg.cancel_scope.cancel()
+        if closed:
+            return
+        if failure is not None:  # raised outside the task group: its own type, not an ExceptionGroup
+            raise failure
 
     def sync(self, *args: Any, **kwargs: Any) -> Iterator[Any]:
         """Iterate the same items from synchronous code (through the thread's portal)."""
