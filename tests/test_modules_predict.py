@@ -409,7 +409,9 @@ class Recorder(Callback):
     def on_module_start(self, call_id: str, instance: Any, inputs: Any, parent_call_id: str | None = None) -> None:
         self._add(f"module_start:{type(instance).__name__}", call_id, parent_call_id)
 
-    def on_module_end(self, call_id: str, outputs: Any, exception: Any = None, parent_call_id: str | None = None) -> None:
+    def on_module_end(
+        self, call_id: str, outputs: Any, exception: Any = None, parent_call_id: str | None = None
+    ) -> None:
         self._add("module_end", call_id, parent_call_id)
 
     async def on_lm_start(self, call_id: str, instance: Any, inputs: Any, parent_call_id: str | None = None) -> None:
