@@ -309,6 +309,24 @@ async def test_gzip_body_is_decoded(server: RawServer) -> None:
     assert resp.body == payload
 
 
+async def test_gzip_streamed_body_is_decoded(server: RawServer) -> None:
+    payload = b"data: " + b"xyz" * 5000 + b"\n\n"
+    packed = gzip.compress(payload)
+    half = len(packed) // 2
+    raw = chunked(
+        packed[:half],
+        packed[half:],
+        head="HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n",
+    )
+    server.routes["/gz"] = static(raw)
+    t = HTTP11Transport()
+    try:
+        async with await t.post_stream(server.url + "/gz", b"", {}) as resp:
+            assert await resp.aread() == payload
+    finally:
+        await t.aclose()
+
+
 async def test_interim_1xx_and_bodyless_204(server: RawServer) -> None:
     server.routes["/early"] = static(b"HTTP/1.1 103 Early Hints\r\nLink: </x>\r\n\r\n" + reply(b"final"))
     server.routes["/empty"] = static(b"HTTP/1.1 204 No Content\r\n\r\n")

@@ -17,9 +17,7 @@ def _import_aiohttp() -> Any:
     try:
         import aiohttp
     except ImportError:
-        raise ImportError(
-            "AiohttpTransport needs aiohttp: install it with  pip install 'asynclm[fast]'"
-        ) from None
+        raise ImportError("AiohttpTransport needs aiohttp: install it with  pip install 'asynclm[fast]'") from None
     return aiohttp
 
 
@@ -105,9 +103,7 @@ class AiohttpTransport:
                 "AiohttpTransport runs on asyncio only, and must be created inside the running loop"
             ) from None
         self._aiohttp = aiohttp
-        self._default_timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=connect_timeout, sock_read=read_timeout
-        )
+        self._default_timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout, sock_read=read_timeout)
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=limit, ssl=ssl_context if ssl_context is not None else True),
             timeout=self._default_timeout,
@@ -123,9 +119,7 @@ class AiohttpTransport:
     ) -> Response:
         response = None
         try:
-            response = await self._session.post(
-                url, data=body, headers=headers, timeout=self._timeout(timeout)
-            )
+            response = await self._session.post(url, data=body, headers=headers, timeout=self._timeout(timeout))
             data = await response.read()
         except BaseException as exc:
             if response is not None:
@@ -139,9 +133,7 @@ class AiohttpTransport:
         self, url: str, body: bytes, headers: Mapping[str, str], *, timeout: float | None = None
     ) -> _AiohttpStreamingResponse:
         try:
-            response = await self._session.post(
-                url, data=body, headers=headers, timeout=self._timeout(timeout)
-            )
+            response = await self._session.post(url, data=body, headers=headers, timeout=self._timeout(timeout))
         except BaseException as exc:
             _translate(exc, url, self._aiohttp)
             raise

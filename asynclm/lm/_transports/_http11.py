@@ -396,10 +396,13 @@ class _StreamingResponse:
         while True:
             if self._conn is None:
                 raise StopAsyncIteration
-            data = await self._read_some()
+            data = await self._read_some()  # b"" only once the body is complete
+            done = self._reader.done
             if self._decoder is not None:
-                data = self._decoder.feed(data) if data else self._decoder.flush()
-            if self._reader.done:
+                data = self._decoder.feed(data) if data else b""
+                if done:
+                    data += self._decoder.flush()
+            if done:
                 await self._finish()
                 if not data:
                     raise StopAsyncIteration
@@ -421,9 +424,7 @@ class _StreamingResponse:
             raise
         except _NETWORK_ERRORS as exc:
             await self._abort()
-            raise TransportError(
-                f"{self._target.safe_url}: connection failed while reading: {exc!r}"
-            ) from exc
+            raise TransportError(f"{self._target.safe_url}: connection failed while reading: {exc!r}") from exc
         except BaseException:  # cancelled: the connection is half-used, close it
             await self._abort()
             raise
@@ -533,9 +534,7 @@ class HTTP11Transport:
                         _StreamingResponse,
                         await self._exchange(conn, target, payload, scope, read_t, stream=True),
                     )
-                raise TransportTimeout(
-                    f"{target.safe_url}: no response headers for {read_t:g} s (read timeout)"
-                )
+                raise TransportTimeout(f"{target.safe_url}: no response headers for {read_t:g} s (read timeout)")
             except _Stale:
                 continue
         raise AssertionError("unreachable")  # pragma: no cover
@@ -629,10 +628,9 @@ class HTTP11Transport:
                     except BaseException:
                         await _close_stream(stream)
                         raise
-        except TimeoutError:
-            raise TransportTimeout(
-                f"cannot connect to {target.safe_url}: timed out after {connect_t:g} s"
-            ) from None
+        except TimeoutError as exc:
+            after = f" after {connect_t:g} s" if connect_t is not None else ""
+            raise TransportTimeout(f"cannot connect to {target.safe_url}: timed out{after}") from exc
         except (OSError, anyio.BrokenResourceError) as exc:
             raise TransportError(f"cannot connect to {target.safe_url}: {exc}") from exc
         return _Connection(stream, target.origin)
