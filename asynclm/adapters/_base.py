@@ -22,9 +22,7 @@ from ._values import format_input_value
 SignatureLike = str | Signature | type[Signature]
 Message = dict[str, Any]
 
-INCOMPLETE_DEMO_PREFIX = (
-    "This is an example of the task, though some input or output fields are not supplied."
-)
+INCOMPLETE_DEMO_PREFIX = "This is an example of the task, though some input or output fields are not supplied."
 MISSING_IN_DEMO = "Not supplied for this particular example. "
 _PASS_THROUGH_KEYS = frozenset({"role", "content", "name", "tool_calls", "tool_call_id"})
 
@@ -32,9 +30,7 @@ _PASS_THROUGH_KEYS = frozenset({"role", "content", "name", "tool_calls", "tool_c
 def _move_type_to_front(d: Any) -> Any:
     # DSPy's ordering of JSON-schema keys ("type" first, then alphabetical), for LM readability.
     if isinstance(d, Mapping):
-        return {
-            k: _move_type_to_front(v) for k, v in sorted(d.items(), key=lambda kv: (kv[0] != "type", kv[0]))
-        }
+        return {k: _move_type_to_front(v) for k, v in sorted(d.items(), key=lambda kv: (kv[0] != "type", kv[0]))}
     if isinstance(d, list):
         return [_move_type_to_front(x) for x in d]
     return d
@@ -52,9 +48,7 @@ def field_type_note(f: SignatureField) -> str:
         elif is_enum_type(tp):
             desc = f"must be one of: {'; '.join(str(m.value) for m in tp)}"
         elif get_origin(tp) is Literal:
-            desc = (
-                f"must exactly match (no extra characters) one of: {'; '.join(str(x) for x in tp.__args__)}"
-            )
+            desc = f"must exactly match (no extra characters) one of: {'; '.join(str(x) for x in tp.__args__)}"
         else:
             import pydantic
 
@@ -115,9 +109,7 @@ class Adapter(ABC):
             sig_wo = sig.memo((type(self), "without-history"), lambda: sig.delete(history_field))
             messages.extend(self.format_conversation_history(sig_wo, inputs.get(history_field)))
             sig = sig_wo
-        messages.append(
-            {"role": "user", "content": self.format_user_message_content(sig, inputs, main_request=True)}
-        )
+        messages.append({"role": "user", "content": self.format_user_message_content(sig, inputs, main_request=True)})
         return messages
 
     @abstractmethod
@@ -214,26 +206,20 @@ class Adapter(ABC):
         """The assistant turn for ``outputs``. Output fields absent from ``outputs`` are
         rendered as ``missing_field_message`` or, when that is ``None``, left out."""
 
-    def format_demos(
-        self, signature: Signature, demos: Sequence[Example | Mapping[str, Any]]
-    ) -> list[Message]:
+    def format_demos(self, signature: Signature, demos: Sequence[Example | Mapping[str, Any]]) -> list[Message]:
         complete: list[Any] = []
         incomplete: list[Any] = []
         for demo in demos:
             if all(k in demo and demo[k] is not None for k in signature.fields):
                 complete.append(demo)
-            elif any(k in demo for k in signature.input_fields) and any(
-                k in demo for k in signature.output_fields
-            ):
+            elif any(k in demo for k in signature.input_fields) and any(k in demo for k in signature.output_fields):
                 incomplete.append(demo)
         messages: list[Message] = []
         for demo in incomplete:
             messages.append(
                 {
                     "role": "user",
-                    "content": self.format_user_message_content(
-                        signature, demo, prefix=INCOMPLETE_DEMO_PREFIX
-                    ),
+                    "content": self.format_user_message_content(signature, demo, prefix=INCOMPLETE_DEMO_PREFIX),
                 }
             )
             messages.append(
@@ -246,9 +232,7 @@ class Adapter(ABC):
             )
         for demo in complete:
             messages.append({"role": "user", "content": self.format_user_message_content(signature, demo)})
-            messages.append(
-                {"role": "assistant", "content": self.format_assistant_message_content(signature, demo)}
-            )
+            messages.append({"role": "assistant", "content": self.format_assistant_message_content(signature, demo)})
         return messages
 
     def format_conversation_history(self, signature: Signature, history: Any) -> list[Message]:
@@ -261,9 +245,7 @@ class Adapter(ABC):
                 continue
             messages.append({"role": "user", "content": self.format_user_message_content(signature, turn)})
             outputs = {k: v for k, v in turn.items() if k in signature.output_fields}
-            messages.append(
-                {"role": "assistant", "content": self.format_assistant_message_content(signature, outputs)}
-            )
+            messages.append({"role": "assistant", "content": self.format_assistant_message_content(signature, outputs)})
         return messages
 
     def _history_field(self, sig: Signature) -> str | None:

@@ -12,9 +12,7 @@ from ._base import Adapter, SignatureLike, field_type_note
 from ._errors import ParseError
 from ._values import HEADER_LINE, describe_error, format_output_value, parse_text
 
-_STRUCTURE_INTRO = (
-    "All interactions will be structured in the following way, with the appropriate values filled in."
-)
+_STRUCTURE_INTRO = "All interactions will be structured in the following way, with the appropriate values filled in."
 _HEADER_OPEN = "[[ ## "
 _HEADER_CLOSE = " ## ]]"
 _WORD = re.compile(r"\w*")

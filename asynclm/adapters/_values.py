@@ -37,6 +37,15 @@ def to_jsonable(value: Any) -> Any:
     return to_jsonable_python(value, fallback=str)
 
 
+def dumps_container(value: list[Any] | dict[Any, Any]) -> str:
+    """JSON text of a list or dict (DSPy's ``json.dumps(..., ensure_ascii=False)``); plain data
+    takes the C encoder directly, anything else (models, dates, …) goes through pydantic first."""
+    try:
+        return json.dumps(value, ensure_ascii=False)
+    except (TypeError, ValueError):
+        return json.dumps(to_jsonable(value), ensure_ascii=False)
+
+
 def _format_blob(blob: str) -> str:
     if "\n" not in blob and "«" not in blob and "»" not in blob:
         return f"«{blob}»"
@@ -55,6 +64,8 @@ def format_input_value(field: SignatureField, value: Any) -> str:
         if len(value) == 1:
             return _format_blob(str(value[0]))
         return "\n".join(f"[{i + 1}] {_format_blob(str(v))}" for i, v in enumerate(value))
+    if isinstance(value, list | dict):
+        return dumps_container(value)
     jsonable = to_jsonable(value)
     if isinstance(jsonable, dict | list):
         return json.dumps(jsonable, ensure_ascii=False)
@@ -81,6 +92,8 @@ def format_output_value(field: SignatureField, value: Any) -> str:
         return value if is_raw_safe(value) else json.dumps(value, ensure_ascii=False)
     if isinstance(value, list) and field.annotation is str:
         return format_input_value(field, value)
+    if isinstance(value, list | dict):
+        return dumps_container(value)
     jsonable = to_jsonable(value)
     if isinstance(jsonable, dict | list):
         return json.dumps(jsonable, ensure_ascii=False)
