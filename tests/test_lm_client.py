@@ -380,3 +380,12 @@ def test_top_level_exports() -> None:
     ]:
         assert getattr(asynclm, name) is getattr(asynclm.lm, name)
     assert issubclass(asynclm.LMTimeoutError, TimeoutError)
+
+
+def test_deepcopy_shares_the_lm() -> None:
+    import copy
+
+    lm = LM("openai/m", api_key=KEY, max_concurrency=2, rpm=60)
+    program = {"lm": lm, "demos": [1, 2]}
+    clone = copy.deepcopy(program)
+    assert clone["lm"] is lm and clone["demos"] is not program["demos"]

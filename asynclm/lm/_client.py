@@ -228,6 +228,11 @@ class LM(SyncCallable):
         extra = "".join(f", {k}={v!r}" for k, v in self.default_params.items())
         return f"LM({self.model!r}, base_url={self.base_url!r}{extra})"
 
+    def __deepcopy__(self, memo: Any) -> LM:
+        # An LM is a shared client (limits, connections), like a connection pool: copying a
+        # program that uses it (an optimizer's candidate) must share it, not clone it.
+        return self
+
     @property
     def peak_concurrency(self) -> int | None:
         """The most requests of this LM seen in flight at once (``None`` without ``max_concurrency``)."""
@@ -636,12 +641,12 @@ class LM(SyncCallable):
                         pass
                 if self._concurrency is not None:
                     self._concurrency.release()
-            used = usage or Usage()
-            record_usage(self.model_name, used, False)
-            outputs = ["".join(texts[i]) for i in sorted(texts)]
-            if isinstance(error, LMError):
+            if isinstance(error, LMError):  # as for a failed call: no usage, an error entry
                 self._record_error(body, error, started, t0)
-            else:
+            else:  # finished, or stopped early by the consumer: what was streamed counts
+                used = usage or Usage()
+                record_usage(self.model_name, used, False)
+                outputs = ["".join(texts[i]) for i in sorted(texts)]
                 self._record(body, outputs, used, False, started, t0)
 
     def _deltas(self, event: str) -> list[StreamDelta]:
