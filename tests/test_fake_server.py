@@ -68,9 +68,7 @@ def test_static_response_sync_client() -> None:
         usage = data["usage"]
         assert usage == {"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6}
         # a second request on the same keep-alive connection
-        assert (
-            client.post("/chat/completions", json=body()).json()["choices"][0]["message"]["content"] == "four"
-        )
+        assert client.post("/chat/completions", json=body()).json()["choices"][0]["message"]["content"] == "four"
         assert server.requests == 2
 
 
@@ -206,9 +204,7 @@ def test_n_choices_and_support_n() -> None:
 
 def test_invalid_requests_get_400_and_are_counted() -> None:
     with FakeOpenAIServer() as server, httpx.Client(base_url=server.base_url) as client:
-        bad_json = client.post(
-            "/chat/completions", content=b"{not json", headers={"content-type": "application/json"}
-        )
+        bad_json = client.post("/chat/completions", content=b"{not json", headers={"content-type": "application/json"})
         assert bad_json.status_code == 400
         assert "not valid JSON" in bad_json.json()["error"]["message"]
         no_messages = client.post("/chat/completions", json={"model": "m"})
@@ -348,10 +344,7 @@ def test_connection_reset() -> None:
             with pytest.raises((httpx.ReadError, httpx.RemoteProtocolError)):
                 client.post("/chat/completions", json=body())
             # the next request (a new connection) gets the next scripted response
-            assert (
-                client.post("/chat/completions", json=body()).json()["choices"][0]["message"]["content"]
-                == "fine"
-            )
+            assert client.post("/chat/completions", json=body()).json()["choices"][0]["message"]["content"] == "fine"
         assert server.requests == 2
         assert server.in_flight == 0
         assert server.client_disconnects == 0  # the server closed it, not the client
@@ -442,9 +435,7 @@ def test_truncated_stream() -> None:
     with FakeOpenAIServer(Fault.truncated(after_chunks=2)) as server:
         received: list[str] = []
         with pytest.raises(httpx.RemoteProtocolError):
-            with httpx.stream(
-                "POST", f"{server.base_url}/chat/completions", json=body(stream=True)
-            ) as response:
+            with httpx.stream("POST", f"{server.base_url}/chat/completions", json=body(stream=True)) as response:
                 for line in response.iter_lines():
                     if line:
                         received.append(line)
@@ -466,8 +457,7 @@ def test_fail_next_takes_precedence_and_keeps_the_script() -> None:
         statuses = [client.post("/chat/completions", json=body()).status_code for _ in range(2)]
         assert statuses == [500, 500]
         texts = [
-            client.post("/chat/completions", json=body()).json()["choices"][0]["message"]["content"]
-            for _ in range(2)
+            client.post("/chat/completions", json=body()).json()["choices"][0]["message"]["content"] for _ in range(2)
         ]
         assert texts == ["a", "b"]
 

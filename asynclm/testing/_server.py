@@ -291,9 +291,7 @@ class Fault:
         delay: float = 0.0,
     ) -> Fault:
         """A 429 with OpenAI's ``rate_limit_exceeded`` body and optional retry-after headers."""
-        return cls.error(
-            429, retry_after=retry_after, retry_after_ms=retry_after_ms, message=message, delay=delay
-        )
+        return cls.error(429, retry_after=retry_after, retry_after_ms=retry_after_ms, message=message, delay=delay)
 
     @classmethod
     def server_error(
@@ -403,9 +401,7 @@ def _content_text(content: Any) -> str:
     if isinstance(content, str):
         return content
     if isinstance(content, list):
-        return "".join(
-            str(part.get("text", "")) for part in content if isinstance(part, dict) and "text" in part
-        )
+        return "".join(str(part.get("text", "")) for part in content if isinstance(part, dict) and "text" in part)
     return ""
 
 
@@ -771,9 +767,7 @@ class _Core:
 
     async def start(self, host: str, port: int) -> int:
         self.loop = asyncio.get_running_loop()
-        self.server = await self.loop.create_server(
-            lambda: _Conn(self), host, port, backlog=2048, reuse_address=True
-        )
+        self.server = await self.loop.create_server(lambda: _Conn(self), host, port, backlog=2048, reuse_address=True)
         sockname = self.server.sockets[0].getsockname()
         return int(sockname[1])
 
@@ -1038,11 +1032,7 @@ class _Core:
         if prompt is None:
             prompt = max(
                 1,
-                sum(
-                    _estimate_tokens(_content_text(m.get("content")))
-                    for m in request.messages
-                    if isinstance(m, dict)
-                ),
+                sum(_estimate_tokens(_content_text(m.get("content"))) for m in request.messages if isinstance(m, dict)),
             )
         completion = reply.completion_tokens
         if completion is None:
@@ -1073,8 +1063,7 @@ class _Core:
     def _stream_events(self, request: FakeRequest, reply: Reply) -> list[bytes]:
         texts = self._texts(request, reply)
         include_usage = bool(
-            isinstance(request.json.get("stream_options"), dict)
-            and request.json["stream_options"].get("include_usage")
+            isinstance(request.json.get("stream_options"), dict) and request.json["stream_options"].get("include_usage")
         )
         base = {
             "id": f"chatcmpl-fake-{request.index}",
@@ -1129,9 +1118,7 @@ class _Core:
             events.append(_dumps({**base, "choices": [], "usage": self._usage(request, reply, texts)}))
         return events
 
-    async def _stream(
-        self, exchange: _Exchange, request: FakeRequest, reply: Reply, fault: Fault | None
-    ) -> None:
+    async def _stream(self, exchange: _Exchange, request: FakeRequest, reply: Reply, fault: Fault | None) -> None:
         delay = self.latency if reply.latency is None else reply.latency
         chunk_delay = reply.latency if reply.latency is not None else self.chunk_delay
         if chunk_delay is None:
@@ -1183,8 +1170,7 @@ class _Core:
                     (
                         "server_error",
                         None,
-                        "The server had an error while processing your request "
-                        "(injected by FakeOpenAIServer).",
+                        "The server had an error while processing your request (injected by FakeOpenAIServer).",
                     ),
                 )
                 data = _error_body(
