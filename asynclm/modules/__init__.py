@@ -3,6 +3,7 @@
 
 from ._callbacks import Callback, current_call_id
 from ._module import Module, ProgramFileError
+from ._otel import OpenTelemetryCallback
 from ._predict import ChainOfThought, NoLMError, Predict
 from ._streaming import StreamChunk, StreamingProgram, streamify
 from ._trace import trace_scope
@@ -12,6 +13,7 @@ __all__ = [
     "ChainOfThought",
     "Module",
     "NoLMError",
+    "OpenTelemetryCallback",
     "Predict",
     "ProgramFileError",
     "StreamChunk",
