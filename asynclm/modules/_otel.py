@@ -38,7 +38,7 @@ class OpenTelemetryCallback(Callback):
         self._trace = trace
         self._tracer = trace.get_tracer("asynclm", tracer_provider=tracer_provider)
         self.capture_content = capture_content
-        self._open: dict[str, tuple[Any, object]] = {}
+        self._open: dict[str, tuple[Any, Any]] = {}
         self._lock = threading.Lock()
 
     # -- shared ---------------------------------------------------------------------------------
