@@ -5,11 +5,13 @@ tests run with the client on asyncio and on trio."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
 import itertools
 import json
 import socket
 import ssl
+import sys
 import threading
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
@@ -165,7 +167,7 @@ def server() -> Iterator[RawServer]:
 
 async def eventually(pred: Callable[[], bool], timeout: float = 5.0) -> None:
     with anyio.fail_after(timeout):
-        while not pred():  # noqa: ASYNC110 - the condition is set by the server thread
+        while not pred():  # the condition is set by the server thread
             await anyio.sleep(0.01)
 
 
@@ -504,6 +506,29 @@ async def test_default_read_timeout_is_per_read_not_total(server: RawServer) -> 
     finally:
         await t.aclose()
     assert resp.body == b"......"
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="relies on Linux dropping SYNs to a full accept queue")
+async def test_connect_timeout_raises_transport_timeout() -> None:
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)  # never accepted: once its queue is full, new connections hang
+        port = listener.getsockname()[1]
+        fillers = []
+        for _ in range(3):
+            filler = socket.socket()
+            filler.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                filler.connect(("127.0.0.1", port))
+            fillers.append(filler)
+        t = HTTP11Transport(connect_timeout=0.3)
+        try:
+            with anyio.fail_after(5), pytest.raises(TransportTimeout, match=r"cannot connect .* timed out"):
+                await t.post(f"http://127.0.0.1:{port}/", b"", {})
+        finally:
+            await t.aclose()
+            for filler in fillers:
+                filler.close()
 
 
 async def test_connection_refused_is_transport_error_without_the_query() -> None:
