@@ -13,7 +13,7 @@ import anyio
 import httpx
 import pytest
 
-from asynclm.testing import DEFAULT_FAULTS, FakeOpenAIServer, FakeRequest, Fault, Headers, Reply
+from asynclm.testing import DEFAULT_FAULTS, FakeOpenAIServer, FakeRequest, Fault, Headers, Reply, SpawnedFakeServer
 
 MESSAGES = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "What is 2+2?"}]
 
@@ -731,3 +731,25 @@ async def test_fixture_takes_marker_arguments(fake_openai_server: FakeOpenAIServ
         assert (await client.post("/chat/completions", json=body(n=2))).status_code == 400
         data = (await client.post("/chat/completions", json=body())).json()
         assert data["choices"][0]["message"]["content"] == "configured"
+
+
+def test_spawn_failure_reports_the_child_stderr() -> None:
+    script = "import sys; sys.stderr.write('child exploded'); sys.exit(3)"
+    with pytest.raises(RuntimeError, match="child exploded"):
+        SpawnedFakeServer([sys.executable, "-c", script], startup_timeout=30)
+
+
+def test_expect_100_continue() -> None:
+    payload = json.dumps(body()).encode()
+    head = b"POST /v1/chat/completions HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: %d\r\n\r\n" % len(payload)
+    with FakeOpenAIServer("continued") as server:
+        assert server.port is not None
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+            sock.sendall(head)
+            assert sock.recv(65536) == b"HTTP/1.1 100 Continue\r\n\r\n"
+            sock.sendall(payload[:5])
+            sock.sendall(payload[5:])
+            received = b""
+            while b'"continued"' not in received:
+                received += sock.recv(65536)
+        assert received.startswith(b"HTTP/1.1 200 OK")

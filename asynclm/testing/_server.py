@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import http
 import inspect
 import json
@@ -29,6 +30,7 @@ import socket
 import struct
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
@@ -938,7 +940,15 @@ class _Core:
         task: asyncio.Task[None] = self.loop.create_task(coro)
         exchange.task = task
         self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
+        task.add_done_callback(functools.partial(self._task_done, exchange))
+
+    def _task_done(self, exchange: _Exchange, task: asyncio.Task[None]) -> None:
+        self.tasks.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            # A bug in a response path: keep it for the test to see, and never leave the client hanging.
+            self.errors.append(exc)
+            if not exchange.finished:
+                exchange.abort(False)
 
     async def _await_then_respond(
         self, exchange: _Exchange, request: FakeRequest, item: Awaitable[ResponseItem]
@@ -1586,8 +1596,12 @@ class SpawnedFakeServer:
     """
 
     def __init__(self, args: list[str], startup_timeout: float) -> None:
+        # stderr goes to a file, not a pipe: nobody reads it while the child runs, and a full pipe
+        # would block the child.
+        self._stderr = tempfile.TemporaryFile()
+        self._stderr_text = ""
         self.process = subprocess.Popen(
-            args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=self._stderr, text=True
         )
         self.final_stats: dict[str, Any] | None = None
         port: list[int] = []
@@ -1596,13 +1610,29 @@ class SpawnedFakeServer:
         reader.join(startup_timeout)
         if not port or port[0] <= 0:
             self.process.kill()
-            _, err = self.process.communicate()
+            self.process.wait()
+            err = self.stderr_output()
+            self._close_files()
             raise RuntimeError(
                 f"the FakeOpenAIServer child process ({' '.join(args)}) did not report its port within "
                 f"{startup_timeout} s; its stderr:\n{err}"
             )
         self.port = port[0]
         self.pid = self.process.pid
+
+    def stderr_output(self) -> str:
+        """What the child wrote on stderr so far (tracebacks, asyncio warnings)."""
+        if self._stderr.closed:
+            return self._stderr_text
+        self._stderr.seek(0)
+        return self._stderr.read().decode(errors="replace")
+
+    def _close_files(self) -> None:
+        if not self._stderr.closed:
+            self._stderr_text = self.stderr_output()
+            self._stderr.close()
+        if self.process.stdout is not None:
+            self.process.stdout.close()
 
     def _read_port(self) -> int:
         assert self.process.stdout is not None
@@ -1648,9 +1678,7 @@ class SpawnedFakeServer:
                 except subprocess.TimeoutExpired:
                     self.process.kill()
                     self.process.wait()
-            for stream in (self.process.stdout, self.process.stderr):
-                if stream is not None:
-                    stream.close()
+            self._close_files()
         return dict(self.final_stats)
 
     def __enter__(self) -> SpawnedFakeServer:
