@@ -763,8 +763,9 @@ async def test_get_transport_with_a_factory_is_keyed_by_the_factory(server: RawS
 # -- adapters ---------------------------------------------------------------------------------
 
 
-async def test_httpx_adapter_via_transport_factory(server: RawServer) -> None:
-    httpx = pytest.importorskip("httpx")
+@pytest.mark.parametrize("module", ["httpx", "httpx2"])
+async def test_httpx_adapter_via_transport_factory(server: RawServer, module: str, anyio_backend: str) -> None:
+    httpx = pytest.importorskip(module)
     factory = transport_factory(lambda: httpx.AsyncClient())
     t = get_transport(factory)
     assert isinstance(t, HttpxTransport)
@@ -778,8 +779,9 @@ async def test_httpx_adapter_via_transport_factory(server: RawServer) -> None:
         assert b"".join([c async for c in stream.aiter_bytes()]) == b"abcd"
 
 
-async def test_httpx_adapter_translates_errors(server: RawServer) -> None:
-    httpx = pytest.importorskip("httpx")
+@pytest.mark.parametrize("module", ["httpx", "httpx2"])
+async def test_httpx_adapter_translates_errors(server: RawServer, module: str, anyio_backend: str) -> None:
+    httpx = pytest.importorskip(module)
     server.routes["/hang"] = hang
     t = HttpxTransport(httpx.AsyncClient())
     try:
