@@ -143,6 +143,37 @@ def test_keyboard_interrupt_during_sync_cancels_the_coroutine(portal_backend: st
     assert identify.sync()[1] == portal_backend  # the portal is still usable
 
 
+@pytest.mark.skipif(threading.current_thread() is not threading.main_thread(), reason="needs the main thread")
+def test_keyboard_interrupt_at_any_moment_never_orphans_the_coroutine(portal_backend: str) -> None:
+    # Regression: a Ctrl-C landing inside submit() (after the task had started) used to escape
+    # without cancelling the coroutine, which kept running in the portal.
+    import random
+
+    running = [0]
+    rng = random.Random(1)
+
+    @sync_twin
+    async def slow() -> None:
+        running[0] += 1
+        try:
+            await anyio.sleep(30)
+        finally:
+            running[0] -= 1
+
+    for _ in range(30):  # each interrupt is seen within the 0.1 s poll of the waiting caller
+        delay = rng.choice([0.0, 0.0001, 0.0005, 0.001, 0.003])
+        interrupter = threading.Thread(target=lambda d=delay: (time.sleep(d), _thread.interrupt_main()))
+        try:
+            interrupter.start()
+            slow.sync()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            interrupter.join()
+        assert running[0] == 0  # cancelled (its finally ran) or never started
+    assert identify.sync()[1] == portal_backend
+
+
 # -- fork ----------------------------------------------------------------------------------------
 
 
@@ -176,16 +207,19 @@ def test_forked_child_can_call_sync(portal_backend: str) -> None:
 
 _AT_EXIT_SCRIPT = textwrap.dedent(
     """
-    import sys, threading
+    import os, sys, threading
     import anyio
     from asynclm.runtime import configure, loop_resource, sync_twin
 
     configure(backend=sys.argv[1])
     started = threading.Event()
 
+    def say(line):
+        os.write(1, (line + "\\n").encode())  # one write per line: threads print concurrently
+
     class Resource:
         async def aclose(self):
-            print("resource closed", flush=True)
+            say("resource closed")
 
     @sync_twin
     async def pending_forever():
@@ -196,18 +230,18 @@ _AT_EXIT_SCRIPT = textwrap.dedent(
         finally:
             with anyio.CancelScope(shield=True):
                 await anyio.sleep(0.01)  # async cleanup still works at exit
-            print("finally ran", flush=True)
+            say("finally ran")
 
     def caller():
         try:
             pending_forever.sync()
         except BaseException as exc:
-            print("caller got", type(exc).__name__, flush=True)
+            say("caller got " + type(exc).__name__)
 
     # A daemon thread's .sync() call is still running when the main thread ends.
     threading.Thread(target=caller, daemon=True).start()
     assert started.wait(10)
-    print("main exiting", flush=True)
+    say("main exiting")
     """
 )
 
@@ -220,6 +254,7 @@ def test_pending_portal_call_runs_its_finally_at_interpreter_exit(backend: str) 
     )
     elapsed = time.monotonic() - t0
     assert proc.returncode == 0, proc.stderr
-    lines = proc.stdout.splitlines()
+    # The daemon caller may or may not get to report its PortalClosedError before the end.
+    lines = [line for line in proc.stdout.splitlines() if line != "caller got PortalClosedError"]
     assert lines[:3] == ["main exiting", "finally ran", "resource closed"], (proc.stdout, proc.stderr)
     assert elapsed < 20  # the exit did not wait for the 60 s sleep

@@ -40,7 +40,19 @@ class PortalClosedError(RuntimeError):
 class Call:
     """One coroutine call handed to a loop from another thread; the outcome is read back there."""
 
-    __slots__ = ("_done", "args", "cancel_requested", "exc", "fn", "kwargs", "ran", "result", "scope")
+    __slots__ = (
+        "_done",
+        "args",
+        "cancel_requested",
+        "exc",
+        "finished",
+        "fn",
+        "kwargs",
+        "ran",
+        "result",
+        "scope",
+        "spawned",
+    )
 
     def __init__(self, fn: Callable[..., Coroutine[Any, Any, Any]], args: Any, kwargs: Any) -> None:
         self.fn = fn
@@ -51,9 +63,17 @@ class Call:
         self.ran = False
         self.scope: anyio.CancelScope | None = None
         self.cancel_requested = False
+        self.spawned = False  # set on the loop thread when the task is started
+        # Set before the lock is released; wait() trusts it, so a KeyboardInterrupt landing right
+        # after a successful acquire() cannot make a later wait() block forever.
+        self.finished = False
         # A held lock is the cheapest one-shot signal between two threads.
         self._done = threading.Lock()
         self._done.acquire()
+
+    def _finish(self) -> None:
+        self.finished = True
+        self._done.release()
 
     async def run(self) -> None:
         try:
@@ -69,26 +89,33 @@ class Call:
             self.exc = exc
             self.ran = True
         finally:
-            self._done.release()
+            self._finish()
 
     def cancel(self) -> None:
         """Runs on the loop thread."""
         self.cancel_requested = True
         if self.scope is not None:
             self.scope.cancel()
+        elif not self.spawned:
+            # The caller was interrupted inside submit() before the spawn callback was queued
+            # (callbacks run in FIFO order, so a queued spawn would have run before this): the
+            # call will never start, so finish it here or the caller's wait() never returns.
+            self._finish()
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the call finishes; ``False`` on timeout. Interruptible in the main thread."""
+        if self.finished:
+            return True
         if threading.current_thread() is not threading.main_thread():
             return self._done.acquire(timeout=-1 if timeout is None else timeout)
         # _thread.interrupt_main() and signals are only seen between bytecodes: poll.
         deadline = None if timeout is None else _now() + timeout
-        while True:
+        while not self.finished:
             step = _INTERRUPT_POLL if deadline is None else min(_INTERRUPT_POLL, deadline - _now())
             if step <= 0:
                 return False
-            if self._done.acquire(timeout=step):
-                return True
+            self._done.acquire(timeout=step)
+        return True
 
     def outcome(self) -> Any:
         if self.exc is not None:
@@ -176,6 +203,7 @@ class Portal:
     def _spawn(self, tg: anyio.abc.TaskGroup, call: Call) -> None:
         # Runs inside ctx.run(): start_soon copies the *current* context (ctx) into the new task.
         mark_async_library(self.backend)
+        call.spawned = True
         tg.start_soon(call.run)
 
     def cancel(self, call: Call) -> None:
@@ -185,6 +213,13 @@ class Portal:
                 schedule(call.cancel)
             except Exception:
                 pass
+
+    def cancel_and_wait(self, call: Call) -> None:
+        """Cancel ``call`` and wait until its ``finally`` blocks have run (or the portal died)."""
+        self.cancel(call)
+        while not call.wait(_INTERRUPT_POLL):
+            if not self.thread.is_alive():  # stopped meanwhile: nothing is left to wait for
+                return
 
     def stop(self, timeout: float | None = 5.0) -> None:
         """Cancel in-flight calls (their ``finally`` blocks run) and end the loop thread."""

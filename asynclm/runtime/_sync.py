@@ -30,7 +30,7 @@ import anyio
 import anyio.to_thread
 
 from ._backends import mark_async_library, running_loop_name, trio_host_token
-from ._portal import Call, portal_for_current_thread
+from ._portal import Call, PortalClosedError, portal_for_current_thread
 from ._settings import current_settings
 
 __all__ = [
@@ -100,16 +100,17 @@ def _run_sync(
 
     portal = portal_for_current_thread(current_settings().backend)
     call = Call(fn, args, kwargs)
-    portal.submit(ctx, call)
     try:
+        # submit() is inside the try: a Ctrl-C can land in it after the task has already started.
+        portal.submit(ctx, call)
         finished = call.wait(timeout)
+    except PortalClosedError:
+        raise  # nothing was started
     except BaseException:  # KeyboardInterrupt in the caller: cancel the coroutine, let finally run
-        portal.cancel(call)
-        call.wait()
+        portal.cancel_and_wait(call)
         raise
     if not finished:
-        portal.cancel(call)
-        call.wait()
+        portal.cancel_and_wait(call)
         raise TimeoutError(f"{_describe(fn)}.sync() did not finish within {timeout} s; it was cancelled")
     outcome: R = call.outcome()
     return outcome
