@@ -133,9 +133,7 @@ async def test_bad_call_arguments(server: FakeOpenAIServer) -> None:
 
 
 @pytest.mark.parametrize("status", [408, 409, 429, 500, 502, 503, 504])
-async def test_retryable_statuses_are_retried(
-    server: FakeOpenAIServer, status: int, anyio_backend: str
-) -> None:
+async def test_retryable_statuses_are_retried(server: FakeOpenAIServer, status: int, anyio_backend: str) -> None:
     server.fail_next(Fault.error(status), times=2)
     resp = await make_lm(server)("hi")
     assert resp.text == "ok"
@@ -209,9 +207,7 @@ async def test_insufficient_quota_429_is_not_retried(server: FakeOpenAIServer) -
 
 @pytest.mark.parametrize("header", ["retry_after", "retry_after_ms"])
 async def test_retry_after_is_honoured(server: FakeOpenAIServer, header: str, anyio_backend: str) -> None:
-    fault = (
-        Fault.rate_limit(retry_after=0.4) if header == "retry_after" else Fault.rate_limit(retry_after_ms=400)
-    )
+    fault = Fault.rate_limit(retry_after=0.4) if header == "retry_after" else Fault.rate_limit(retry_after_ms=400)
     server.fail_next(fault)
     lm = make_lm(server)  # its own backoff is ~1 ms: any longer wait is the server's
     start = time.monotonic()
@@ -237,9 +233,18 @@ async def test_retry_after_past_the_deadline_fails_fast_with_the_real_error(serv
     assert server.requests == 1
 
 
-async def test_a_429_pauses_every_caller_of_the_lm(server: FakeOpenAIServer) -> None:
+def paused(lm: LM) -> bool:
+    if lm._rpm is not None:
+        return lm._rpm.paused_for() > 0
+    return lm._paused_until > time.monotonic()
+
+
+@pytest.mark.parametrize("rpm", [None, 60_000])
+async def test_a_429_pauses_every_caller_of_the_lm(
+    server: FakeOpenAIServer, rpm: int | None, anyio_backend: str
+) -> None:
     server.fail_next(Fault.rate_limit(retry_after=0.5))
-    lm = make_lm(server)
+    lm = make_lm(server, rpm=rpm)  # with rpm the pause goes through the rate limiter
     finished: dict[str, float] = {}
     start = time.monotonic()
 
@@ -249,10 +254,11 @@ async def test_a_429_pauses_every_caller_of_the_lm(server: FakeOpenAIServer) -> 
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(call, "first")
-        await server.wait_until(lambda s: s.requests >= 1)
-        await anyio.sleep(0.05)  # the 429 has arrived: the LM is paused
+        with anyio.fail_after(10):
+            while not paused(lm):  # the 429 has arrived
+                await anyio.sleep(0.001)
         tg.start_soon(call, "second")  # a new caller, which never got a 429 itself
-    assert finished["second"] >= 0.45
+    assert finished["second"] >= 0.49
     assert server.requests == 3
 
 
@@ -389,3 +395,48 @@ def test_deepcopy_shares_the_lm() -> None:
     program = {"lm": lm, "demos": [1, 2]}
     clone = copy.deepcopy(program)
     assert clone["lm"] is lm and clone["demos"] is not program["demos"]
+
+
+async def test_the_deadline_includes_waiting_for_a_concurrency_slot(server: FakeOpenAIServer) -> None:
+    server.fail_next(Fault.hang())
+    lm = make_lm(server, max_concurrency=1)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(lm, "holds the only slot")
+        await server.wait_until(lambda s: s.requests == 1)
+        with pytest.raises(LMTimeoutError, match=r"0 attempt\(s\)"):
+            await lm("waits for the slot", timeout=0.2)
+        tg.cancel_scope.cancel()
+    assert server.requests == 1
+
+
+async def test_tpm_reserves_an_estimate_and_gives_back_the_difference(server: FakeOpenAIServer) -> None:
+    lm = make_lm(server, tpm=60_000, max_tokens=900)  # 1000 tokens/s, burst 1000
+    assert lm._tpm is not None
+    resp = await lm("hi")
+    # ~925 tokens were reserved; the server reported a handful: the rest is back in the bucket
+    left = lm._tpm.reserve(0)
+    assert left == 0.0 and lm._tpm._tokens >= 1000 - resp.usage.total_tokens - 5
+
+
+async def test_http_client_factory_is_called_once_per_loop(server: FakeOpenAIServer) -> None:
+    import httpx
+
+    made: list[httpx.AsyncClient] = []
+
+    def factory() -> httpx.AsyncClient:
+        client = httpx.AsyncClient(headers={"x-custom": "yes"})
+        made.append(client)
+        return client
+
+    lm = make_lm(server, http_client_factory=factory)
+    for _ in range(3):
+        assert (await lm("hi")).text == "ok"
+    assert len(made) == 1 and server.last_request.headers["x-custom"] == "yes"
+    assert server.last_request.headers["authorization"] == f"Bearer {KEY}"
+    await anyio.to_thread.run_sync(lambda: lm.sync("from a worker thread"))
+    assert len(made) == 1  # an anyio worker thread's .sync() runs on this loop
+    thread = threading.Thread(target=lambda: lm.sync("from a plain thread"))
+    thread.start()
+    await anyio.to_thread.run_sync(thread.join)
+    assert len(made) == 2  # a plain thread's portal is another loop: its own client
+    assert server.requests == 5
