@@ -255,9 +255,8 @@ class Tool(SyncCallable):
             raise TypeError(f"Tool {self.name!r} takes keyword arguments only: await tool(name=value, ...)")
         async with observe("tool", self, kwargs) as outcome:
             parsed = self.validate_args(kwargs)
-            positional = [
-                parsed.pop(n) for n, p in self._params.items() if p.kind is inspect.Parameter.POSITIONAL_ONLY and n in parsed
-            ]
+            positional_only = inspect.Parameter.POSITIONAL_ONLY
+            positional = [parsed.pop(n) for n, p in self._params.items() if p.kind is positional_only and n in parsed]
             if self.is_async:
                 result = await self.func(*positional, **parsed)
             else:
