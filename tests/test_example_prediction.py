@@ -91,6 +91,18 @@ def test_json_able() -> None:
     assert back["point"] == {"x": 1}
 
 
+def test_deepcopy() -> None:
+    import copy
+
+    ex = Example(a=[1]).with_inputs("a")
+    dup = copy.deepcopy(ex)
+    assert dup == ex and dup.input_keys == ex.input_keys
+    assert dup["a"] is not ex["a"]
+    pred = Prediction.from_completions([{"a": 1}, {"a": 2}], usage={"n": 3})
+    pdup = copy.deepcopy(pred)
+    assert pdup == pred and pdup.completions == pred.completions and pdup.usage == {"n": 3}
+
+
 def test_repr() -> None:
     assert repr(Example(a=1)) == "Example({'a': 1})"
     assert repr(Example(a=1).with_inputs("a")) == "Example({'a': 1}, input_keys=['a'])"

@@ -148,6 +148,19 @@ def test_signatures_are_immutable_values() -> None:
         sig.input_fields["a"].name = "z"  # type: ignore[misc]
 
 
+def test_copies_are_the_same_immutable_object() -> None:
+    import copy
+
+    class QA(Signature):
+        question: str = InputField()
+        answer: int = OutputField()
+
+    for sig in (Signature("a -> b: int"), Signature.ensure(QA)):
+        assert copy.copy(sig) is sig
+        assert copy.deepcopy(sig) is sig
+        assert copy.deepcopy({"sig": sig})["sig"] is sig
+
+
 def test_derivation_helpers_return_new_signatures() -> None:
     sig = Signature("question -> answer")
     cot = sig.prepend("reasoning", OutputField(desc="Think step by step."))

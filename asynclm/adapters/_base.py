@@ -7,6 +7,7 @@ field syntax (ChatAdapter's ``[[ ## name ## ]]`` blocks, JSONAdapter's JSON obje
 
 from __future__ import annotations
 
+import enum
 import json
 import textwrap
 from abc import ABC, abstractmethod
@@ -14,7 +15,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Literal, get_origin
 
 from asynclm.signatures import Example, History, Signature, SignatureField
-from asynclm.signatures._types import is_enum_type
 
 from ._errors import ParseError
 from ._values import format_input_value
@@ -45,7 +45,7 @@ def field_type_note(f: SignatureField) -> str:
             desc = "must be True or False"
         elif tp in (int, float):
             desc = f"must be a single {tp.__name__} value"
-        elif is_enum_type(tp):
+        elif _is_enum(tp):
             desc = f"must be one of: {'; '.join(str(m.value) for m in tp)}"
         elif get_origin(tp) is Literal:
             desc = f"must exactly match (no extra characters) one of: {'; '.join(str(x) for x in tp.__args__)}"
@@ -259,3 +259,7 @@ class Adapter(ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
+
+
+def _is_enum(tp: Any) -> bool:
+    return isinstance(tp, type) and issubclass(tp, enum.Enum)

@@ -20,7 +20,6 @@ import pydantic
 from pydantic_core import to_jsonable_python
 
 from asynclm.signatures import SignatureField
-from asynclm.signatures._types import is_enum_type
 
 # A line that ChatAdapter.parse would take as a field marker (DSPy: the stripped line starts with it).
 HEADER_LINE = re.compile(r"^[^\S\n]*\[\[ ## (\w+) ## \]\]", re.MULTILINE)
@@ -167,7 +166,7 @@ def parse_text(field: SignatureField, text: str) -> Any:
             return adapter.validate_python(candidate)
         except pydantic.ValidationError as exc:
             first_error = first_error or exc
-    if is_enum_type(annotation):
+    if _is_enum(annotation):
         member = _enum_by_name(annotation, body)
         if member is not None:
             return member
@@ -208,3 +207,7 @@ def describe_error(exc: Exception) -> str:
             parts.append(f"{loc + ': ' if loc else ''}{err.get('msg')}")
         return "; ".join(parts)
     return str(exc)
+
+
+def _is_enum(tp: Any) -> bool:
+    return isinstance(tp, type) and issubclass(tp, enum.Enum)

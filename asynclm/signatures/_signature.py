@@ -142,6 +142,15 @@ class SignatureField:
     def __hash__(self) -> int:
         return hash(self._key)
 
+    def __copy__(self) -> SignatureField:
+        return self
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> SignatureField:
+        return self
+
+    def __reduce__(self) -> Any:
+        return (SignatureField, (self.name, self.kind, self.annotation, self.desc, self.prefix, self.constraints))
+
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"name": self.name, "kind": self.kind, "type": self.type_str}
         if self.desc is not None:
@@ -533,6 +542,17 @@ class Signature:
         extra = f", instructions={self._instructions!r}" if self._instructions is not None else ""
         return f"{label}({self.signature!r}{extra})"
 
+    # Immutable: copies are the object itself (modules deep-copy their predictors freely).
+    def __copy__(self) -> Signature:
+        return self
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Signature:
+        return self
+
+    def __reduce__(self) -> Any:
+        # Copy/pickle protocol for multiprocessing users: rebuilt from its fields (not the memo).
+        return (_rebuild_signature, (self._fields, self._instructions, self._name))
+
     def memo(self, key: Any, factory: Callable[[], _R]) -> _R:
         """Per-signature cache for derived data (adapters keep compiled templates here).
         Safe because signatures are immutable; a race at worst computes the value twice."""
@@ -671,6 +691,10 @@ def _parse_fields(text: str, custom_types: Mapping[str, Any] | None) -> tuple[Si
             fields.append(SignatureField(name=name, kind=cast(FieldKind, kind), annotation=annotation))
     # Name clashes are reported by _init with the same wording for every form.
     return tuple(fields)
+
+
+def _rebuild_signature(fields: tuple[SignatureField, ...], instructions: str | None, name: str | None) -> Signature:
+    return Signature._make(fields, instructions, name)
 
 
 @functools.lru_cache(maxsize=1024)
