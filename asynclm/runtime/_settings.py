@@ -75,20 +75,23 @@ _defaults = Settings()
 class _Layer:
     """The overrides of the enclosing ``context()`` blocks, with the merged snapshot cached."""
 
-    __slots__ = ("_base", "_merged", "overrides")
+    __slots__ = ("_cache", "overrides")
 
     def __init__(self, overrides: dict[str, Any]) -> None:
         self.overrides = overrides
-        self._base: Settings | None = None
-        self._merged: Settings | None = None
+        self._cache: tuple[Settings, Settings] | None = None  # (base, merged)
 
     def resolve(self, base: Settings) -> Settings:
-        # Benign race: two threads may both compute the same immutable merge.
-        if self._base is not base:
-            self._merged = dataclasses.replace(base, **self.overrides)
-            self._base = base
-        assert self._merged is not None
-        return self._merged
+        # A layer is shared by every task and thread that copied the context. The (base, merged)
+        # pair is read and written as one tuple, and the merge returned is the one computed for
+        # *this* base: with two separate attributes, a thread holding stale defaults could
+        # overwrite the merge between another thread's store and its return.
+        cache = self._cache
+        if cache is not None and cache[0] is base:
+            return cache[1]
+        merged = dataclasses.replace(base, **self.overrides)
+        self._cache = (base, merged)
+        return merged
 
 
 _overrides: ContextVar[_Layer | None] = ContextVar("asynclm.settings", default=None)
