@@ -5,10 +5,13 @@ from __future__ import annotations
 import datetime
 import enum
 import json
+import keyword
 from typing import Any, Literal, Optional, Union
 
 import pydantic
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import asynclm
 from asynclm.signatures import History, InputField, OutputField, Signature, SignatureError, SignatureField
@@ -357,3 +360,46 @@ def test_signature_rejects_non_strings() -> None:
 def test_repr() -> None:
     assert repr(Signature("a -> b: int")) == "Signature('a -> b: int')"
     assert repr(Signature("a -> b", instructions="Hi.")) == "Signature('a -> b', instructions='Hi.')"
+
+
+# -- property: the string form and to_dict() read back to an equal signature -----------------
+
+_names = st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,8}", fullmatch=True).filter(lambda n: not keyword.iskeyword(n))
+_literal_values = st.one_of(st.text(max_size=8), st.integers(-5, 5), st.booleans(), st.none())
+_base_types = st.sampled_from(["str", "int", "float", "bool", "date", "datetime", "Any", "History", "bytes"])
+
+
+def _extend(inner: st.SearchStrategy[str]) -> st.SearchStrategy[str]:
+    return st.one_of(
+        inner.map(lambda t: f"list[{t}]"),
+        inner.map(lambda t: f"dict[str, {t}]"),
+        inner.map(lambda t: f"Optional[{t}]"),
+        inner.map(lambda t: f"{t} | None"),
+        inner.map(lambda t: f"tuple[{t}, ...]"),
+        st.tuples(inner, inner).map(lambda ab: f"Union[{ab[0]}, {ab[1]}]"),
+        st.lists(_literal_values, min_size=1, max_size=4).map(lambda vs: f"Literal[{', '.join(repr(v) for v in vs)}]"),
+    )
+
+
+_types = st.recursive(_base_types, _extend, max_leaves=4)
+_fields = st.lists(st.tuples(_names, st.none() | _types), min_size=2, max_size=6, unique_by=lambda f: f[0])
+
+
+@settings(max_examples=300, deadline=None)
+@given(fields=_fields, n_inputs=st.integers(0, 5))
+def test_string_form_and_json_round_trip(fields: list[tuple[str, str | None]], n_inputs: int) -> None:
+    n_inputs = min(n_inputs, len(fields) - 1)
+
+    def side(fs: list[tuple[str, str | None]]) -> str:
+        return ", ".join(name if tp is None else f"{name}: {tp}" for name, tp in fs)
+
+    text = f"{side(fields[:n_inputs])} -> {side(fields[n_inputs:])}"
+    sig = Signature(text)
+    assert list(sig.fields) == [name for name, _ in fields]
+    assert len(sig.input_fields) == n_inputs
+    again = Signature(sig.signature)
+    assert again == sig and hash(again) == hash(sig)
+    for name, f in sig.fields.items():
+        assert again.fields[name].annotation == f.annotation
+    data = json.loads(json.dumps(sig.to_dict()))
+    assert Signature.from_dict(data) == sig
