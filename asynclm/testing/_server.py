@@ -433,6 +433,11 @@ def _error_body(message: str, error_type: str, code: str | None = None, param: s
     return _dumps({"error": {"message": message, "type": error_type, "param": param, "code": code}})
 
 
+def _chunk(data: bytes) -> bytes:
+    """``data`` framed as one HTTP/1.1 chunk."""
+    return b"%x\r\n%b\r\n" % (len(data), data)
+
+
 class _BadRequest(Exception):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
@@ -513,19 +518,18 @@ class _Exchange:
     def send_error(self, status: int, message: str, error_type: str, code: str | None = None) -> None:
         self.send(status, _error_body(message, error_type, code))
 
-    def start_chunked(self, status: int, content_type: str) -> None:
+    def chunked_head(self, status: int, content_type: str) -> bytes:
+        """The head of a ``Transfer-Encoding: chunked`` response (to be written by the caller)."""
         headers = self.base_headers(content_type)
         headers += [("Cache-Control", "no-cache"), ("Transfer-Encoding", "chunked")]
-        self.conn.write(_head(status, headers))
+        return _head(status, headers)
 
-    def write_chunk(self, data: bytes) -> None:
-        self.conn.write(b"%x\r\n%b\r\n" % (len(data), data))
-
-    def end_chunked(self) -> None:
+    def end_chunked(self, last: bytes = b"") -> None:
+        """Write ``last`` (already framed) and the final empty chunk: the response is complete."""
         if self.finished:
             return
         self.finish()  # before the last write, as in send()
-        self.conn.write(b"0\r\n\r\n")
+        self.conn.write(last + b"0\r\n\r\n")
         self.conn.response_done(self.keep_alive)
 
     def abort(self, reset: bool) -> None:
@@ -1136,39 +1140,38 @@ class _Core:
         if delay > 0:
             await asyncio.sleep(delay)
         events = self._stream_events(request, reply)
-        if fault is not None and fault.kind == "hang" and fault.after_chunks <= 0:
+        kind = fault.kind if fault is not None else None
+        cut = fault.after_chunks if fault is not None and kind in ("hang", "truncated") else len(events)
+        if kind == "hang" and cut <= 0:
             await asyncio.Event().wait()  # until cancelled by a disconnect or the server stopping
-        exchange.start_chunked(200, "text/event-stream")
-        if fault is not None and fault.kind == "malformed_json":
+        if kind == "malformed_json":
             events[0] = events[0][: len(events[0]) // 2]
-        for i, data in enumerate(events):
-            if fault is not None and i == fault.after_chunks:
-                if fault.kind == "hang":
-                    await asyncio.Event().wait()
-                if fault.kind == "truncated":
-                    if fault.clean:
-                        exchange.end_chunked()
-                    else:
-                        exchange.abort(False)
-                    return
+        # Events due at the same time go out in one write (one syscall).
+        out = [exchange.chunked_head(200, "text/event-stream")]
+        for i, data in enumerate(events[:cut]):
             if i and chunk_delay > 0:
+                exchange.conn.write(b"".join(out))
+                out.clear()
                 await asyncio.sleep(chunk_delay)
-            exchange.write_chunk(b"data: %b\n\n" % data)
-        if fault is not None and fault.kind == "truncated":  # after_chunks >= len(events): cut before [DONE]
-            if fault.clean:
+            out.append(_chunk(b"data: %b\n\n" % data))
+        if kind == "hang":
+            exchange.conn.write(b"".join(out))
+            await asyncio.Event().wait()
+        if kind == "truncated":
+            exchange.conn.write(b"".join(out))
+            if fault is not None and fault.clean:
                 exchange.end_chunked()
             else:
                 exchange.abort(False)
             return
-        exchange.write_chunk(b"data: [DONE]\n\n")
-        exchange.end_chunked()
+        out.append(_chunk(b"data: [DONE]\n\n"))
+        exchange.end_chunked(b"".join(out))
 
     async def _stream_raw(self, exchange: _Exchange, chunk: dict[str, Any]) -> None:
         if self.latency > 0:
             await asyncio.sleep(self.latency)
-        exchange.start_chunked(200, "text/event-stream")
-        exchange.write_chunk(b"data: %b\n\ndata: [DONE]\n\n" % _dumps(chunk))
-        exchange.end_chunked()
+        head = exchange.chunked_head(200, "text/event-stream")
+        exchange.end_chunked(head + _chunk(b"data: %b\n\ndata: [DONE]\n\n" % _dumps(chunk)))
 
     def _fault(self, exchange: _Exchange, request: FakeRequest, fault: Fault) -> None:
         kind = fault.kind
