@@ -495,3 +495,17 @@ def test_literal_annotation_type_is_shown_like_dspy() -> None:
     system = ChatAdapter().format(sig, [], {"input_text": "two"})[0]["content"]
     assert "Literal['one', 'two', 'three\"']" in system
     assert "Literal[\"she's here\", 'okay']" in system
+
+
+def test_layering_signatures_and_adapters_import_no_io_layers() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, asynclm.adapters, asynclm.signatures\n"
+        "bad = sorted(m for m in sys.modules if m.startswith(('asynclm.lm', 'asynclm.modules', 'asynclm.runtime',"
+        " 'anyio', 'httpx', 'aiohttp', 'trio', 'json_repair')))\n"
+        "print(bad)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
