@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
+import anyio
 import anyio.to_thread
 
 from asynclm.runtime import Progress, SyncCallable, asyncify, is_async_callable, run_items
@@ -119,7 +120,8 @@ class Evaluate(SyncCallable):
     Args:
         devset: ``Example`` objects with input keys set.
         metric: ``metric(example, prediction, trace=None) -> float | bool`` (or an object with a
-            ``.score``), a plain or ``async`` function; plain ones run in a worker thread.
+            ``.score``), a plain or ``async`` function; plain ones run in a worker thread. A
+            result of another type is a bug in the metric: ``TypeError`` is raised at once.
         concurrency: the most examples in flight at once.
         max_errors: how many failed examples (the program or the metric raised) to tolerate, each
             scoring ``failure_score``. The next failure cancels the examples in flight (their LM
@@ -205,9 +207,18 @@ class Evaluate(SyncCallable):
         run_program = program if is_async_callable(program) else asyncify(program)
         scores: list[float | None] = [None] * len(examples)
 
+        misuse: list[TypeError] = []
+        scope = anyio.CancelScope()
+
         async def one(index: int, example: Example) -> Any:
             prediction = await run_program(**dict(example.inputs()))
-            scores[index] = metric_score(await call_metric(metric, example, prediction), metric)
+            value = await call_metric(metric, example, prediction)
+            try:
+                scores[index] = metric_score(value, metric)
+            except TypeError as exc:  # a bug in the metric, not a failed example: stop now
+                misuse.append(exc)
+                scope.cancel()
+                raise
             return prediction
 
         bar = Progress(len(examples), desc="Evaluate") if show_progress else None
@@ -228,17 +239,21 @@ class Evaluate(SyncCallable):
             if bar is not None:
                 bar.update(failed=error is not None, score=f"{total:.2f}/{done} ({100 * total / done:.1f}%)")
 
+        predictions: list[Any] = []
         try:
-            predictions = await run_items(
-                [(one, (i, ex)) for i, ex in enumerate(examples)],
-                concurrency=concurrency,
-                max_errors=self.max_errors,
-                timeout=self.timeout,
-                on_result=on_result,
-            )
+            with scope:
+                predictions = await run_items(
+                    [(one, (i, ex)) for i, ex in enumerate(examples)],
+                    concurrency=concurrency,
+                    max_errors=self.max_errors,
+                    timeout=self.timeout,
+                    on_result=on_result,
+                )
         finally:
             if bar is not None:
                 bar.close()
+        if misuse:
+            raise misuse[0]
 
         results: list[tuple[Example, Any, float]] = []
         for i, example in enumerate(examples):

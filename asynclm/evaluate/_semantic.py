@@ -42,6 +42,16 @@ def semantic_f1(precision: float, recall: float) -> float:
     return 0.0 if p + r == 0 else 2 * p * r / (p + r)
 
 
+def _field(record: Any, name: str, what: str, option: str) -> Any:
+    try:
+        return record[name]
+    except (KeyError, TypeError):
+        keys = list(record) if hasattr(record, "__iter__") else []
+        raise KeyError(
+            f"SemanticF1 reads the {what}'s field {name!r}, but it has {keys}; set SemanticF1({option}=...)"
+        ) from None
+
+
 class SemanticF1(Module):
     """Metric: an LM judges how much of the ground truth the response covers (recall) and how
     much of the response the ground truth supports (precision); the score is their F1.
@@ -76,9 +86,9 @@ class SemanticF1(Module):
 
     async def forward(self, example: Any, pred: Any, trace: Any = None) -> Prediction:
         scores = await self.module(
-            question=example[self.question_field],
-            ground_truth=example[self.answer_field],
-            system_response=pred[self.answer_field],
+            question=_field(example, self.question_field, "example", "question_field"),
+            ground_truth=_field(example, self.answer_field, "example", "answer_field"),
+            system_response=_field(pred, self.answer_field, "prediction", "answer_field"),
         )
         score = semantic_f1(scores.precision, scores.recall)
         return Prediction(score=score if trace is None else score >= self.threshold)
