@@ -518,9 +518,7 @@ async def test_react_end_to_end_over_http_with_a_context_overflow() -> None:
             return Fault.context_window_exceeded()
         if "thought_1" in text:
             return render_chat({"next_thought": "done", "next_tool_name": "finish", "next_tool_args": {}})
-        return render_chat(
-            {"next_thought": "check", "next_tool_name": "weather", "next_tool_args": {"city": "Oslo"}}
-        )
+        return render_chat({"next_thought": "check", "next_tool_name": "weather", "next_tool_args": {"city": "Oslo"}})
 
     async def weather(city: str) -> str:
         await anyio.sleep(0.01)

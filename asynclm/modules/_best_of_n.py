@@ -409,17 +409,18 @@ class Refine(Module):
             for p, inputs, outputs in trace
         ]
         outputs = dict(prediction) if isinstance(prediction, Mapping) or hasattr(prediction, "keys") else prediction
-        result = await self._advisor(
-            program_code=_source(self.module),
-            modules_defn=describe_modules(copy),
-            program_inputs=_as_json(dict(kwargs)),
-            program_trajectory=_as_json(trajectory),
-            program_outputs=_as_json(outputs),
-            reward_code=_source(self.reward_fn),
-            target_threshold=float(self.threshold) if self.threshold is not None else float("inf"),
-            reward_value=reward,
-            module_names=names,
-            lm=self._advisor_lm(),
-        )
+        inputs = {
+            "program_code": _source(self.module),
+            "modules_defn": describe_modules(copy),
+            "program_inputs": _as_json(dict(kwargs)),
+            "program_trajectory": _as_json(trajectory),
+            "program_outputs": _as_json(outputs),
+            "reward_code": _source(self.reward_fn),
+            "target_threshold": float(self.threshold) if self.threshold is not None else float("inf"),
+            "reward_value": reward,
+            "module_names": names,
+        }
+        with trace_scope():  # the advisor is not part of the program: keep it out of the caller's trace
+            result = await self._advisor(**inputs, lm=self._advisor_lm())
         advice = result.advice
         return {str(k): str(v) for k, v in (advice or {}).items()}

@@ -234,8 +234,7 @@ class Tool(SyncCallable):
         problems.extend(f"missing required argument {n!r}" for n in missing)
         if problems:
             raise ToolArgumentError(
-                f"Tool {self.name!r} got invalid arguments: {'; '.join(problems)}. "
-                f"It takes: {self._describe_params()}."
+                f"Tool {self.name!r} got invalid arguments: {'; '.join(problems)}. It takes: {self._describe_params()}."
             )
         return parsed
 
