@@ -753,3 +753,14 @@ def test_expect_100_continue() -> None:
             while b'"continued"' not in received:
                 received += sock.recv(65536)
         assert received.startswith(b"HTTP/1.1 200 OK")
+
+
+def test_api_key_is_checked_when_given() -> None:
+    with FakeOpenAIServer("in", api_key="sk-right") as server, httpx.Client(base_url=server.base_url) as client:
+        for headers in ({}, {"Authorization": "Bearer sk-wrong"}):
+            denied = client.post("/chat/completions", json=body(), headers=headers)
+            assert denied.status_code == 401
+            assert denied.json()["error"]["code"] == "invalid_api_key"
+        allowed = client.post("/chat/completions", json=body(), headers={"Authorization": "Bearer sk-right"})
+        assert allowed.json()["choices"][0]["message"]["content"] == "in"
+        assert server.requests == 3

@@ -33,7 +33,6 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -719,6 +718,7 @@ class _Core:
         model: str,
         models: Sequence[str] | None,
         support_n: bool,
+        api_key: str | None,
         fault_rate: float,
         faults: Sequence[Fault] | None,
         seed: int | None,
@@ -729,6 +729,7 @@ class _Core:
         self.model = model
         self.models = list(models) if models is not None else [model]
         self.support_n = support_n
+        self.api_key = api_key
         self.fault_rate = fault_rate
         self.faults: tuple[Fault, ...] = tuple(faults) if faults is not None else DEFAULT_FAULTS
         self.rng = random.Random(seed)
@@ -871,6 +872,17 @@ class _Core:
             error = self._validate(body)
         if error is not None:
             exchange.send_error(400, error, "invalid_request_error")
+            return
+        if self.api_key is not None and raw.headers.get("authorization") != f"Bearer {self.api_key}":
+            exchange.send(
+                401,
+                _error_body(
+                    "Incorrect API key provided (FakeOpenAIServer expects 'Authorization: Bearer <api_key>' "
+                    "with the api_key it was given).",
+                    "invalid_request_error",
+                    "invalid_api_key",
+                ),
+            )
             return
         if request.n > 1 and not self.support_n:
             exchange.send(
@@ -1272,6 +1284,8 @@ class FakeOpenAIServer:
         models: the list ``GET /v1/models`` returns (default ``[model]``).
         support_n: if false, a request with ``n > 1`` gets a 400 (like servers that only do n=1);
             otherwise ``n`` choices are returned.
+        api_key: if given, chat requests without ``Authorization: Bearer <api_key>`` get a 401
+            (``code: "invalid_api_key"``); by default any key, or none, is accepted.
         fault_rate: the fraction of chat requests (0..1) answered by a fault drawn from ``faults``
             instead of the script (faulted requests do not consume scripted responses).
         faults: the faults to draw from (default :data:`DEFAULT_FAULTS`).
@@ -1294,6 +1308,7 @@ class FakeOpenAIServer:
         model: str = "fake-model",
         models: Sequence[str] | None = None,
         support_n: bool = True,
+        api_key: str | None = None,
         fault_rate: float = 0.0,
         faults: Sequence[Fault] | None = None,
         seed: int | None = None,
@@ -1312,6 +1327,7 @@ class FakeOpenAIServer:
             model=model,
             models=models,
             support_n=support_n,
+            api_key=api_key,
             fault_rate=fault_rate,
             faults=faults,
             seed=seed,
@@ -1658,6 +1674,8 @@ class SpawnedFakeServer:
         ``client_disconnects``) and ``cpu_time`` (seconds of CPU the child process has used)."""
         if self.final_stats is not None:
             return dict(self.final_stats)
+        import urllib.request  # only here: it is slow to import
+
         with urllib.request.urlopen(f"{self.url}/_fake/stats", timeout=10) as response:
             data: dict[str, Any] = json.loads(response.read())
         return data
