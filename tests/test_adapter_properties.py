@@ -181,3 +181,57 @@ def test_streamed_field_text_only_grows(adapter: Adapter, value: str, other: str
     assert order == ["value", "other"]
     if isinstance(adapter, JSONAdapter):
         assert seen == {"value": value, "other": other}
+
+
+_FUZZ_SIG = Signature("question -> answer, n: int, items: list[str], flag: Optional[bool]")
+_fuzz_pieces = st.sampled_from(
+    [
+        "[[ ## answer ## ]]",
+        "[[ ## n ## ]]",
+        "[[ ## items ## ]]",
+        "[[ ## flag ## ]]",
+        "[[ ## completed ## ]]",
+        "\n",
+        " ",
+        "{",
+        "}",
+        "[",
+        "]",
+        '"',
+        "'",
+        ",",
+        ":",
+        '"answer"',
+        '"n"',
+        "1",
+        "-",
+        "1e999",
+        "None",
+        "true",
+        "```json",
+        "```",
+        "\\",
+        "\\u12",
+        "((((",
+    ]
+)
+_fuzz_text = st.one_of(st.text(), st.lists(st.one_of(_fuzz_pieces, st.text(max_size=3)), max_size=30).map("".join))
+
+
+@pytest.mark.parametrize("adapter", ADAPTERS, ids=lambda a: type(a).__name__)
+@settings(max_examples=400, deadline=None)
+@given(text=_fuzz_text)
+def test_arbitrary_text_parses_or_raises_parse_error(adapter: Adapter, text: str) -> None:
+    from asynclm.adapters import ParseError
+
+    try:
+        out = adapter.parse(_FUZZ_SIG, text)
+    except ParseError as err:
+        assert err.raw == text
+        assert err.reason
+    else:
+        assert list(out) == ["answer", "n", "items", "flag"]
+        assert isinstance(out["n"], int) and isinstance(out["items"], list)
+    # Streaming never fails on arbitrary text either.
+    for name, partial in adapter.stream_fields(_FUZZ_SIG, text):
+        assert name in _FUZZ_SIG.output_fields and isinstance(partial, str)

@@ -93,7 +93,7 @@ class Adapter(ABC):
     def format(
         self,
         signature: SignatureLike,
-        demos: Sequence[Example | Mapping[str, Any]],
+        demos: Sequence[Example | Mapping[str, Any]] | None,
         inputs: Mapping[str, Any],
     ) -> list[Message]:
         """The chat messages for one call: a system message describing the fields and the task,
@@ -103,7 +103,7 @@ class Adapter(ABC):
         from ``inputs`` are left out."""
         sig = Signature.ensure(signature)
         messages: list[Message] = [{"role": "system", "content": self._system_message(sig)}]
-        messages.extend(self.format_demos(sig, demos))
+        messages.extend(self.format_demos(sig, demos or ()))
         history_field = self._history_field(sig)
         if history_field is not None:
             sig_wo = sig.memo((type(self), "without-history"), lambda: sig.delete(history_field))
