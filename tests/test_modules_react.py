@@ -536,3 +536,27 @@ async def test_react_end_to_end_over_http_with_a_context_overflow() -> None:
     assert "thought_0" not in pred.trajectory and pred.trajectory["tool_name_2"] == "finish"
     assert usage.calls == 4  # the overflowing request failed: not counted
     assert pred.usage.total_tokens == usage.total_tokens > 0
+
+
+async def test_react_with_the_json_adapter() -> None:
+    lm = agent([("search", {"query": "q", "k": 1})], answer="json works")
+    react = ReAct("question -> answer", tools=[search])
+    react.set_lm(lm)
+    with alm.context(adapter=alm.JSONAdapter()):
+        pred = await react(question="?")
+    assert pred.answer == "json works"
+    assert pred.trajectory["observation_0"] == ["result 0 for q"]
+    assert all("response_format" in r for r in lm.requests)  # every step asked for JSON
+
+
+async def test_react_inside_best_of_n_traces_the_original_predictors() -> None:
+    from asynclm.modules import trace_scope
+    from asynclm.modules._best_of_n import BestOfN
+
+    react = ReAct("question -> answer", tools=[search])
+    react.set_lm(agent([("search", {"query": "q"})]))
+    best = BestOfN(react, 3, lambda args, pred: 1.0, threshold=None)
+    with trace_scope() as trace:
+        pred = await best(question="?")
+    assert pred.answer == "42" and pred.trajectory["tool_name_1"] == "finish"
+    assert [p for p, _, _ in trace] == [react.react, react.react, react.extract]
