@@ -149,6 +149,8 @@ def test_signatures_are_immutable_values() -> None:
         sig.fields["c"] = SignatureField("c", "input")  # type: ignore[index]
     with pytest.raises(AttributeError):
         sig.input_fields["a"].name = "z"  # type: ignore[misc]
+    with pytest.raises(AttributeError, match=r"immutable .*derive a new one with with_instructions"):
+        sig.instructions = "changed"  # type: ignore[misc]
 
 
 def test_copies_are_the_same_immutable_object() -> None:

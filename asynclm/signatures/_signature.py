@@ -542,6 +542,15 @@ class Signature:
         extra = f", instructions={self._instructions!r}" if self._instructions is not None else ""
         return f"{label}({self.signature!r}{extra})"
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name.startswith("_"):
+            object.__setattr__(self, name, value)
+            return
+        raise AttributeError(
+            f"Signature objects are immutable (cannot set {name!r}); derive a new one with "
+            "with_instructions(), append(), insert(), delete() or with_updated_fields()"
+        )
+
     # Immutable: copies are the object itself (modules deep-copy their predictors freely).
     def __copy__(self) -> Signature:
         return self
