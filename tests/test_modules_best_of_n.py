@@ -344,3 +344,17 @@ async def test_refine_concurrent_calls_are_independent() -> None:
     )
     preds = await refine.batch([{"question": f"w{i}"} for i in range(6)], concurrency=6)
     assert [p.answer for p in preds] == [f"w{i} with hint for w{i}" for i in range(6)]
+
+
+async def test_attempts_do_not_stream_only_the_final_prediction_is_yielded() -> None:
+    from asynclm.modules._streaming import StreamChunk, streamify
+
+    qa = alm.Predict("question -> answer", lm=ScriptedLM([{"answer": "a"}, {"answer": "a longer answer"}]))
+    items = [item async for item in streamify(BestOfN(qa, 2, length, None))(question="q")]
+    assert not any(isinstance(item, StreamChunk) for item in items)
+    assert items[-1].answer == "a longer answer"
+
+    # the bare predictor does stream: the test above is not vacuous
+    qa = alm.Predict("question -> answer", lm=ScriptedLM({"answer": "a fairly long answer to stream"}))
+    items = [item async for item in streamify(qa)(question="q")]
+    assert any(isinstance(item, StreamChunk) for item in items)

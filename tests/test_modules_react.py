@@ -560,3 +560,16 @@ async def test_react_inside_best_of_n_traces_the_original_predictors() -> None:
         pred = await best(question="?")
     assert pred.answer == "42" and pred.trajectory["tool_name_1"] == "finish"
     assert [p for p, _, _ in trace] == [react.react, react.react, react.extract]
+
+
+async def test_react_streams_its_steps_and_extract_by_predictor_name() -> None:
+    from asynclm.modules._streaming import StreamChunk, streamify
+
+    react = ReAct("question -> answer", tools=[search])
+    react.set_lm(agent([("search", {"query": "q"})], answer="a streamed answer"))
+    items = [item async for item in streamify(react)(question="?")]
+    chunks = [item for item in items if isinstance(item, StreamChunk)]
+    assert {c.predictor_name for c in chunks} == {"react", "extract"}
+    answer = "".join(c.text for c in chunks if c.predictor_name == "extract" and c.field == "answer")
+    assert answer == "a streamed answer"
+    assert items[-1].answer == "a streamed answer"

@@ -18,11 +18,12 @@ predictors, never the copies). Token usage counts every attempt.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import logging
 import textwrap
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import anyio
@@ -33,6 +34,7 @@ from asynclm.signatures import InputField, OutputField, Signature, SignatureFiel
 
 from ._module import Module
 from ._predict import Predict
+from ._stream_state import sink_var
 from ._tool import run_blocking
 from ._trace import TraceEntry, record, trace_scope
 
@@ -104,6 +106,17 @@ async def score(reward_fn: Reward, args: dict[str, Any], prediction: Any) -> flo
         raise TypeError(f"reward_fn returned {value!r}; it must return a number (float, int or bool)") from None
 
 
+@contextlib.contextmanager
+def not_streaming() -> Iterator[None]:
+    """Attempts never stream: which one is returned is only known at the end (under ``streamify``
+    the caller gets the final prediction only)."""
+    token = sink_var.set(None)
+    try:
+        yield
+    finally:
+        sink_var.reset(token)
+
+
 def replay(trace: Sequence[TraceEntry], mapping: Mapping[int, Any]) -> None:
     """Add an attempt's predictor calls to the caller's trace, as calls of the original predictors."""
     for predictor, inputs, prediction in trace:
@@ -158,7 +171,7 @@ class BestOfN(Module):
         async def attempt(i: int, scope: anyio.CancelScope) -> None:
             copy, mapping = copies[i]
             try:
-                with trace_scope() as trace:
+                with trace_scope() as trace, not_streaming():
                     prediction = await copy(**kwargs)
                 reward = await score(self.reward_fn, dict(kwargs), prediction)
             except Exception as exc:
@@ -234,7 +247,7 @@ class HintAdapter(Adapter):
         # resolved per call, like Predict does for a predictor without an adapter of its own
         return self.inner or current_settings().adapter or ChatAdapter()
 
-    def format(self, signature: Any, demos: Sequence[Any], inputs: Mapping[str, Any]) -> list[dict[str, Any]]:
+    def format(self, signature: Any, demos: Sequence[Any] | None, inputs: Mapping[str, Any]) -> list[dict[str, Any]]:
         inner = self._adapter()
         sig = Signature.ensure(signature)
         if _HINT in sig.input_fields:  # nested Refine: one hint field carrying both hints
@@ -370,7 +383,7 @@ class Refine(Module):
                 for name, predictor in copy.named_predictors():
                     predictor.adapter = HintAdapter(predictor.adapter, str(advice.get(name, "N/A")))
             try:
-                with trace_scope() as trace:
+                with trace_scope() as trace, not_streaming():
                     prediction = await copy(**kwargs)
                 reward = await score(self.reward_fn, dict(kwargs), prediction)
                 if best is None or reward > best[0]:
@@ -420,7 +433,8 @@ class Refine(Module):
             "reward_value": reward,
             "module_names": names,
         }
-        with trace_scope():  # the advisor is not part of the program: keep it out of the caller's trace
+        # the advisor is not part of the program: keep it out of the caller's trace and stream
+        with trace_scope(), not_streaming():
             result = await self._advisor(**inputs, lm=self._advisor_lm())
         advice = result.advice
         return {str(k): str(v) for k, v in (advice or {}).items()}
