@@ -155,6 +155,7 @@ def test_signatures_are_immutable_values() -> None:
 
 def test_copies_are_the_same_immutable_object() -> None:
     import copy
+    import pickle
 
     class QA(Signature):
         question: str = InputField()
@@ -164,6 +165,8 @@ def test_copies_are_the_same_immutable_object() -> None:
         assert copy.copy(sig) is sig
         assert copy.deepcopy(sig) is sig
         assert copy.deepcopy({"sig": sig})["sig"] is sig
+        # The pickle protocol (e.g. for process pools) rebuilds an equal signature.
+        assert pickle.loads(pickle.dumps(sig)) == sig
 
 
 def test_derivation_helpers_return_new_signatures() -> None:

@@ -122,7 +122,7 @@ class Example:
 
     def __getattr__(self, name: str) -> Any:
         # Only called when normal lookup fails: fields never shadow methods.
-        if name.startswith("__") and name.endswith("__"):
+        if name.startswith("_"):  # private/dunder names are never fields (and _store may be unset)
             raise AttributeError(name)
         try:
             return self._store[name]
