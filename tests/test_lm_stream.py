@@ -176,3 +176,24 @@ def test_stream_chunks_are_json_dicts_in_raw(fake_openai_server: FakeOpenAIServe
 
     raws = anyio.run(main)
     assert all(isinstance(r, dict) for r in raws) and json.dumps(raws)
+
+
+def test_stream_sync_twin(fake_openai_server: FakeOpenAIServer) -> None:
+    server = fake_openai_server
+    server.set_responses(Reply("one two three"))
+    lm = make_lm(server)
+    assert "".join(d.text for d in lm.stream.sync("go")) == "one two three"
+    server.set_responses(Reply(" ".join(f"w{i}" for i in range(200))))
+    server.chunk_delay = 0.02
+    for delta in lm.stream.sync(messages=[{"role": "user", "content": "go"}]):
+        if delta.text:
+            break
+    gc.collect()
+    server.wait_until.sync(lambda s: s.client_disconnects == 1)
+
+
+async def test_stream_sync_refused_inside_a_loop(server: FakeOpenAIServer) -> None:
+    from asynclm.runtime import SyncInAsyncContextError
+
+    with pytest.raises(SyncInAsyncContextError):
+        make_lm(server).stream.sync("go")

@@ -19,12 +19,12 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncGenerator, Callable, Mapping
+from collections.abc import AsyncGenerator, Callable, Iterator, Mapping
 from typing import Any
 
 import anyio
 
-from asynclm.runtime import ConcurrencyLimiter, RateLimiter, SyncCallable, current_settings
+from asynclm.runtime import ConcurrencyLimiter, RateLimiter, SyncCallable, current_settings, iterate_sync
 
 from ._cache import cache_key, disk_cache, flights, memory_cache
 from ._errors import (
@@ -54,7 +54,6 @@ _dumps = json.dumps
 _loads = json.loads
 
 
-
 class _Secret:
     """Holds the API key; its repr never shows it (so neither does the LM's ``vars()``)."""
 
@@ -75,6 +74,27 @@ class _Headers(dict[str, str]):
 
     def __repr__(self) -> str:
         return repr({k: "***" if k == "authorization" else v for k, v in self.items()})
+
+
+class StreamMethod:
+    """``lm.stream``: call it for an async generator of deltas, or ``.sync(...)`` for an iterator."""
+
+    __slots__ = ("_lm",)
+
+    def __init__(self, lm: LM) -> None:
+        self._lm = lm
+
+    def __call__(
+        self, prompt: str | None = None, /, *, messages: Any = None, **params: Any
+    ) -> AsyncGenerator[StreamDelta, None]:
+        return self._lm._stream(prompt, messages=messages, **params)
+
+    def sync(self, prompt: str | None = None, /, *, messages: Any = None, **params: Any) -> Iterator[StreamDelta]:
+        """Iterate the stream from synchronous code (not from a thread whose event loop is running)."""
+        return iterate_sync(lambda: self._lm._stream(prompt, messages=messages, **params))
+
+    def __repr__(self) -> str:
+        return f"<stream method of {self._lm!r} (with .sync)>"
 
 
 class _Attempts:
@@ -156,9 +176,7 @@ class LM(SyncCallable):
         **default_params: Any,
     ) -> None:
         if not isinstance(model, str) or not model:
-            raise TypeError(
-                f"LM(model=...) must be a non-empty string like 'openai/gpt-4o-mini', got {model!r}"
-            )
+            raise TypeError(f"LM(model=...) must be a non-empty string like 'openai/gpt-4o-mini', got {model!r}")
         provider, slash, name = model.partition("/")
         if not slash:
             provider, name = "openai", model
@@ -240,9 +258,7 @@ class LM(SyncCallable):
 
     # -- the call -------------------------------------------------------------------------------
 
-    async def __call__(
-        self, prompt: str | None = None, /, *, messages: Any = None, **params: Any
-    ) -> LMResponse:
+    async def __call__(self, prompt: str | None = None, /, *, messages: Any = None, **params: Any) -> LMResponse:
         """Send one chat completion and return its :class:`LMResponse`.
 
         ``prompt`` (a string) is sent as one user message; otherwise pass ``messages``. Other
@@ -290,9 +306,7 @@ class LM(SyncCallable):
     def _body(self, prompt: str | None, messages: Any, params: dict[str, Any]) -> dict[str, Any]:
         if messages is None:
             if prompt is None:
-                raise TypeError(
-                    "LM call needs a prompt string or messages=[{'role': ..., 'content': ...}, ...]"
-                )
+                raise TypeError("LM call needs a prompt string or messages=[{'role': ..., 'content': ...}, ...]")
             if not isinstance(prompt, str):
                 raise TypeError(
                     f"LM call: the prompt must be a string (got {type(prompt).__name__}); "
@@ -372,9 +386,7 @@ class LM(SyncCallable):
     # -- one request, with limits and retries ----------------------------------------------------
 
     def _estimate_tokens(self, data: bytes, body: Mapping[str, Any]) -> float:
-        completion = (
-            body.get("max_completion_tokens") or body.get("max_tokens") or DEFAULT_COMPLETION_ESTIMATE
-        )
+        completion = body.get("max_completion_tokens") or body.get("max_tokens") or DEFAULT_COMPLETION_ESTIMATE
         n = body.get("n") or 1
         return len(data) / 4.0 + float(completion) * n
 
@@ -406,9 +418,7 @@ class LM(SyncCallable):
             model=self.model_name,
         )
 
-    async def _send(
-        self, data: bytes, body: Mapping[str, Any], attempts: _Attempts
-    ) -> tuple[bytes, dict[str, Any]]:
+    async def _send(self, data: bytes, body: Mapping[str, Any], attempts: _Attempts) -> tuple[bytes, dict[str, Any]]:
         """POST with retries; return the body of a 2xx chat completion, as bytes and decoded."""
         result: tuple[bytes, dict[str, Any]] = await self._request(data, body, attempts, stream=False)
         return result
@@ -439,9 +449,7 @@ class LM(SyncCallable):
                     else:
                         response = await transport.post(self._url, data, self._headers)
                 except TransportTimeout as exc:
-                    error = LMTimeoutError(
-                        f"{self._url} timed out ({self._describe_exc(exc)})", model=self.model_name
-                    )
+                    error = LMTimeoutError(f"{self._url} timed out ({self._describe_exc(exc)})", model=self.model_name)
                 except TransportError as exc:
                     error = LMConnectionError(
                         f"connection to {self._url} failed: {self._describe_exc(exc)}", model=self.model_name
@@ -562,19 +570,26 @@ class LM(SyncCallable):
 
     # -- streaming ------------------------------------------------------------------------------
 
-    async def stream(
-        self, prompt: str | None = None, /, *, messages: Any = None, **params: Any
-    ) -> AsyncGenerator[StreamDelta, None]:
+    @property
+    def stream(self) -> StreamMethod:
         """Stream a chat completion: ``async for delta in lm.stream(...)``, each with ``.text``.
 
-        Retries (as for a normal call) happen only before the first byte of the answer; after
-        that a failure raises. ``timeout`` bounds the whole stream. Breaking out of the loop closes
-        the HTTP response: at once with ``async with contextlib.aclosing(lm.stream(...)) as s``,
-        otherwise when the generator is garbage-collected (immediately on CPython). Usage comes
-        from the final chunk when the server sends it (``stream_options.include_usage`` is
-        requested unless you pass ``stream_options``). Streams are never cached. There is no
-        ``.sync`` twin: from sync code use ``lm.sync(...)`` for the whole answer.
+        Takes the same arguments as a call. Retries (as for a normal call) happen only before the
+        first byte of the answer; after that a failure raises. ``timeout`` bounds the whole stream.
+        Breaking out of the loop closes the HTTP response: at once with ``async with
+        contextlib.aclosing(lm.stream(...)) as s``, otherwise when the generator is
+        garbage-collected (immediately on CPython). Usage comes from the final chunk when the
+        server sends it (``stream_options.include_usage`` is requested unless you pass
+        ``stream_options``). Streams are never cached.
+
+        From synchronous code: ``for delta in lm.stream.sync(...)`` (the stream runs on the calling
+        thread's portal; leaving the loop early closes it there).
         """
+        return StreamMethod(self)
+
+    async def _stream(
+        self, prompt: str | None = None, /, *, messages: Any = None, **params: Any
+    ) -> AsyncGenerator[StreamDelta, None]:
         timeout = params.pop("timeout", self.timeout)
         _check_timeout(timeout, "stream")
         params.pop("cache", None)
@@ -659,9 +674,7 @@ class LM(SyncCallable):
         if "error" in chunk:
             err = chunk["error"]
             message = err.get("message") if isinstance(err, dict) else err
-            raise ServerError(
-                f"the stream from {self._url} reported an error: {message}", model=self.model_name
-            )
+            raise ServerError(f"the stream from {self._url} reported an error: {message}", model=self.model_name)
         usage = Usage.from_json(chunk["usage"]) if chunk.get("usage") else None
         out: list[StreamDelta] = []
         for choice in chunk.get("choices") or ():
