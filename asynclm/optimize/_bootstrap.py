@@ -211,27 +211,31 @@ class BootstrapFewShot(Teleprompter):
         errors = 0
         bar = Progress(n, desc="Bootstrap") if self.progress else None
 
+        stopped = False
+
         def judge(scope: anyio.CancelScope) -> None:
-            nonlocal settled, errors
-            while settled < n and (outcome := outcomes[settled]) is not None:
+            nonlocal settled, errors, stopped
+            # Another example may finish in the same loop tick as the one that stopped the run,
+            # before the cancellation reaches it: once stopped, nothing more is judged.
+            while not stopped and settled < n and (outcome := outcomes[settled]) is not None:
                 for error in outcome.errors:
                     errors += 1
                     if self.max_errors is not None and errors > self.max_errors:
                         fatal.append(error)
+                        stopped = True
                         scope.cancel()
                         return
                 if outcome.success:
                     passed[settled] = outcome
                 settled += 1
                 if len(passed) >= wanted:
+                    stopped = True
                     scope.cancel()  # what is still in flight lies past the stopping point
                     return
-            if settled == n:
-                scope.cancel()
 
         async def worker(scope: anyio.CancelScope) -> None:
             nonlocal next_index
-            while next_index < n:
+            while not stopped and next_index < n:
                 index = next_index
                 next_index += 1
                 outcomes[index] = await self._run_one(teachers, examples[index])
