@@ -573,3 +573,31 @@ async def test_react_streams_its_steps_and_extract_by_predictor_name() -> None:
     answer = "".join(c.text for c in chunks if c.predictor_name == "extract" and c.field == "answer")
     assert answer == "a streamed answer"
     assert items[-1].answer == "a streamed answer"
+
+
+async def test_nested_sync_tools_use_their_own_thread_level() -> None:
+    """A sync tool runs a ReAct (with ``.sync``) whose own tool is sync: the inner tool runs one
+    level deeper, on other threads, so even a one-thread outer level cannot starve it."""
+    from asynclm.modules._tool import _limiter
+
+    def shout(text: str) -> str:
+        return text.upper()
+
+    inner = ReAct("question -> answer", tools=[shout])
+    inner.set_lm(agent([("shout", {"text": "hi"})], answer="inner done"))
+
+    def delegate(question: str) -> str:
+        pred = inner.sync(question=question)
+        return f"{pred.answer}: {pred.trajectory['observation_0']}"
+
+    outer = ReAct("question -> answer", tools=[delegate])
+    outer.set_lm(agent([("delegate", {"question": "q"})]))
+    level0 = _limiter(0)
+    before = level0.total_tokens
+    level0.total_tokens = 1
+    try:
+        with anyio.fail_after(10):
+            pred = await outer(question="?")
+    finally:
+        level0.total_tokens = before
+    assert pred.trajectory["observation_0"] == "inner done: HI"
