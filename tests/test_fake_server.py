@@ -764,3 +764,27 @@ def test_api_key_is_checked_when_given() -> None:
         allowed = client.post("/chat/completions", json=body(), headers={"Authorization": "Bearer sk-right"})
         assert allowed.json()["choices"][0]["message"]["content"] == "in"
         assert server.requests == 3
+
+
+def test_spawn_passes_values_that_look_like_options() -> None:
+    with FakeOpenAIServer.spawn(text="-1 --not-an-option", model="-m", seed=-3) as child:
+        data = httpx.post(f"{child.base_url}/chat/completions", json={"messages": MESSAGES}).json()
+        assert data["choices"][0]["message"]["content"] == "-1 --not-an-option"
+        assert data["model"] == "-m"
+
+
+def test_restart_after_stop_and_stop_from_the_server_thread() -> None:
+    def respond(request: FakeRequest) -> str:
+        try:
+            server.stop()
+        except RuntimeError as exc:
+            return str(exc)
+        return "stopped?"
+
+    server = FakeOpenAIServer(respond)
+    with server:
+        data = httpx.post(f"{server.base_url}/chat/completions", json=body()).json()
+        assert "server's own thread" in data["choices"][0]["message"]["content"]
+    with server:  # a stopped server starts again, on a new port, with its counters kept
+        httpx.post(f"{server.base_url}/chat/completions", json=body())
+        assert server.requests == 2

@@ -1397,6 +1397,11 @@ class FakeOpenAIServer:
             thread, loop = self._thread, self._loop
             if thread is None or loop is None:
                 return
+            if threading.current_thread() is thread:
+                raise RuntimeError(
+                    "FakeOpenAIServer.stop() was called from the server's own thread (e.g. in a response "
+                    "function); call it from the test instead"
+                )
             with contextlib.suppress(RuntimeError):  # the loop may already be closed
                 loop.call_soon_threadsafe(loop.stop)
             thread.join()
@@ -1585,25 +1590,22 @@ class FakeOpenAIServer:
             "asynclm.testing.server",
             "--port",
             "0",
-            "--latency",
-            repr(latency),
-            "--text",
-            text,
-            "--model",
-            model,
+            f"--latency={latency!r}",
+            f"--text={text}",  # the --opt=value form: a value starting with "-" stays a value
+            f"--model={model}",
         ]
         if chunk_delay is not None:
-            args += ["--chunk-delay", repr(chunk_delay)]
+            args.append(f"--chunk-delay={chunk_delay!r}")
         if not support_n:
             args.append("--no-n")
         if fault_rate:
-            args += ["--fault-rate", repr(fault_rate)]
+            args.append(f"--fault-rate={fault_rate!r}")
         if faults:
             for spec in faults:
                 Fault.parse(spec)  # fail here, with a clear message, rather than in the child
-            args += ["--faults", ",".join(faults)]
+            args.append("--faults=" + ",".join(faults))
         if seed is not None:
-            args += ["--seed", str(seed)]
+            args.append(f"--seed={seed}")
         return SpawnedFakeServer(args, startup_timeout)
 
 
