@@ -601,3 +601,14 @@ async def test_nested_sync_tools_use_their_own_thread_level() -> None:
     finally:
         level0.total_tokens = before
     assert pred.trajectory["observation_0"] == "inner done: HI"
+
+
+async def test_finish_ignores_arguments_the_lm_passes_to_it() -> None:
+    lm = agent([("finish", {"answer": "early"})], answer="from extract")
+    react = ReAct("question -> answer", tools=[search])
+    react.set_lm(lm)
+    pred = await react(question="?")
+    assert pred.trajectory["observation_0"] == "Completed."
+    assert len(pred.trajectory) == 4 and pred.answer == "from extract"
+    assert "(2) finish, whose description is" in react.react.signature.instructions
+    assert "It takes arguments {}." in react.react.signature.instructions
