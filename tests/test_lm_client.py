@@ -386,6 +386,8 @@ def test_top_level_exports() -> None:
     ]:
         assert getattr(asynclm, name) is getattr(asynclm.lm, name)
     assert issubclass(asynclm.LMTimeoutError, TimeoutError)
+    with pytest.raises(ImportError, match=r"asynclm\[local\]"):
+        asynclm.LocalLM("gemma")
 
 
 def test_deepcopy_shares_the_lm() -> None:

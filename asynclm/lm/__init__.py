@@ -38,6 +38,7 @@ __all__ = [
     "LMError",
     "LMResponse",
     "LMTimeoutError",
+    "LocalLM",
     "RateLimitError",
     "ServerError",
     "StreamDelta",
@@ -48,10 +49,16 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> object:
-    if name == "LocalLM":
+class LocalLM:
+    """The embedded local model (``asynclm[local]``): not part of this build yet.
+
+    A placeholder so that ``from asynclm import *`` and ``hasattr(asynclm, "LocalLM")`` work;
+    making one raises ``ImportError`` naming the extra.
+    """
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
         raise ImportError(
             "asynclm.LocalLM (the embedded local model) is not available in this build; it needs "
-            "`pip install asynclm[local]` and the local-model module"
+            "`pip install asynclm[local]` and the local-model module. Meanwhile, run any "
+            "OpenAI-compatible server and use asynclm.LM('openai/<model>', base_url=...)."
         )
-    raise AttributeError(f"module 'asynclm.lm' has no attribute {name!r}")
