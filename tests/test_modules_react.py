@@ -612,3 +612,29 @@ async def test_finish_ignores_arguments_the_lm_passes_to_it() -> None:
     assert len(pred.trajectory) == 4 and pred.answer == "from extract"
     assert "(2) finish, whose description is" in react.react.signature.instructions
     assert "It takes arguments {}." in react.react.signature.instructions
+
+
+async def test_tools_from_partials_and_callable_objects() -> None:
+    import functools
+
+    def power(base: int, exp: int) -> int:
+        """Raise base to exp."""
+        return int(base**exp)
+
+    square = Tool(functools.partial(power, exp=2), name="square")
+    assert square.desc == "Raise base to exp."
+    assert await square(base="3") == 9
+
+    class Counter:
+        def __init__(self) -> None:
+            self.total = 0
+
+        async def __call__(self, by: int = 1) -> int:
+            """Add to the running total."""
+            self.total += by
+            return self.total
+
+    counter = Tool(Counter())
+    assert (counter.name, counter.desc, counter.is_async) == ("Counter", "Add to the running total.", True)
+    assert counter.args == {"by": {"type": "integer", "default": 1}}
+    assert await counter(by="2") == 2

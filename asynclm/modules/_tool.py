@@ -97,6 +97,21 @@ def _name_of(func: Any) -> str:
     return str(getattr(target, "__name__", None) or type(target).__name__)
 
 
+def _doc_of(func: Any) -> str | None:
+    target = func
+    while isinstance(target, functools.partial):
+        target = target.func
+    if inspect.isfunction(target) or inspect.ismethod(target):
+        return inspect.getdoc(target)
+    # a callable object: its class's docstring, else its __call__'s
+    cls = type(target)
+    own = cls.__doc__  # a class's own docstring (never inherited, unlike inspect.getdoc's)
+    if own:
+        return inspect.cleandoc(own)
+    call = inspect.getattr_static(cls, "__call__", None)
+    return inspect.getdoc(call) if call is not None else None
+
+
 class _Param:
     __slots__ = ("adapter", "annotation", "default", "kind", "name")
 
@@ -158,8 +173,7 @@ class Tool(SyncCallable):
                 f"Tool name {self.name!r}: a tool name may use letters, digits, '_' and '-' only; "
                 "pass Tool(fn, name='...')"
             )
-        doc = inspect.getdoc(func) if desc is None else None
-        self.desc: str | None = desc if desc is not None else (inspect.cleandoc(doc) if doc else None)
+        self.desc: str | None = desc if desc is not None else _doc_of(func)
         self.callbacks = list(callbacks or [])
         self.is_async = is_async_callable(func)
 
