@@ -25,7 +25,9 @@ QUESTION = re.compile(r"What is (\d+) plus (\d+)\?")
 
 
 def sums(pairs: list[tuple[int, int]]) -> list[asynclm.Example]:
-    return [asynclm.Example(question=f"What is {a} plus {b}?", answer=str(a + b)).with_inputs("question") for a, b in pairs]
+    return [
+        asynclm.Example(question=f"What is {a} plus {b}?", answer=str(a + b)).with_inputs("question") for a, b in pairs
+    ]
 
 
 TRAIN = sums([(1, 1), (2, 3), (4, 4), (5, 1), (6, 2), (7, 7), (8, 1), (9, 9), (3, 3), (2, 8)])
@@ -284,7 +286,6 @@ async def test_bootstrap_does_not_mutate_the_student_and_compiles_again() -> Non
 
 
 async def test_compiled_program_saves_and_loads_as_json_and_behaves_the_same(tmp_path: Any) -> None:
-    lm = ScriptedLM(Adder())
     compiled = await BootstrapFewShot(metric=answer_exact_match, max_bootstrapped_demos=2, max_labeled_demos=4).compile(
         TwoStep(two_step_lm()), trainset=TRAIN
     )
@@ -294,11 +295,12 @@ async def test_compiled_program_saves_and_loads_as_json_and_behaves_the_same(tmp
     assert loaded.dump_state() == compiled.dump_state()
 
     dev = sums([(11, 2), (12, 5)])
-    out_a, out_b = ScriptedLM(lm._answers), ScriptedLM(lm._answers)  # noqa: SLF001 - same script twice
+    out_a, out_b = two_step_lm(), two_step_lm()
     compiled.set_lm(out_a)
     loaded.set_lm(out_b)
     await Evaluate(devset=dev, metric=answer_exact_match, progress=False)(compiled)
     await Evaluate(devset=dev, metric=answer_exact_match, progress=False)(loaded)
+    assert len(out_a.requests) == 4  # two examples, two steps each
     assert sorted(map(str, out_a.requests)) == sorted(map(str, out_b.requests))  # the very same prompts
 
 
@@ -372,7 +374,9 @@ async def test_random_search_stop_at_score_and_restrict() -> None:
     )
     best = await opt.compile(qa_program(residue_lm()), trainset=TRAIN, valset=VALSET)
     assert [c.seed for c in best.candidate_programs] == [-3]  # type: ignore[attr-defined]
-    opt = BootstrapFewShotWithRandomSearch(metric=answer_exact_match, max_bootstrapped_demos=2, num_candidate_programs=5)
+    opt = BootstrapFewShotWithRandomSearch(
+        metric=answer_exact_match, max_bootstrapped_demos=2, num_candidate_programs=5
+    )
     best = await opt.compile(qa_program(residue_lm()), trainset=TRAIN, valset=VALSET, restrict={-2, 3})
     assert sorted(c.seed for c in best.candidate_programs) == [-2, 3]  # type: ignore[attr-defined]
 

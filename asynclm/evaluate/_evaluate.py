@@ -20,6 +20,7 @@ import anyio.to_thread
 from asynclm.runtime import Progress, SyncCallable, asyncify, is_async_callable, run_items
 from asynclm.signatures import Example, Prediction
 
+from ._metrics import answer_exact_match, answer_passage_match
 from ._table import format_table
 
 __all__ = ["Evaluate", "EvaluationResult", "call_metric", "metric_name", "metric_score"]
@@ -52,11 +53,18 @@ def metric_name(metric: Any) -> str:
     return str(name) if isinstance(name, str) else type(metric).__name__
 
 
+# asynclm's own string metrics: pure and fast, so they run inline (a thread hop costs more).
+_INLINE_METRICS: frozenset[Any] = frozenset({answer_exact_match, answer_passage_match})
+
+
 async def call_metric(metric: Metric, *args: Any) -> Any:
-    """Call ``metric(*args)``: awaited when it is async, otherwise run in a worker thread (a sync
-    metric may block or call ``.sync()``; in a worker thread neither stalls the event loop)."""
+    """Call ``metric(*args)``: awaited when it is async; asynclm's own string metrics are called
+    inline; any other plain function runs in a worker thread (it may block or call ``.sync()``;
+    in a worker thread neither stalls the event loop)."""
     if is_async_callable(metric):
         return await metric(*args)
+    if metric in _INLINE_METRICS:
+        return metric(*args)
     result = await asyncify(metric)(*args)
     if hasattr(result, "__await__"):  # a plain function that returned an awaitable
         return await result
@@ -120,7 +128,8 @@ class Evaluate(SyncCallable):
     Args:
         devset: ``Example`` objects with input keys set.
         metric: ``metric(example, prediction, trace=None) -> float | bool`` (or an object with a
-            ``.score``), a plain or ``async`` function; plain ones run in a worker thread. A
+            ``.score``), a plain or ``async`` function. Plain functions run in a worker thread
+            (so they may block, or call ``.sync()``), except asynclm's own string metrics. A
             result of another type is a bug in the metric: ``TypeError`` is raised at once.
         concurrency: the most examples in flight at once.
         max_errors: how many failed examples (the program or the metric raised) to tolerate, each
