@@ -392,7 +392,7 @@ class Refine(Module):
                     break
                 if i == self.n - 1:
                     break
-                advice = await self._advise(copy, names, mapping, kwargs, trace, prediction, reward)
+                advice = await self._advise(copy, names, kwargs, trace, prediction, reward)
             except Exception as exc:
                 logger.warning("Refine: attempt %d of %d failed: %r", i + 1, self.n, exc)
                 failures += 1
@@ -410,7 +410,6 @@ class Refine(Module):
         self,
         copy: Module,
         names: list[str],
-        mapping: Mapping[int, Any],
         kwargs: Mapping[str, Any],
         trace: Sequence[TraceEntry],
         prediction: Any,
