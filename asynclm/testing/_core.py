@@ -1,0 +1,602 @@
+"""The fake server's request handling, on one asyncio event loop: routing, scripts, faults,
+counters, response and stream building."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import inspect
+import random
+import re
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from ._http import (
+    Connection,
+    Exchange,
+    JSONDecodeError,
+    RawRequest,
+    dumps,
+    error_body,
+    frame_chunk,
+    loads,
+    response_head,
+)
+from ._types import (
+    DEFAULT_ERRORS,
+    DEFAULT_FAULTS,
+    FAULT_REPLY,
+    FakeRequest,
+    Fault,
+    Reply,
+    ResponseFunction,
+    ResponseItem,
+    Responses,
+    content_text,
+)
+
+
+def _estimate_tokens(text: str) -> int:
+    return (len(text) + 3) // 4
+
+
+_WORDS = re.compile(r"\s*\S+|\s+")
+
+
+def _split_stream(text: str) -> list[str]:
+    # Word-sized pieces with their leading whitespace, like the deltas real servers send.
+    return _WORDS.findall(text) or [""]
+
+
+# --------------------------------------------------------------------------------------------------
+# The server core: lives on one event loop
+# --------------------------------------------------------------------------------------------------
+
+
+class ServerCore:
+    """The state and request handling of one fake server, used only from its event loop's thread
+    (except plain attribute reads and writes, which are atomic). ``FakeOpenAIServer`` wraps it."""
+
+    def __init__(
+        self,
+        responses: Responses,
+        *,
+        latency: float,
+        chunk_delay: float | None,
+        model: str,
+        models: Sequence[str] | None,
+        support_n: bool,
+        api_key: str | None,
+        fault_rate: float,
+        faults: Sequence[Fault] | None,
+        seed: int | None,
+        log_size: int,
+    ) -> None:
+        self.latency = latency
+        self.chunk_delay = chunk_delay
+        self.model = model
+        self.models = list(models) if models is not None else [model]
+        self.support_n = support_n
+        self.api_key = api_key
+        self.fault_rate = fault_rate
+        self.faults: tuple[Fault, ...] = tuple(faults) if faults is not None else DEFAULT_FAULTS
+        self.rng = random.Random(seed)
+        self.injected: deque[Fault] = deque()
+        self.request_log: deque[FakeRequest] = deque(maxlen=log_size)
+        self.errors: list[BaseException] = []
+        self.connections: set[Connection] = set()
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.fifo: deque[tuple[float, Callable[..., None], tuple[Any, ...]]] = deque()
+        self.fifo_timer: asyncio.TimerHandle | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.server: asyncio.Server | None = None
+        self.requests = 0
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.client_disconnects = 0
+        self.set_responses(responses)
+
+    # -- configuration -----------------------------------------------------------------------------
+
+    def set_responses(self, responses: Responses) -> None:
+        function: ResponseFunction | None = None
+        items: deque[ResponseItem] | None = None
+        static: ResponseItem | None = None
+        if isinstance(responses, (str, Reply, Fault, dict)):
+            static = responses
+        elif callable(responses):
+            function = responses
+        elif isinstance(responses, Sequence):
+            items = deque(responses)
+        else:
+            raise TypeError(
+                "responses must be a str, Reply, Fault or response dict, a list of those (one per "
+                f"request, in order), or a function of the FakeRequest; got {type(responses).__name__}"
+            )
+        self.script_function = function
+        self.script_list = items
+        self.script_static = static
+        self.script_size = len(items) if items is not None else 0
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+
+    async def start(self, host: str, port: int) -> int:
+        self.loop = asyncio.get_running_loop()
+        self.server = await self.loop.create_server(
+            lambda: Connection(self), host, port, backlog=2048, reuse_address=True
+        )
+        sockname = self.server.sockets[0].getsockname()
+        return int(sockname[1])
+
+    async def aclose(self) -> None:
+        if self.server is not None:
+            self.server.close()
+        if self.fifo_timer is not None:
+            self.fifo_timer.cancel()
+        self.fifo.clear()
+        for conn in list(self.connections):
+            if conn.exchange is not None:
+                conn.exchange.finish()  # the server stops: not a client disconnect
+            conn.close()
+        for task in list(self.tasks):
+            task.cancel()
+        if self.tasks:
+            await asyncio.gather(*self.tasks, return_exceptions=True)
+        if self.server is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.server.wait_closed(), 5)
+
+    def reset_counters(self) -> None:
+        self.requests = 0
+        self.max_in_flight = self.in_flight
+        self.client_disconnects = 0
+        self.request_log.clear()
+        self.errors.clear()
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "requests": self.requests,
+            "in_flight": self.in_flight,
+            "max_in_flight": self.max_in_flight,
+            "client_disconnects": self.client_disconnects,
+            "cpu_time": time.process_time(),
+        }
+
+    # -- request handling ------------------------------------------------------------------------
+
+    def dispatch(self, conn: Connection, raw: RawRequest) -> None:
+        route = raw.path.split("?", 1)[0].rstrip("/")
+        if route.endswith("/chat/completions"):
+            if raw.method != "POST":
+                self._simple(
+                    conn,
+                    raw,
+                    405,
+                    error_body(f"{raw.method} is not allowed on {route}; use POST", "invalid_request_error"),
+                )
+            else:
+                self._chat(conn, raw)
+        elif route.endswith("/models") and raw.method == "GET":
+            data = [{"id": m, "object": "model", "created": 0, "owned_by": "asynclm"} for m in self.models]
+            self._simple(conn, raw, 200, dumps({"object": "list", "data": data}))
+        elif route == "/_fake/stats" and raw.method == "GET":
+            self._simple(conn, raw, 200, dumps(self.stats()))
+        else:
+            self._simple(
+                conn,
+                raw,
+                404,
+                error_body(
+                    f"FakeOpenAIServer has no route {raw.method} {route}; it serves POST "
+                    "/v1/chat/completions "
+                    "and GET /v1/models",
+                    "invalid_request_error",
+                    "unknown_url",
+                ),
+            )
+
+    def _simple(self, conn: Connection, raw: RawRequest, status: int, body: bytes) -> None:
+        exchange = Exchange(conn, raw.keep_alive, "req_fake_0")
+        conn.exchange = exchange
+        exchange.send(status, body)
+
+    def _chat(self, conn: Connection, raw: RawRequest) -> None:
+        self.requests += 1
+        index = self.requests
+        exchange = Exchange(conn, raw.keep_alive, f"req_fake_{index}")
+        conn.exchange = exchange
+        exchange.counted = True
+        self.in_flight += 1
+        if self.in_flight > self.max_in_flight:
+            self.max_in_flight = self.in_flight
+        try:
+            body = loads(raw.body)
+        except JSONDecodeError as exc:
+            body = None
+            error: str | None = f"the request body is not valid JSON ({exc})"
+        else:
+            error = None
+        request = FakeRequest(index, raw.method, raw.path, raw.headers, raw.body, body)
+        self.request_log.append(request)
+        if error is None:
+            error = self._validate(body)
+        if error is not None:
+            exchange.send_error(400, error, "invalid_request_error")
+            return
+        if self.api_key is not None and raw.headers.get("authorization") != f"Bearer {self.api_key}":
+            exchange.send(
+                401,
+                error_body(
+                    "Incorrect API key provided (FakeOpenAIServer expects 'Authorization: Bearer <api_key>' "
+                    "with the api_key it was given).",
+                    "invalid_request_error",
+                    "invalid_api_key",
+                ),
+            )
+            return
+        if request.n > 1 and not self.support_n:
+            exchange.send(
+                400,
+                error_body(
+                    f"n={request.n} is not supported by this server (FakeOpenAIServer(support_n=False)); "
+                    "only n=1 is accepted",
+                    "invalid_request_error",
+                    "unsupported_parameter",
+                    "n",
+                ),
+            )
+            return
+        item: ResponseItem | Awaitable[ResponseItem]
+        if self.injected:
+            item = self.injected.popleft()
+        elif self.fault_rate > 0 and self.faults and self.rng.random() < self.fault_rate:
+            item = self.rng.choice(self.faults)
+        else:
+            try:
+                item = self._scripted(request)
+            except Exception as exc:
+                self._function_failed(exchange, exc)
+                return
+        if inspect.isawaitable(item):
+            self._spawn(exchange, self._await_then_respond(exchange, request, item))
+        else:
+            self._respond(exchange, request, item)
+
+    @staticmethod
+    def _validate(body: Any) -> str | None:
+        if not isinstance(body, dict):
+            return f"the request body must be a JSON object, got {type(body).__name__}"
+        if not isinstance(body.get("messages"), list):
+            return "'messages' is a required property and must be a list of message objects"
+        n = body.get("n")
+        if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 1):
+            return f"'n' must be a positive integer, got {n!r}"
+        return None
+
+    def _scripted(self, request: FakeRequest) -> ResponseItem | Awaitable[ResponseItem]:
+        if self.script_function is not None:
+            return self.script_function(request)
+        if self.script_list is not None:
+            if not self.script_list:
+                return Fault.error(
+                    400,
+                    message=(
+                        f"FakeOpenAIServer: the scripted responses are exhausted ({self.script_size} "
+                        f"given, this is chat request #{request.index}); pass more responses, a "
+                        "function, or call set_responses()"
+                    ),
+                    error_type="invalid_request_error",
+                    code="fake_server_script_exhausted",
+                )
+            return self.script_list.popleft()
+        assert self.script_static is not None
+        return self.script_static
+
+    def _function_failed(self, exchange: Exchange, exc: BaseException) -> None:
+        self.errors.append(exc)
+        exchange.send_error(
+            500,
+            f"FakeOpenAIServer: the response function raised {exc!r} (see server.errors)",
+            "server_error",
+            "fake_server_function_error",
+        )
+
+    def _spawn(self, exchange: Exchange, coro: Any) -> None:
+        assert self.loop is not None
+        task: asyncio.Task[None] = self.loop.create_task(coro)
+        exchange.task = task
+        self.tasks.add(task)
+        task.add_done_callback(functools.partial(self._task_done, exchange))
+
+    def _task_done(self, exchange: Exchange, task: asyncio.Task[None]) -> None:
+        self.tasks.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            # A bug in a response path: keep it for the test to see, and never leave the client hanging.
+            self.errors.append(exc)
+            if not exchange.finished:
+                exchange.abort(False)
+
+    async def _await_then_respond(
+        self, exchange: Exchange, request: FakeRequest, item: Awaitable[ResponseItem]
+    ) -> None:
+        try:
+            result = await item
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self._function_failed(exchange, exc)
+            return
+        exchange.task = None  # the response below may start its own task
+        self._respond(exchange, request, result)
+
+    def _respond(self, exchange: Exchange, request: FakeRequest, item: Any) -> None:
+        if exchange.finished:
+            return
+        if isinstance(item, str):
+            item = Reply(item)
+        if isinstance(item, Reply):
+            texts = list(item.texts) if item.texts is not None else None
+            if texts is not None and len(texts) < request.n:
+                self._function_failed(
+                    exchange,
+                    ValueError(f"Reply.texts has {len(texts)} texts but the request asked for n={request.n}"),
+                )
+                return
+            if request.stream:
+                self._spawn(exchange, self._stream(exchange, request, item, None))
+            else:
+                self._later(exchange, item.latency, exchange.send, 200, self._completion(request, item))
+        elif isinstance(item, Fault):
+            self._fault(exchange, request, item)
+        elif isinstance(item, dict):
+            if request.stream:
+                self._spawn(exchange, self._stream_raw(exchange, item))
+            else:
+                self._later(exchange, None, exchange.send, 200, dumps(item))
+        else:
+            self._function_failed(
+                exchange,
+                TypeError(
+                    "a scripted response must be a str, Reply, Fault or response dict (or an awaitable of "
+                    f"one), got {type(item).__name__}"
+                ),
+            )
+
+    def _later(self, exchange: Exchange, delay: float | None, fn: Callable[..., None], *args: Any) -> None:
+        """Call ``fn(*args)`` after ``delay`` seconds (``None``: the server's latency).
+
+        With a constant latency, deadlines arrive in order, so they wait in a FIFO served by a
+        single timer: far cheaper than one heap-ordered ``TimerHandle`` per request at thousands
+        of requests per second. An out-of-order deadline gets its own timer. ``fn`` must do
+        nothing once the exchange is finished (a client disconnect does not unqueue it).
+        """
+        delay = self.latency if delay is None else delay
+        if delay <= 0:
+            fn(*args)
+            return
+        loop = self.loop
+        assert loop is not None
+        when = loop.time() + delay
+        fifo = self.fifo
+        if fifo and when < fifo[-1][0]:
+            exchange.timer = loop.call_at(when, fn, *args)
+            return
+        fifo.append((when, fn, args))
+        if self.fifo_timer is None:
+            self.fifo_timer = loop.call_at(when, self._drain)
+
+    def _drain(self) -> None:
+        assert self.loop is not None
+        self.fifo_timer = None
+        fifo = self.fifo
+        now = self.loop.time() + 1e-4  # the loop may wake a hair early
+        while fifo and fifo[0][0] <= now:
+            _, fn, args = fifo.popleft()
+            fn(*args)
+        if fifo:
+            self.fifo_timer = self.loop.call_at(fifo[0][0], self._drain)
+
+    # -- building responses ------------------------------------------------------------------------
+
+    def _texts(self, request: FakeRequest, reply: Reply) -> list[str]:
+        if reply.texts is not None:
+            return list(reply.texts[: request.n])
+        return [reply.text] * request.n
+
+    def _usage(self, request: FakeRequest, reply: Reply, texts: list[str]) -> dict[str, int]:
+        prompt = reply.prompt_tokens
+        if prompt is None:
+            prompt = max(
+                1,
+                sum(_estimate_tokens(content_text(m.get("content"))) for m in request.messages if isinstance(m, dict)),
+            )
+        completion = reply.completion_tokens
+        if completion is None:
+            completion = sum(_estimate_tokens(t) for t in texts)
+        return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+    def _completion(self, request: FakeRequest, reply: Reply) -> bytes:
+        texts = self._texts(request, reply)
+        return dumps(
+            {
+                "id": f"chatcmpl-fake-{request.index}",
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": request.model or self.model,
+                "choices": [
+                    {
+                        "index": i,
+                        "message": {"role": "assistant", "content": text},
+                        "logprobs": None,
+                        "finish_reason": reply.finish_reason,
+                    }
+                    for i, text in enumerate(texts)
+                ],
+                "usage": self._usage(request, reply, texts),
+            }
+        )
+
+    def _stream_events(self, request: FakeRequest, reply: Reply) -> list[bytes]:
+        texts = self._texts(request, reply)
+        include_usage = bool(
+            isinstance(request.json.get("stream_options"), dict) and request.json["stream_options"].get("include_usage")
+        )
+        base = {
+            "id": f"chatcmpl-fake-{request.index}",
+            "object": "chat.completion.chunk",
+            "created": int(time.time()),
+            "model": request.model or self.model,
+        }
+
+        def event(choices: list[dict[str, Any]]) -> bytes:
+            chunk = {**base, "choices": choices}
+            if include_usage:
+                chunk["usage"] = None
+            return dumps(chunk)
+
+        events = [
+            event(
+                [
+                    {
+                        "index": i,
+                        "delta": {"role": "assistant", "content": ""},
+                        "logprobs": None,
+                        "finish_reason": None,
+                    }
+                    for i in range(len(texts))
+                ]
+            )
+        ]
+        for i, text in enumerate(texts):
+            for piece in _split_stream(text):
+                if piece:
+                    events.append(
+                        event(
+                            [
+                                {
+                                    "index": i,
+                                    "delta": {"content": piece},
+                                    "logprobs": None,
+                                    "finish_reason": None,
+                                }
+                            ]
+                        )
+                    )
+        events.append(
+            event(
+                [
+                    {"index": i, "delta": {}, "logprobs": None, "finish_reason": reply.finish_reason}
+                    for i in range(len(texts))
+                ]
+            )
+        )
+        if include_usage:
+            events.append(dumps({**base, "choices": [], "usage": self._usage(request, reply, texts)}))
+        return events
+
+    async def _stream(self, exchange: Exchange, request: FakeRequest, reply: Reply, fault: Fault | None) -> None:
+        delay = self.latency if reply.latency is None else reply.latency
+        chunk_delay = reply.latency if reply.latency is not None else self.chunk_delay
+        if chunk_delay is None:
+            chunk_delay = self.latency
+        if delay > 0:
+            await asyncio.sleep(delay)
+        events = self._stream_events(request, reply)
+        kind = fault.kind if fault is not None else None
+        cut = fault.after_chunks if fault is not None and kind in ("hang", "truncated") else len(events)
+        if kind == "hang" and cut <= 0:
+            await asyncio.Event().wait()  # until cancelled by a disconnect or the server stopping
+        if kind == "malformed_json":
+            events[0] = events[0][: len(events[0]) // 2]
+        # Events due at the same time go out in one write (one syscall).
+        out = [exchange.chunked_head(200, "text/event-stream")]
+        for i, data in enumerate(events[:cut]):
+            if i and chunk_delay > 0:
+                exchange.conn.write(b"".join(out))
+                out.clear()
+                await asyncio.sleep(chunk_delay)
+            out.append(frame_chunk(b"data: %b\n\n" % data))
+        if kind == "hang":
+            exchange.conn.write(b"".join(out))
+            await asyncio.Event().wait()
+        if kind == "truncated":
+            exchange.conn.write(b"".join(out))
+            if fault is not None and fault.clean:
+                exchange.end_chunked()
+            else:
+                exchange.abort(False)
+            return
+        out.append(frame_chunk(b"data: [DONE]\n\n"))
+        exchange.end_chunked(b"".join(out))
+
+    async def _stream_raw(self, exchange: Exchange, chunk: dict[str, Any]) -> None:
+        if self.latency > 0:
+            await asyncio.sleep(self.latency)
+        head = exchange.chunked_head(200, "text/event-stream")
+        exchange.end_chunked(head + frame_chunk(b"data: %b\n\ndata: [DONE]\n\n" % dumps(chunk)))
+
+    def _fault(self, exchange: Exchange, request: FakeRequest, fault: Fault) -> None:
+        kind = fault.kind
+        if kind == "status":
+            body = fault.body
+            if body is None:
+                default_type, default_code, default_message = DEFAULT_ERRORS.get(
+                    fault.status,
+                    (
+                        "server_error",
+                        None,
+                        "The server had an error while processing your request (injected by FakeOpenAIServer).",
+                    ),
+                )
+                data = error_body(
+                    fault.message or default_message,
+                    fault.error_type or default_type,
+                    fault.code if fault.code is not None else default_code,
+                    fault.param,
+                )
+            elif isinstance(body, bytes):
+                data = body
+            elif isinstance(body, str):
+                data = body.encode()
+            else:
+                data = dumps(body)
+            extra = list(fault.headers)
+            if fault.retry_after is not None:
+                value = fault.retry_after
+                if isinstance(value, float) and value.is_integer():
+                    value = int(value)
+                extra.append(("Retry-After", str(value)))
+            if fault.retry_after_ms is not None:
+                extra.append(("retry-after-ms", str(fault.retry_after_ms)))
+            self._later(exchange, fault.delay, exchange.send, fault.status, data, "application/json", extra)
+        elif kind == "reset":
+            self._later(exchange, fault.delay, exchange.abort, True)
+        elif kind == "hang":
+            if request.stream and fault.after_chunks > 0:
+                self._spawn(exchange, self._stream(exchange, request, FAULT_REPLY, fault))
+            # else: nothing at all; the exchange stays open until a disconnect or stop()
+        elif kind == "malformed_json":
+            if request.stream:
+                self._spawn(exchange, self._stream(exchange, request, FAULT_REPLY, fault))
+            else:
+                data = self._completion(request, FAULT_REPLY)
+                self._later(exchange, fault.delay, exchange.send, 200, data[: len(data) // 2])
+        elif kind == "truncated":
+            if request.stream:
+                self._spawn(exchange, self._stream(exchange, request, FAULT_REPLY, fault))
+            else:
+                data = self._completion(request, FAULT_REPLY)
+                self._later(exchange, None, self._send_truncated, exchange, data)
+
+    @staticmethod
+    def _send_truncated(exchange: Exchange, data: bytes) -> None:
+        if exchange.finished:
+            return
+        headers = exchange.base_headers("application/json")
+        headers.append(("Content-Length", str(len(data))))
+        exchange.finish()  # before the write, as in send()
+        exchange.conn.write(response_head(200, headers) + data[: len(data) // 2])
+        exchange.abort(False)

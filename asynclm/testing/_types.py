@@ -1,0 +1,339 @@
+"""The data types of the fake server's scripts: requests, replies, faults."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, Union
+
+
+def content_text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(str(part.get("text", "")) for part in content if isinstance(part, dict) and "text" in part)
+    return ""
+
+
+FaultKind = Literal["status", "reset", "hang", "malformed_json", "truncated"]
+
+
+# --------------------------------------------------------------------------------------------------
+# Public data types
+# --------------------------------------------------------------------------------------------------
+
+
+class Headers(Mapping[str, str]):
+    """Request headers: a case-insensitive read-only mapping that keeps the raw header list.
+
+    ``headers["authorization"]`` and ``headers["Authorization"]`` are the same; a repeated header
+    maps to its values joined by ``", "``. :attr:`raw` is the list of ``(name, value)`` pairs as
+    received, in order, with their original spelling.
+    """
+
+    __slots__ = ("_map", "raw")
+
+    def __init__(self, raw: Iterable[tuple[str, str]] = ()) -> None:
+        self.raw: list[tuple[str, str]] = list(raw)
+        self._map: dict[str, str] = {}
+        for name, value in self.raw:
+            key = name.lower()
+            self._map[key] = f"{self._map[key]}, {value}" if key in self._map else value
+
+    def __getitem__(self, name: str) -> str:
+        return self._map[name.lower()]
+
+    @classmethod
+    def _build(cls, raw: list[tuple[str, str]], mapping: dict[str, str]) -> Headers:
+        headers = cls.__new__(cls)
+        headers.raw = raw
+        headers._map = mapping
+        return headers
+
+    def get(self, name: str, default: Any = None) -> Any:  # faster than Mapping.get's try/except
+        return self._map.get(name.lower(), default)
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and name.lower() in self._map
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._map)
+
+    def __len__(self) -> int:
+        return len(self._map)
+
+    def get_all(self, name: str) -> list[str]:
+        """Every value received for ``name`` (case-insensitive), in order."""
+        key = name.lower()
+        return [value for n, value in self.raw if n.lower() == key]
+
+    def __repr__(self) -> str:
+        return f"Headers({self.raw!r})"
+
+
+class FakeRequest:
+    """One request received by :class:`FakeOpenAIServer` (what response functions get and what
+    :attr:`FakeOpenAIServer.request_log` keeps). Read-only by convention.
+
+    Attributes:
+        index: 1-based number of this chat-completion request since the server started (or since
+            :meth:`FakeOpenAIServer.reset_counters`).
+        method, path: from the request line (``path`` includes any query string).
+        headers: every header as received, including ``Authorization`` (tests assert it was sent).
+        body: the raw request body.
+        json: the parsed JSON body (``None`` when the body was not valid JSON).
+        messages: the ``messages`` list (``[]`` when absent or not a list).
+        model: the ``model`` asked for (``None`` when absent).
+        stream: whether ``"stream": true`` was asked for.
+        n: the number of choices asked for (``1`` when absent or invalid).
+    """
+
+    __slots__ = ("body", "headers", "index", "json", "messages", "method", "model", "n", "path", "stream")
+
+    def __init__(self, index: int, method: str, path: str, headers: Headers, body: bytes, json: Any) -> None:
+        self.index = index
+        self.method = method
+        self.path = path
+        self.headers = headers
+        self.body = body
+        self.json = json
+        obj: dict[str, Any] = json if isinstance(json, dict) else {}
+        messages = obj.get("messages")
+        self.messages: list[Any] = messages if isinstance(messages, list) else []
+        model = obj.get("model")
+        self.model: str | None = model if isinstance(model, str) else None
+        self.stream: bool = obj.get("stream") is True
+        n = obj.get("n")
+        self.n: int = n if type(n) is int and n >= 1 else 1
+
+    def __repr__(self) -> str:
+        return (
+            f"<FakeRequest #{self.index} {self.method} {self.path} model={self.model!r} "
+            f"messages={len(self.messages)} stream={self.stream} n={self.n}>"
+        )
+
+    @property
+    def last_user_message(self) -> str:
+        """The text of the last ``user`` message (text parts joined), or ``""``."""
+        for message in reversed(self.messages):
+            if isinstance(message, dict) and message.get("role") == "user":
+                return content_text(message.get("content"))
+        return ""
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A scripted successful completion.
+
+    Args:
+        text: the assistant text of every choice (when ``texts`` is not given).
+        texts: one text per choice; the client's ``n`` must then be at most ``len(texts)`` (the
+            first ``n`` are used).
+        prompt_tokens, completion_tokens: the usage to report; ``None`` means a cheap estimate
+            (about one token per 4 characters, at least 1 for non-empty text).
+        finish_reason: reported on every choice (``"stop"``, ``"length"``, ...).
+        latency: seconds before the response (and between stream chunks); ``None`` means the
+            server's ``latency`` / ``chunk_delay``.
+    """
+
+    text: str = "ok"
+    texts: Sequence[str] | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    finish_reason: str = "stop"
+    latency: float | None = None
+
+
+DEFAULT_ERRORS: dict[int, tuple[str, str | None, str]] = {
+    # status: (type, code, message) modelled on OpenAI's error bodies
+    400: ("invalid_request_error", None, "Bad request (injected by FakeOpenAIServer)."),
+    401: ("invalid_request_error", "invalid_api_key", "Incorrect API key (injected by FakeOpenAIServer)."),
+    403: ("permission_error", None, "You are not allowed to do this (injected by FakeOpenAIServer)."),
+    404: ("invalid_request_error", "model_not_found", "No such model (injected by FakeOpenAIServer)."),
+    408: ("timeout", None, "Request timed out (injected by FakeOpenAIServer)."),
+    409: ("conflict", None, "Conflict (injected by FakeOpenAIServer)."),
+    422: ("invalid_request_error", None, "Unprocessable request (injected by FakeOpenAIServer)."),
+    429: ("requests", "rate_limit_exceeded", "Rate limit reached (injected by FakeOpenAIServer)."),
+}
+
+
+@dataclass(frozen=True)
+class Fault:
+    """A fault to inject instead of a normal response. Build one with the class methods.
+
+    - :meth:`error` / :meth:`rate_limit` / :meth:`server_error` / :meth:`context_window_exceeded`:
+      an HTTP error status with an OpenAI-style body ``{"error": {"message", "type", "param",
+      "code"}}`` and optional ``Retry-After`` / ``retry-after-ms`` headers.
+    - :meth:`connection_reset`: the connection is reset (TCP RST) without any response.
+    - :meth:`hang`: no (further) response at all, until the client disconnects or the server stops.
+    - :meth:`malformed_json`: status 200 with a body (or, when streaming, a first event) that is
+      not valid JSON.
+    - :meth:`truncated`: the body is cut mid-way: a stream stops after ``after_chunks`` events
+      without ``data: [DONE]``; a JSON body stops half-way through its declared length. The
+      connection is then closed (``clean=True`` instead ends a stream's HTTP body properly, just
+      without the final events and ``[DONE]``).
+
+    ``delay`` is the number of seconds before the fault acts (default 0: at once).
+    """
+
+    kind: FaultKind
+    status: int = 500
+    retry_after: float | str | None = None
+    retry_after_ms: int | None = None
+    message: str | None = None
+    error_type: str | None = None
+    code: str | None = None
+    param: str | None = None
+    body: Any = None
+    headers: tuple[tuple[str, str], ...] = ()
+    after_chunks: int = 0
+    clean: bool = False
+    delay: float = 0.0
+
+    @classmethod
+    def error(
+        cls,
+        status: int,
+        *,
+        retry_after: float | str | None = None,
+        retry_after_ms: int | None = None,
+        message: str | None = None,
+        error_type: str | None = None,
+        code: str | None = None,
+        param: str | None = None,
+        body: Any = None,
+        headers: Mapping[str, str] | None = None,
+        delay: float = 0.0,
+    ) -> Fault:
+        """An HTTP error response with ``status``.
+
+        ``retry_after`` (seconds, or an HTTP date string) is sent as ``Retry-After``;
+        ``retry_after_ms`` as ``retry-after-ms``. ``body`` (a dict, str or bytes) replaces the
+        OpenAI-style error JSON entirely; otherwise ``message``/``error_type``/``code``/``param``
+        fill it, with defaults that match OpenAI's for the status.
+        """
+        if not 400 <= status <= 599:
+            raise ValueError(f"Fault.error() needs an HTTP error status (400-599), got {status}")
+        return cls(
+            "status",
+            status=status,
+            retry_after=retry_after,
+            retry_after_ms=retry_after_ms,
+            message=message,
+            error_type=error_type,
+            code=code,
+            param=param,
+            body=body,
+            headers=tuple((headers or {}).items()),
+            delay=delay,
+        )
+
+    @classmethod
+    def rate_limit(
+        cls,
+        *,
+        retry_after: float | str | None = None,
+        retry_after_ms: int | None = None,
+        message: str | None = None,
+        delay: float = 0.0,
+    ) -> Fault:
+        """A 429 with OpenAI's ``rate_limit_exceeded`` body and optional retry-after headers."""
+        return cls.error(429, retry_after=retry_after, retry_after_ms=retry_after_ms, message=message, delay=delay)
+
+    @classmethod
+    def server_error(
+        cls, status: int = 500, *, retry_after: float | str | None = None, message: str | None = None
+    ) -> Fault:
+        """A 5xx (default 500) with a ``server_error`` body."""
+        if not 500 <= status <= 599:
+            raise ValueError(f"Fault.server_error() needs a 5xx status, got {status}")
+        return cls.error(status, retry_after=retry_after, message=message)
+
+    @classmethod
+    def context_window_exceeded(cls, max_tokens: int = 8192, requested: int | None = None) -> Fault:
+        """A 400 with OpenAI's ``context_length_exceeded`` body."""
+        requested = requested if requested is not None else max_tokens + 1000
+        return cls.error(
+            400,
+            message=(
+                f"This model's maximum context length is {max_tokens} tokens. However, your messages "
+                f"resulted in {requested} tokens. Please reduce the length of the messages."
+            ),
+            error_type="invalid_request_error",
+            code="context_length_exceeded",
+            param="messages",
+        )
+
+    @classmethod
+    def connection_reset(cls, *, delay: float = 0.0) -> Fault:
+        """Reset the connection (TCP RST) without sending any response."""
+        return cls("reset", delay=delay)
+
+    @classmethod
+    def hang(cls, *, after_chunks: int = 0) -> Fault:
+        """Never respond (a stream: stall after ``after_chunks`` events), until the client
+        disconnects (counted in :attr:`FakeOpenAIServer.client_disconnects`) or the server stops."""
+        return cls("hang", after_chunks=after_chunks)
+
+    @classmethod
+    def malformed_json(cls, *, delay: float = 0.0) -> Fault:
+        """Status 200 whose JSON body (or first stream event) is not valid JSON."""
+        return cls("malformed_json", delay=delay)
+
+    @classmethod
+    def truncated(cls, *, after_chunks: int = 1, clean: bool = False) -> Fault:
+        """Cut the response mid-way: see the class docstring."""
+        return cls("truncated", after_chunks=after_chunks, clean=clean)
+
+    @classmethod
+    def parse(cls, spec: str) -> Fault:
+        """Build a fault from a short text spec (used by the command line).
+
+        ``"429"`` or ``"429:0.5"`` (status, optional Retry-After seconds), ``"500"``,
+        ``"context"`` (context window exceeded), ``"reset"``, ``"hang"``, ``"malformed"``,
+        ``"truncate"`` or ``"truncate:3"`` (stream events before the cut).
+        """
+        name, _, arg = spec.strip().partition(":")
+        try:
+            if name.isdigit():
+                status = int(name)
+                if status == 429 and arg:
+                    seconds = float(arg)
+                    return cls.rate_limit(retry_after=arg, retry_after_ms=round(seconds * 1000))
+                return cls.error(status, retry_after=arg or None)
+            if name == "context":
+                return cls.context_window_exceeded()
+            if name == "reset":
+                return cls.connection_reset()
+            if name == "hang":
+                return cls.hang(after_chunks=int(arg or 0))
+            if name == "malformed":
+                return cls.malformed_json()
+            if name == "truncate":
+                return cls.truncated(after_chunks=int(arg or 1))
+        except ValueError as exc:
+            raise ValueError(f"invalid fault spec {spec!r}: {exc}") from None
+        raise ValueError(
+            f"invalid fault spec {spec!r}: expected a status such as '429' or '429:0.5' (Retry-After "
+            "seconds), or one of 'context', 'reset', 'hang', 'malformed', 'truncate', 'truncate:N'"
+        )
+
+
+#: The fault mix used when ``fault_rate`` is set without ``faults``: 429 (retry after 50 ms),
+#: 500, 503, connection reset, malformed JSON, truncated body/stream. Hangs are not included
+#: (a hang only ends when the client gives up): add ``Fault.hang()`` explicitly.
+DEFAULT_FAULTS: tuple[Fault, ...] = (
+    Fault.rate_limit(retry_after_ms=50),
+    Fault.server_error(500),
+    Fault.server_error(503),
+    Fault.connection_reset(),
+    Fault.malformed_json(),
+    Fault.truncated(),
+)
+
+# What a faulty stream or body carries before it breaks: several words, so several stream events.
+FAULT_REPLY = Reply("this response is broken on purpose by FakeOpenAIServer")
+
+ResponseItem = Union[str, Reply, Fault, dict[str, Any]]
+ResponseFunction = Callable[[FakeRequest], Union[ResponseItem, Awaitable[ResponseItem]]]
+Responses = Union[ResponseItem, Sequence[ResponseItem], ResponseFunction]
