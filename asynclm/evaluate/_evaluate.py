@@ -146,7 +146,8 @@ class Evaluate(SyncCallable):
             ``TimeoutError`` and counts against ``max_errors``).
         file: where ``display_table`` prints (default ``sys.stdout``).
 
-    Every argument except ``devset``/``metric`` can be overridden per call:
+    ``metric``, ``devset``, ``concurrency``, ``progress``, ``display_table``, ``save_as_csv`` and
+    ``save_as_json`` can be overridden per call:
     ``await ev(program, metric=other, devset=subset, concurrency=4, display_table=5)``.
     An instance holds only configuration: it may be awaited many times, concurrently.
     """
