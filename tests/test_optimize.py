@@ -282,6 +282,23 @@ async def test_bootstrap_does_not_mutate_the_student_and_compiles_again() -> Non
     assert len(recompiled.demos) == 3  # type: ignore[attr-defined]
 
 
+async def test_bootstrap_stops_early_and_reports_misuse_at_once() -> None:
+    lm = ScriptedLM(Adder())
+    trainset = sums([(i, i) for i in range(40)])
+    compiled = await BootstrapFewShot(
+        metric=answer_exact_match, max_bootstrapped_demos=2, max_labeled_demos=2, concurrency=4
+    ).compile(qa_program(lm), trainset=trainset)
+    assert [d["question"] for d in compiled.demos] == [trainset[0].question, trainset[1].question]  # type: ignore[attr-defined]
+    assert len(lm.requests) <= 2 + 4  # the two it needed, plus at most the ones already in flight
+
+    with pytest.raises(TypeError, match="must return a number"):
+        await BootstrapFewShot(metric=lambda e, p, t: "fine", max_errors=None, concurrency=4).compile(
+            qa_program(lm), trainset=trainset
+        )
+    with pytest.raises(TypeError, match=r"unknown setting.*'temprature'"):
+        BootstrapFewShot(teacher_settings={"temprature": 0.5})
+
+
 # -- save / load ---------------------------------------------------------------------------------
 
 

@@ -15,7 +15,7 @@ import anyio
 
 from asynclm.evaluate import call_metric, metric_score
 from asynclm.modules import Module, trace_scope
-from asynclm.runtime import Progress, context, sync_twin
+from asynclm.runtime import Progress, Settings, context, sync_twin
 from asynclm.signatures import Example
 
 from ._base import Teleprompter, check_trainset, is_compiled, mark_compiled, match_predictors
@@ -33,6 +33,7 @@ class _Outcome:
     success: bool = False
     demos: dict[str, list[Example]] = dataclasses.field(default_factory=dict)  # predictor path -> demos
     errors: list[Exception] = dataclasses.field(default_factory=list)  # one per failed round
+    misuse: TypeError | None = None  # the metric returned something that is not a score: a bug
 
 
 def _stable_seed(demos: list[Example]) -> int:
@@ -101,6 +102,13 @@ class BootstrapFewShot(Teleprompter):
             raise ValueError(f"BootstrapFewShot(max_errors={max_errors!r}): use an int >= 0, or None for no limit")
         if not isinstance(concurrency, int) or concurrency < 1:
             raise ValueError(f"BootstrapFewShot(concurrency={concurrency!r}): use an int >= 1")
+        known = {f.name for f in dataclasses.fields(Settings)}
+        unknown = sorted(set(teacher_settings or {}) - known)
+        if unknown:
+            raise TypeError(
+                f"BootstrapFewShot(teacher_settings=...): unknown setting(s) {', '.join(map(repr, unknown))}; "
+                f"known settings are: {', '.join(sorted(known))}"
+            )
         self.metric = metric
         self.metric_threshold = metric_threshold
         self.teacher_settings = dict(teacher_settings or {})
@@ -172,7 +180,12 @@ class BootstrapFewShot(Teleprompter):
                     success = True
                 else:
                     with trace_scope():  # calls made by an LM-judged metric are not the program's
-                        value = metric_score(await call_metric(self.metric, example, prediction, trace), self.metric)
+                        result = await call_metric(self.metric, example, prediction, trace)
+                    try:
+                        value = metric_score(result, self.metric)
+                    except TypeError as exc:
+                        outcome.misuse = exc
+                        return outcome
                     success = value >= self.metric_threshold if self.metric_threshold is not None else bool(value)
             except Exception as exc:
                 outcome.errors.append(exc)
@@ -234,13 +247,18 @@ class BootstrapFewShot(Teleprompter):
                     return
 
         async def worker(scope: anyio.CancelScope) -> None:
-            nonlocal next_index
+            nonlocal next_index, stopped
             while not stopped and next_index < n:
                 index = next_index
                 next_index += 1
-                outcomes[index] = await self._run_one(teachers, examples[index])
+                outcome = outcomes[index] = await self._run_one(teachers, examples[index])
+                if outcome.misuse is not None and not stopped:  # a bug in the metric: stop now
+                    fatal.append(outcome.misuse)
+                    stopped = True
+                    scope.cancel()
+                    return
                 if bar is not None:
-                    bar.update(failed=not outcomes[index].success, bootstrapped=len(passed))  # type: ignore[union-attr]
+                    bar.update(failed=not outcome.success, bootstrapped=len(passed))
                 judge(scope)
 
         try:
