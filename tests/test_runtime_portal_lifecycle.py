@@ -111,6 +111,43 @@ def test_shutdown_portals_then_sync_again_starts_a_new_portal(portal_backend: st
     assert identify.sync()[1] == portal_backend
 
 
+def test_shutdown_cancels_in_flight_calls_which_report_portal_closed(portal_backend: str) -> None:
+    from asynclm.runtime import PortalClosedError
+
+    running = threading.Semaphore(0)
+    cleaned: list[str] = []
+    outcomes: list[str] = []
+
+    @sync_twin
+    async def slow() -> None:
+        try:
+            running.release()
+            await anyio.sleep(30)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await anyio.sleep(0.01)  # the portal waits for async cleanup too
+            cleaned.append(sniffio.current_async_library())
+
+    def caller() -> None:
+        try:
+            slow.sync()
+        except PortalClosedError:
+            outcomes.append("closed")
+
+    threads = [threading.Thread(target=caller) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for _ in threads:
+        assert running.acquire(timeout=10)
+    t0 = time.monotonic()
+    shutdown_portals()
+    for thread in threads:
+        thread.join(10)
+    assert time.monotonic() - t0 < 5
+    assert outcomes == ["closed"] * 4
+    assert cleaned == [portal_backend] * 4
+
+
 # -- KeyboardInterrupt ------------------------------------------------------------------------
 
 

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import sys
 from asyncio import _get_running_loop
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 __all__ = [
     "current_loop_key",
     "current_waker",
     "mark_async_library",
+    "native_task_factory",
     "running_loop_name",
     "trio_host_token",
 ]
@@ -50,6 +51,13 @@ def current_loop_key() -> Any:
     if loop is not None:
         return loop
     return _trio_token("asynclm.runtime.loop_resource()")
+
+
+def native_task_factory() -> Callable[[Coroutine[Any, Any, Any]], object] | None:
+    """On asyncio, the running loop's ``create_task`` (a bare task, in the current context); on
+    trio ``None`` (anyio's ``start_soon`` is already a thin wrapper over the nursery there)."""
+    loop = _get_running_loop()
+    return loop.create_task if loop is not None else None
 
 
 def current_waker() -> Callable[[Callable[[], object]], object]:

@@ -25,7 +25,7 @@ from typing import Any
 
 import anyio
 
-from ._backends import current_waker, mark_async_library
+from ._backends import current_waker, mark_async_library, native_task_factory
 
 __all__ = ["Portal", "PortalClosedError", "portal_for_current_thread", "shutdown_portals"]
 
@@ -72,8 +72,9 @@ class Call:
         self._done.acquire()
 
     def _finish(self) -> None:
-        self.finished = True
-        self._done.release()
+        if not self.finished:
+            self.finished = True
+            self._done.release()
 
     async def run(self) -> None:
         try:
@@ -141,6 +142,11 @@ class Portal:
         self.closed = False
         self._schedule: Callable[[Callable[[], object]], object] | None = None
         self._tg: anyio.abc.TaskGroup | None = None
+        self._create_task: Callable[[Coroutine[Any, Any, Any]], object] | None = None
+        # Submitted and not finished -> its task (a strong reference: asyncio keeps only weak
+        # references to tasks, and a bare task could otherwise be collected mid-flight).
+        self._calls: dict[Call, object] = {}
+        self._drained: anyio.Event | None = None  # set when the last call ends after stop
         self._stop: anyio.Event | None = None
         self._started = threading.Event()
         self._startup_error: BaseException | None = None
@@ -163,11 +169,17 @@ class Portal:
                 self._startup_error = exc
         finally:
             self.closed = True
+            # A call whose spawn callback was still queued when the loop ended never ran: finish
+            # it so that its caller gets PortalClosedError instead of waiting forever.
+            for call in list(self._calls):
+                if not call.finished:
+                    call._finish()
             self._started.set()
             _forget(self)
 
     async def _main(self) -> None:
         self._schedule = current_waker()
+        self._create_task = native_task_factory()
         self._stop = anyio.Event()
         async with anyio.create_task_group() as tg:
             self._tg = tg
@@ -176,6 +188,14 @@ class Portal:
             self._started.set()
             await self._stop.wait()
             self.closed = True
+            # Cancel the calls (bare tasks on asyncio are not in tg) and let their finally run.
+            # A call not spawned yet has its spawn callback queued: _spawn sees `closed`.
+            for call in list(self._calls):
+                if call.spawned:
+                    call.cancel()
+            if self._calls:
+                self._drained = anyio.Event()
+                await self._drained.wait()
             tg.cancel_scope.cancel()
 
     async def _watch_owner(self) -> None:
@@ -194,9 +214,11 @@ class Portal:
         tg, schedule = self._tg, self._schedule
         if self.closed or tg is None or schedule is None:
             raise PortalClosedError("this asynclm portal has stopped")
+        self._calls[call] = None
         try:
             schedule(lambda: ctx.run(self._spawn, tg, call))
         except Exception as exc:  # loop already closed (RuntimeError / trio.RunFinishedError)
+            self._calls.pop(call, None)
             self.closed = True
             raise PortalClosedError("this asynclm portal has stopped") from exc
 
@@ -204,13 +226,38 @@ class Portal:
         # Runs inside ctx.run(): start_soon copies the *current* context (ctx) into the new task.
         mark_async_library(self.backend)
         call.spawned = True
-        tg.start_soon(call.run)
+        if self.closed:  # stopping: run it only to report PortalClosedError
+            call.cancel_requested = True
+        if self._create_task is not None:
+            # asyncio: a bare task costs half the CPU of anyio's TaskGroup.start_soon per call
+            # (measured in bench/bench_runtime.py); _main cancels and awaits these on stop.
+            task = self._create_task(self._run_call(call))
+            if call in self._calls:  # not already finished (an eager task factory)
+                self._calls[call] = task
+        else:
+            tg.start_soon(self._run_call, call)
+
+    async def _run_call(self, call: Call) -> None:
+        try:
+            await call.run()
+        finally:
+            self._forget_call(call)
+
+    def _forget_call(self, call: Call) -> None:
+        self._calls.pop(call, None)
+        if self._drained is not None and not self._calls:
+            self._drained.set()
+
+    def _cancel_on_loop(self, call: Call) -> None:
+        call.cancel()
+        if call.finished:  # it was never spawned: cancel() finished it
+            self._forget_call(call)
 
     def cancel(self, call: Call) -> None:
         schedule = self._schedule
         if schedule is not None and not self.closed:
             try:
-                schedule(call.cancel)
+                schedule(lambda: self._cancel_on_loop(call))
             except Exception:
                 pass
 
