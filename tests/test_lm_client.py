@@ -442,3 +442,11 @@ async def test_http_client_factory_is_called_once_per_loop(server: FakeOpenAISer
     await anyio.to_thread.run_sync(thread.join)
     assert len(made) == 2  # a plain thread's portal is another loop: its own client
     assert server.requests == 5
+
+
+async def test_retries_are_logged_without_the_key(server: FakeOpenAIServer, caplog: pytest.LogCaptureFixture) -> None:
+    server.fail_next(Fault.error(503, message=f"overloaded, key {KEY}"))
+    with caplog.at_level("INFO", logger="asynclm.lm"):
+        await make_lm(server)("hi")
+    assert "retrying fake-model" in caplog.text and "503" in caplog.text
+    assert KEY not in caplog.text

@@ -45,10 +45,7 @@ def test_sse_decoder_basics() -> None:
 
 
 STREAM = (
-    'data: {"x": "h\u00e9llo \u2603"}\r\n\r\n'
-    ": keep-alive\n\n"
-    "data: line one\ndata: line two\n\n"
-    "data: [DONE]\n\n"
+    'data: {"x": "h\u00e9llo \u2603"}\r\n\r\n: keep-alive\n\ndata: line one\ndata: line two\n\ndata: [DONE]\n\n'
 ).encode()
 EXPECTED = ['{"x": "h\u00e9llo \u2603"}', "line one\nline two", "[DONE]"]
 
@@ -197,3 +194,15 @@ async def test_stream_sync_refused_inside_a_loop(server: FakeOpenAIServer) -> No
 
     with pytest.raises(SyncInAsyncContextError):
         make_lm(server).stream.sync("go")
+
+
+async def test_a_server_rejecting_stream_options_is_asked_again_without(server: FakeOpenAIServer) -> None:
+    server.fail_next(Fault.error(400, message="stream_options: extra fields not permitted"))
+    text = "".join([d.text async for d in make_lm(server).stream("go")])
+    assert text == "ok" and server.requests == 2
+    assert "stream_options" not in server.last_request.json
+    server.fail_next(Fault.error(400, message="something else"))
+    with pytest.raises(Exception, match="something else"):
+        async for _ in make_lm(server).stream("go"):
+            pass
+    assert server.requests == 3

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import os
 import threading
 import time
@@ -29,6 +30,7 @@ from asynclm.runtime import ConcurrencyLimiter, RateLimiter, SyncCallable, curre
 from ._cache import cache_key, disk_cache, flights, memory_cache
 from ._errors import (
     AuthenticationError,
+    BadRequestError,
     LMConnectionError,
     LMError,
     LMTimeoutError,
@@ -43,6 +45,8 @@ from ._transports import TransportError, TransportTimeout, get_transport
 from ._usage import record_usage
 
 __all__ = ["LM"]
+
+logger = logging.getLogger("asynclm.lm")
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 HISTORY_SIZE = 100
@@ -511,6 +515,14 @@ class LM(SyncCallable):
             deadline = anyio.current_effective_deadline()
             if anyio.current_time() + delay >= deadline:
                 raise error  # the wait would outlast the call's deadline: report the real failure now
+            logger.info(
+                "retrying %s in %.3f s (retry %d of %d) after %s",
+                self.model_name,
+                delay,
+                retry + 1,
+                self.max_retries,
+                error,
+            )
             if delay > 0:
                 await anyio.sleep(delay)
 
@@ -596,7 +608,9 @@ class LM(SyncCallable):
         params.pop("rollout_id", None)
         body = self._body(prompt, messages, params)
         body["stream"] = True
-        body.setdefault("stream_options", {"include_usage": True})
+        asked_usage = "stream_options" not in body
+        if asked_usage:
+            body["stream_options"] = {"include_usage": True}
         data = self._encode(body, canonical=False)
         started = time.time()
         t0 = time.perf_counter()
@@ -609,7 +623,17 @@ class LM(SyncCallable):
         try:
             try:
                 with anyio.fail_after(None if timeout is None else timeout):
-                    response = await self._request(data, body, attempts, stream=True)
+                    try:
+                        response = await self._request(data, body, attempts, stream=True)
+                    except BadRequestError as exc:
+                        if not (asked_usage and "stream_options" in str(exc)):
+                            raise
+                        # a server that rejects stream_options (older vLLM, some proxies):
+                        # ask again without it; usage is then whatever the server sends
+                        logger.info("%s rejected stream_options; streaming without usage", self._url)
+                        del body["stream_options"]
+                        data = self._encode(body, canonical=False)
+                        response = await self._request(data, body, attempts, stream=True)
             except TimeoutError as exc:
                 if isinstance(exc, LMError):
                     raise
