@@ -346,14 +346,14 @@ class ServerCore:
                 )
                 return
             if request.stream:
-                self._spawn(exchange, self._stream(exchange, request, item, None))
+                self._stream(exchange, request, item, None)
             else:
                 self._later(exchange, item.latency, exchange.send, 200, self._completion(request, item))
         elif isinstance(item, Fault):
             self._fault(exchange, request, item)
         elif isinstance(item, dict):
             if request.stream:
-                self._spawn(exchange, self._stream_raw(exchange, item))
+                self._later(exchange, None, self._stream_raw, exchange, item)
             else:
                 self._later(exchange, None, exchange.send, 200, dumps(item))
         else:
@@ -497,44 +497,66 @@ class ServerCore:
             events.append(dumps({**base, "choices": [], "usage": self._usage(request, reply, texts)}))
         return events
 
-    async def _stream(self, exchange: Exchange, request: FakeRequest, reply: Reply, fault: Fault | None) -> None:
-        delay = self.latency if reply.latency is None else reply.latency
+    def _stream(self, exchange: Exchange, request: FakeRequest, reply: Reply, fault: Fault | None) -> None:
+        """Stream ``reply`` as server-sent events, or break the stream as ``fault`` says.
+
+        A chain of timer callbacks rather than a task: streams are as cheap as plain responses.
+        """
         chunk_delay = reply.latency if reply.latency is not None else self.chunk_delay
         if chunk_delay is None:
             chunk_delay = self.latency
-        if delay > 0:
-            await asyncio.sleep(delay)
+        self._later(exchange, reply.latency, self._stream_begin, exchange, request, reply, fault, chunk_delay)
+
+    def _stream_begin(
+        self, exchange: Exchange, request: FakeRequest, reply: Reply, fault: Fault | None, chunk_delay: float
+    ) -> None:
+        if exchange.finished:
+            return
         events = self._stream_events(request, reply)
         kind = fault.kind if fault is not None else None
         cut = fault.after_chunks if fault is not None and kind in ("hang", "truncated") else len(events)
         if kind == "hang" and cut <= 0:
-            await asyncio.Event().wait()  # until cancelled by a disconnect or the server stopping
+            return  # nothing is sent; the exchange stays open until a disconnect or stop()
         if kind == "malformed_json":
             events[0] = events[0][: len(events[0]) // 2]
+        head = exchange.chunked_head(200, "text/event-stream")
+        self._stream_step(exchange, events[:cut], 0, fault, chunk_delay, [head])
+
+    def _stream_step(
+        self,
+        exchange: Exchange,
+        events: list[bytes],
+        i: int,
+        fault: Fault | None,
+        chunk_delay: float,
+        out: list[bytes],
+    ) -> None:
+        if exchange.finished:
+            return
         # Events due at the same time go out in one write (one syscall).
-        out = [exchange.chunked_head(200, "text/event-stream")]
-        for i, data in enumerate(events[:cut]):
-            if i and chunk_delay > 0:
+        while i < len(events):
+            out.append(frame_chunk(b"data: %b\n\n" % events[i]))
+            i += 1
+            if i < len(events) and chunk_delay > 0:
                 exchange.conn.write(b"".join(out))
-                out.clear()
-                await asyncio.sleep(chunk_delay)
-            out.append(frame_chunk(b"data: %b\n\n" % data))
+                self._later(exchange, chunk_delay, self._stream_step, exchange, events, i, fault, chunk_delay, [])
+                return
+        kind = fault.kind if fault is not None else None
         if kind == "hang":
-            exchange.conn.write(b"".join(out))
-            await asyncio.Event().wait()
-        if kind == "truncated":
+            exchange.conn.write(b"".join(out))  # then nothing more, as above
+        elif kind == "truncated":
             exchange.conn.write(b"".join(out))
             if fault is not None and fault.clean:
                 exchange.end_chunked()
             else:
                 exchange.abort(False)
-            return
-        out.append(frame_chunk(b"data: [DONE]\n\n"))
-        exchange.end_chunked(b"".join(out))
+        else:
+            out.append(frame_chunk(b"data: [DONE]\n\n"))
+            exchange.end_chunked(b"".join(out))
 
-    async def _stream_raw(self, exchange: Exchange, chunk: dict[str, Any]) -> None:
-        if self.latency > 0:
-            await asyncio.sleep(self.latency)
+    def _stream_raw(self, exchange: Exchange, chunk: dict[str, Any]) -> None:
+        if exchange.finished:
+            return
         head = exchange.chunked_head(200, "text/event-stream")
         exchange.end_chunked(head + frame_chunk(b"data: %b\n\ndata: [DONE]\n\n" % dumps(chunk)))
 
@@ -576,17 +598,17 @@ class ServerCore:
             self._later(exchange, fault.delay, exchange.abort, True)
         elif kind == "hang":
             if request.stream and fault.after_chunks > 0:
-                self._spawn(exchange, self._stream(exchange, request, FAULT_REPLY, fault))
+                self._stream(exchange, request, FAULT_REPLY, fault)
             # else: nothing at all; the exchange stays open until a disconnect or stop()
         elif kind == "malformed_json":
             if request.stream:
-                self._spawn(exchange, self._stream(exchange, request, FAULT_REPLY, fault))
+                self._stream(exchange, request, FAULT_REPLY, fault)
             else:
                 data = self._completion(request, FAULT_REPLY)
                 self._later(exchange, fault.delay, exchange.send, 200, data[: len(data) // 2])
         elif kind == "truncated":
             if request.stream:
-                self._spawn(exchange, self._stream(exchange, request, FAULT_REPLY, fault))
+                self._stream(exchange, request, FAULT_REPLY, fault)
             else:
                 data = self._completion(request, FAULT_REPLY)
                 self._later(exchange, None, self._send_truncated, exchange, data)
