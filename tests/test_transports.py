@@ -741,6 +741,32 @@ def test_get_transport_is_per_loop_and_closed_with_it(server: RawServer) -> None
         anyio.run(seen[0].post, server.url, b"", {})
 
 
+def test_get_transport_from_many_threads_and_both_backends_at_once(server: RawServer) -> None:
+    seen: list[Any] = []  # the transports themselves: ids of dead objects can be reused
+    errors: list[BaseException] = []
+
+    async def use() -> None:
+        t = get_transport()
+        for i in range(20):
+            assert json.loads((await t.post(server.url, str(i).encode(), {})).body)["echo"] == str(i)
+        seen.append(t)
+
+    def thread(backend: str) -> None:
+        try:
+            anyio.run(use, backend=backend)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=thread, args=(b,)) for b in ["asyncio", "trio"] * 4]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(30)
+    assert errors == []
+    assert len({id(t) for t in seen}) == 8
+    assert server.connections == 8  # one keep-alive connection per loop, reused within it
+
+
 def test_transport_used_from_another_loop_raises(server: RawServer) -> None:
     t = HTTP11Transport()
     anyio.run(t.post, server.url, b"", {})
