@@ -92,9 +92,7 @@ async def test_errors_are_not_cached(server: FakeOpenAIServer, cache_dir: Path) 
     assert server.requests == 2
 
 
-async def test_single_flight_100_identical_calls_make_one_request(
-    server: FakeOpenAIServer, cache_dir: Path
-) -> None:
+async def test_single_flight_100_identical_calls_make_one_request(server: FakeOpenAIServer, cache_dir: Path) -> None:
     server.latency = 0.2
     lm = make_lm(server)
     prompt = unique()
@@ -145,9 +143,7 @@ async def test_single_flight_across_threads_and_loops(server: FakeOpenAIServer, 
     assert server.requests == 1
 
 
-async def test_a_cancelled_leader_hands_the_request_to_a_waiter(
-    server: FakeOpenAIServer, cache_dir: Path
-) -> None:
+async def test_a_cancelled_leader_hands_the_request_to_a_waiter(server: FakeOpenAIServer, cache_dir: Path) -> None:
     server.fail_next(Fault.hang())  # the leader's request never completes on its own
     lm = make_lm(server)
     prompt = unique()
@@ -267,3 +263,30 @@ def test_cache_persists_across_processes_and_holds_no_secret(
         assert KEY.encode() not in data and b"SECRET" not in data
         assert server.base_url.encode() not in data
     assert prompt.encode() in (tmp_path / _cache.FILE_NAME).read_bytes()  # it is the right file
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs os.fork")
+def test_a_forked_child_uses_the_cache_afresh(fake_openai_server: FakeOpenAIServer, tmp_path: Path) -> None:
+    import os
+
+    server = fake_openai_server
+    prompt = unique("fork")
+    with asynclm.context(cache_dir=str(tmp_path)):
+        make_lm(server).sync(prompt)
+        _cache.disk_cache(str(tmp_path)).flush()
+        _cache.memory_cache._lock.acquire()  # as if another thread held it at the fork
+        try:
+            pid = os.fork()
+            if pid == 0:  # the child: must not deadlock, and finds the parent's entries
+                code = 1
+                try:
+                    _cache.memory_cache.clear()
+                    hit = make_lm(server).sync(prompt).cache_hit
+                    code = 0 if hit else 2
+                finally:
+                    os._exit(code)
+        finally:
+            _cache.memory_cache._lock.release()
+        _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert server.requests == 1

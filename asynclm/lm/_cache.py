@@ -216,14 +216,15 @@ def _close_disks() -> None:
         disk.close()
 
 
-def _forget_in_child() -> None:  # the parent's writer threads and connections are not ours
+def _forget_in_child() -> None:
+    # In a forked child the parent's writer threads, connections and in-flight requests do not
+    # exist, and a lock some other parent thread held at the fork would stay held forever.
     global _disks, _disks_lock
     _disks = {}
     _disks_lock = threading.Lock()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forget_in_child)
+    memory_cache._lock = threading.Lock()
+    flights._flights = {}
+    flights._lock = threading.Lock()
 
 
 class Flight:
@@ -264,3 +265,6 @@ class Flights:
 
 
 flights = Flights()
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_in_child)
