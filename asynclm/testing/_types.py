@@ -173,7 +173,9 @@ class Fault:
       connection is then closed (``clean=True`` instead ends a stream's HTTP body properly, just
       without the final events and ``[DONE]``).
 
-    ``delay`` is the number of seconds before the fault acts (default 0: at once).
+    Timing: an error status, a reset and a malformed JSON body act after ``delay`` seconds (default 0:
+    at once, as a rate limiter or a crashed upstream would). A truncated body and the stream faults
+    follow the server's ``latency`` and ``chunk_delay`` like a normal response, then break.
     """
 
     kind: FaultKind
