@@ -794,7 +794,7 @@ def test_restart_after_stop_and_stop_from_the_server_thread() -> None:
             return str(exc)
         return "stopped?"
 
-    server = FakeOpenAIServer(respond)
+    server = FakeOpenAIServer(respond, latency=0.01)
     with server:
         data = httpx.post(f"{server.base_url}/chat/completions", json=body()).json()
         assert "server's own thread" in data["choices"][0]["message"]["content"]

@@ -136,6 +136,7 @@ class ServerCore:
             self.server.close()
         if self.fifo_timer is not None:
             self.fifo_timer.cancel()
+            self.fifo_timer = None
         self.fifo.clear()
         for conn in list(self.connections):
             if conn.exchange is not None:
