@@ -300,7 +300,7 @@ class ServerCore:
         self.errors.append(exc)
         exchange.send_error(
             500,
-            f"FakeOpenAIServer: the response function raised {exc!r} (see server.errors)",
+            f"FakeOpenAIServer: the scripted response failed: {exc!r} (see server.errors)",
             "server_error",
             "fake_server_function_error",
         )
