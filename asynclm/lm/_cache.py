@@ -24,6 +24,7 @@ import os
 import queue
 import sqlite3
 import threading
+import time
 from collections import OrderedDict
 from pathlib import Path
 
@@ -33,6 +34,7 @@ __all__ = ["DiskCache", "Flight", "MemoryCache", "cache_key", "disk_cache", "fli
 
 _SCHEMA = "CREATE TABLE IF NOT EXISTS responses (key TEXT PRIMARY KEY, value TEXT NOT NULL)"
 FILE_NAME = "lm_cache_v1.sqlite3"
+_BATCH_WINDOW = 0.05  # seconds
 
 
 def cache_key(canonical_body: bytes, rollout_id: object) -> str:
@@ -139,6 +141,10 @@ class DiskCache:
     def _write_loop(self) -> None:
         while True:
             item = self._queue.get()
+            if isinstance(item, tuple):
+                # Let writes gather for a moment: one commit per batch instead of per response
+                # keeps this thread from contending for the GIL on every call.
+                time.sleep(_BATCH_WINDOW)
             batch: list[tuple[str, str]] = []
             events: list[threading.Event] = []
             while True:
