@@ -198,6 +198,33 @@ async def test_per_item_timeout_raises_timeout_error_by_default() -> None:
         await Parallel(timeout=0.05)([(slow, ())])
 
 
+async def test_per_item_timeout_applies_to_sync_callables_too() -> None:
+    # A worker thread cannot be interrupted: the item fails when the function returns late.
+    def slow() -> str:
+        threading.Event().wait(0.3)
+        return "late"
+
+    def fast() -> str:
+        return "ok"
+
+    out = await Parallel(timeout=0.05, return_exceptions=True)([(slow, ()), (fast, ())])
+    assert isinstance(out[0], TimeoutError)
+    assert "item 0" in str(out[0])
+    assert out[1] == "ok"
+
+
+async def test_an_item_that_swallows_its_cancellation_still_times_out() -> None:
+    async def stubborn() -> str:
+        try:
+            await anyio.sleep(30)
+        except anyio.get_cancelled_exc_class():
+            pass  # misbehaving: swallows the cancellation and returns a value
+        return "late"
+
+    with pytest.raises(TimeoutError):
+        await Parallel(timeout=0.05)([(stubborn, ())])
+
+
 async def test_nested_parallel() -> None:
     inner = Parallel(concurrency=3)
     gauge = InFlight()

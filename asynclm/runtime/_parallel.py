@@ -154,8 +154,12 @@ async def run_items(
                 if timeout is None:
                     value = await invoke(fn, args, index)
                 else:
-                    with anyio.fail_after(timeout):
+                    with anyio.move_on_after(timeout) as deadline:
                         value = await invoke(fn, args, index)
+                    if deadline.cancel_called:
+                        # Also when the item could not be interrupted and returned late (a sync
+                        # callable finishes its worker thread first): over the deadline is a failure.
+                        raise TimeoutError(f"Parallel item {index} did not finish within {timeout} s")
             except Exception as exc:
                 if on_result is not None:
                     on_result(index, None, exc)
