@@ -389,6 +389,90 @@ async def test_truncated_body_raises(server: RawServer) -> None:
     assert len(server.requests) == 1  # a partly received response is never retried
 
 
+# -- the connection cap ------------------------------------------------------------------------
+
+
+async def test_max_connections_caps_open_connections(server: RawServer) -> None:
+    in_flight = max_in_flight = 0
+
+    async def slow(server: RawServer, req: Request, r: Any, w: asyncio.StreamWriter) -> bool:
+        nonlocal in_flight, max_in_flight
+        in_flight += 1
+        max_in_flight = max(max_in_flight, in_flight)
+        await asyncio.sleep(0.02)
+        in_flight -= 1
+        w.write(reply(req.body))
+        return True
+
+    server.routes["/slow"] = slow
+    t = HTTP11Transport(max_connections=4)
+    results: dict[int, bytes] = {}
+
+    async def one(i: int) -> None:
+        results[i] = (await t.post(server.url + "/slow", str(i).encode(), {})).body
+
+    try:
+        async with anyio.create_task_group() as tg:
+            for i in range(40):
+                tg.start_soon(one, i)
+    finally:
+        await t.aclose()
+    assert results == {i: str(i).encode() for i in range(40)}
+    assert server.connections == 4
+    assert max_in_flight == 4
+
+
+async def test_max_connections_waiter_cancelled_does_not_lose_the_slot(server: RawServer) -> None:
+    release = threading.Event()
+
+    async def gated(server: RawServer, req: Request, r: Any, w: asyncio.StreamWriter) -> bool:
+        await asyncio.to_thread(release.wait, 5)
+        w.write(reply(b"done"))
+        return True
+
+    server.routes["/gated"] = gated
+    t = HTTP11Transport(max_connections=1)
+    done: list[str] = []
+
+    async def call(name: str, path: str) -> None:
+        await t.post(server.url + path, b"", {})
+        done.append(name)
+
+    try:
+        with anyio.fail_after(5):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(call, "holder", "/gated")
+                await eventually(lambda: len(server.requests) == 1)
+                with anyio.CancelScope() as waiter_scope:
+                    tg.start_soon(call, "third", "/")
+                    async with anyio.create_task_group() as inner:
+                        inner.start_soon(call, "cancelled", "/")
+                        await anyio.sleep(0.05)
+                        assert len(t._slot_waiters) == 2
+                        inner.cancel_scope.cancel()
+                assert not waiter_scope.cancel_called
+                assert len(t._slot_waiters) == 1
+                release.set()
+    finally:
+        await t.aclose()
+    assert done == ["holder", "third"]
+    assert server.connections == 1  # "third" reused the holder's connection
+
+
+async def test_max_connections_closes_idle_connections_to_other_origins(server: RawServer) -> None:
+    t = HTTP11Transport(max_connections=1)
+    try:
+        with RawServer() as other:
+            assert (await t.post(server.url, b"a", {})).status == 200
+            assert (await t.post(other.url, b"b", {})).status == 200  # evicts the idle one to `server`
+            assert (await t.post(server.url, b"c", {})).status == 200
+            assert (server.connections, other.connections) == (2, 1)
+            await eventually(lambda: server.closed_conns == 1 and other.closed_conns == 1)
+            assert t._open == 1
+    finally:
+        await t.aclose()
+
+
 # -- stale keep-alive connections -------------------------------------------------------------
 
 

@@ -136,7 +136,7 @@ class _Target:
 
 
 class _Connection:
-    __slots__ = ("buf", "expires", "fd", "origin", "received", "reused", "stream")
+    __slots__ = ("buf", "closed", "expires", "fd", "origin", "received", "reused", "stream")
 
     def __init__(self, stream: ByteStream, origin: tuple[str, str, int]) -> None:
         self.stream = stream
@@ -145,6 +145,7 @@ class _Connection:
         self.reused = False
         self.received = False  # any byte of the current response arrived
         self.expires = 0.0
+        self.closed = False
         self.fd = -1
         try:
             self.fd = stream.extra(anyio.abc.SocketAttribute.raw_socket).fileno()
@@ -432,12 +433,12 @@ class _StreamingResponse:
     async def _finish(self) -> None:
         conn, self._conn = self._conn, None
         if conn is not None and not (self._keep_alive and self._transport._release(conn, self.headers)):
-            await _close_stream(conn.stream)
+            await self._transport._discard(conn)
 
     async def _abort(self) -> None:
         conn, self._conn = self._conn, None
         if conn is not None:
-            await _close_stream(conn.stream)
+            await self._transport._discard(conn)
 
     async def aread(self) -> bytes:
         return b"".join([chunk async for chunk in self])
@@ -470,6 +471,10 @@ class HTTP11Transport:
             server's ``Keep-Alive: timeout=N``).
         ssl_context: for https; defaults to ``ssl.create_default_context()`` (system CAs).
         max_idle_per_origin: idle connections kept per origin; extra ones are closed.
+        max_connections: open connections (idle or in use, all origins) at most; a request
+            beyond it waits for one to be returned or closed (an idle connection to another
+            origin is closed to make room). ``None``: no cap — concurrency is then bounded by
+            the caller (``LM(max_concurrency=...)``, ``batch(concurrency=...)``).
         user_agent: the ``User-Agent`` sent unless the caller's headers give one.
 
     Bound to the event loop of its first use; use :func:`get_transport` to get the running loop's.
@@ -483,8 +488,11 @@ class HTTP11Transport:
         keepalive_expiry: float = 15.0,
         ssl_context: ssl.SSLContext | None = None,
         max_idle_per_origin: int = 1024,
+        max_connections: int | None = None,
         user_agent: str = _USER_AGENT,
     ) -> None:
+        if max_connections is not None and max_connections < 1:
+            raise ValueError(f"max_connections must be at least 1 (or None), got {max_connections}")
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
         self.keepalive_expiry = keepalive_expiry
@@ -496,10 +504,13 @@ class HTTP11Transport:
         self._loop: Any = None
         self._closed = False
         self._to_close: list[_Connection] = []
+        self.max_connections = max_connections
+        self._open = 0  # connections open or being opened
+        self._slot_waiters: deque[anyio.Event] = deque()
 
     def __repr__(self) -> str:
         idle = sum(len(d) for d in self._idle.values())
-        return f"<HTTP11Transport idle={idle}{' closed' if self._closed else ''}>"
+        return f"<HTTP11Transport open={self._open} idle={idle}{' closed' if self._closed else ''}>"
 
     # -- public API --------------------------------------------------------------------------
 
@@ -546,7 +557,7 @@ class HTTP11Transport:
         self._idle.clear()
         self._to_close = []
         for conn in conns:
-            await _close_stream(conn.stream)
+            await self._discard(conn)
 
     # -- internals ---------------------------------------------------------------------------
 
@@ -595,20 +606,59 @@ class HTTP11Transport:
         if self._to_close:
             pending, self._to_close = self._to_close, []
             for conn in pending:
-                await _close_stream(conn.stream)
-        if not fresh:
-            idle = self._idle.get(target.origin)
+                await self._discard(conn)
+        while True:
+            if not fresh:
+                idle = self._idle.get(target.origin)
+                if idle:
+                    now = time.monotonic()
+                    while idle and idle[0].expires < now:  # prune the oldest
+                        await self._discard(idle.popleft())
+                    while idle:
+                        conn = idle.pop()
+                        if conn.looks_alive():
+                            conn.reused = True
+                            return conn
+                        await self._discard(conn)
+            if self.max_connections is None or self._open < self.max_connections:
+                break
+            await self._wait_for_slot()
+        self._open += 1
+        try:
+            return await self._connect(target, connect_t)
+        except BaseException:
+            self._open -= 1
+            self._wake_one()
+            raise
+
+    async def _wait_for_slot(self) -> None:
+        """At the connection cap: free an idle connection to another origin, or wait."""
+        for idle in self._idle.values():
             if idle:
-                now = time.monotonic()
-                while idle and idle[0].expires < now:  # prune the oldest
-                    await _close_stream(idle.popleft().stream)
-                while idle:
-                    conn = idle.pop()
-                    if conn.looks_alive():
-                        conn.reused = True
-                        return conn
-                    await _close_stream(conn.stream)
-        return await self._connect(target, connect_t)
+                await self._discard(idle.popleft())
+                return
+        event = anyio.Event()
+        self._slot_waiters.append(event)
+        try:
+            await event.wait()
+        except BaseException:
+            if event.is_set():
+                self._wake_one()  # we were handed a slot but are leaving: pass it on
+            else:
+                self._slot_waiters.remove(event)
+            raise
+
+    def _wake_one(self) -> None:
+        if self._slot_waiters:
+            self._slot_waiters.popleft().set()
+
+    async def _discard(self, conn: _Connection) -> None:
+        """Close a connection for good (never reused) and free its slot."""
+        if not conn.closed:  # a second discard is a no-op
+            conn.closed = True
+            self._open -= 1
+            self._wake_one()
+            await _close_stream(conn.stream)
 
     async def _connect(self, target: _Target, connect_t: float | None) -> _Connection:
         stream: ByteStream
@@ -688,10 +738,10 @@ class HTTP11Transport:
                     decoder = _Decoder(enc)
                     body = decoder.feed(body) + decoder.flush()
         except TransportError:
-            await _close_stream(conn.stream)
+            await self._discard(conn)
             raise
         except _NETWORK_ERRORS as exc:
-            await _close_stream(conn.stream)
+            await self._discard(conn)
             if conn.reused and not conn.received:
                 raise _Stale from exc
             if isinstance(exc, anyio.EndOfStream):
@@ -700,10 +750,10 @@ class HTTP11Transport:
                 msg = f"connection failed: {exc!r}"
             raise TransportError(f"{target.safe_url}: {msg}") from exc
         except BaseException:  # cancelled, timed out, malformed response: never reuse
-            await _close_stream(conn.stream)
+            await self._discard(conn)
             raise
         if not (keep_alive and self._release(conn, headers)):
-            await _close_stream(conn.stream)
+            await self._discard(conn)
         return Response(status, headers, body)
 
     def _release(self, conn: _Connection, headers: Mapping[str, str]) -> bool:
@@ -726,4 +776,6 @@ class HTTP11Transport:
         if len(idle) > self.max_idle_per_origin:
             # Called from synchronous code: the close happens at the next acquire or aclose.
             self._to_close.append(idle.popleft())
+        elif self._slot_waiters:
+            self._wake_one()  # a waiter for this origin can take it
         return True
