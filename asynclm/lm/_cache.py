@@ -83,7 +83,8 @@ class DiskCache:
 
     def __init__(self, directory: str | os.PathLike[str]) -> None:
         self.path = Path(directory) / FILE_NAME
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the connection; taken in worker threads only
+        self._start_lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
         self._queue: queue.SimpleQueue[tuple[str, str] | threading.Event | None] = queue.SimpleQueue()
         self._writer: threading.Thread | None = None
@@ -119,9 +120,10 @@ class DiskCache:
 
     def put(self, key: str, value: bytes) -> None:
         """Queue a write (never blocks)."""
-        if self._writer is None:
-            with self._lock:
-                if self._writer is None:
+        writer = self._writer
+        if writer is None or not writer.is_alive():  # first write, or one after close()
+            with self._start_lock:  # not self._lock: a reader may hold that for a while
+                if self._writer is writer:
                     self._writer = threading.Thread(
                         target=self._write_loop, name=f"asynclm-cache-writer {self.path}", daemon=True
                     )
