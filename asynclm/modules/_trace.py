@@ -13,6 +13,8 @@ from collections.abc import Iterator
 from contextvars import ContextVar
 from typing import Any
 
+from asynclm.runtime import current_settings
+
 __all__ = ["TraceEntry", "record", "trace_scope"]
 
 TraceEntry = tuple[Any, dict[str, Any], Any]
@@ -32,6 +34,7 @@ def trace_scope() -> Iterator[list[TraceEntry]]:
 
 
 def record(predictor: Any, inputs: dict[str, Any], prediction: Any) -> None:
+    """Append to the enclosing trace, unless ``asynclm.context(trace=False)`` turned recording off."""
     entries = _trace.get()
-    if entries is not None:
+    if entries is not None and current_settings().trace:
         entries.append((predictor, inputs, prediction))
