@@ -752,6 +752,12 @@ async def test_invalid_requests_raise_value_error(
         await t.aclose()
 
 
+async def test_non_text_header_value_is_a_type_error() -> None:
+    t = HTTP11Transport()
+    with pytest.raises(TypeError, match="'X-N' must be a str"):
+        await t.post("http://127.0.0.1:1/", b"", {"X-N": 3})  # type: ignore[dict-item]
+
+
 async def test_closed_transport_refuses_requests(server: RawServer) -> None:
     t = HTTP11Transport()
     await t.post(server.url, b"", {})

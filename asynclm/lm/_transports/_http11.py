@@ -592,6 +592,8 @@ class HTTP11Transport:
                 continue
             if lname == "user-agent":
                 ua = False
+            if not isinstance(value, str):
+                raise TypeError(f"HTTP header {name!r} must be a str, not {type(value).__name__}")
             if "\r" in value or "\n" in value or (name not in _VALID_NAMES and not _valid_name(name)):
                 raise ValueError(f"invalid HTTP header {name!r}: names must be tokens, values one line")
             head.append(f"{name}: {value}\r\n")
