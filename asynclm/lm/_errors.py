@@ -70,7 +70,7 @@ class AuthenticationError(LMError):
 
 
 class BadRequestError(LMError):
-    """400/404/422 (and other 4xx): the request itself is wrong (unknown model, bad parameter). Never retried."""
+    """400/404/422 and other 4xx: the request is wrong (unknown model, bad parameter). Never retried."""
 
 
 class ContextWindowExceededError(BadRequestError):

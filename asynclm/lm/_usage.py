@@ -83,8 +83,9 @@ class UsageTracker:
 
     def __repr__(self) -> str:
         return (
-            f"<UsageTracker calls={self.calls} cache_hits={self.cache_hits} prompt_tokens={self.prompt_tokens} "
-            f"completion_tokens={self.completion_tokens} total_tokens={self.total_tokens}>"
+            f"<UsageTracker calls={self.calls} cache_hits={self.cache_hits} "
+            f"prompt_tokens={self.prompt_tokens} completion_tokens={self.completion_tokens} "
+            f"total_tokens={self.total_tokens}>"
         )
 
 
