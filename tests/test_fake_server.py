@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import json
 import socket
 import subprocess
@@ -12,6 +14,8 @@ from typing import Any
 import anyio
 import httpx
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from asynclm.testing import DEFAULT_FAULTS, FakeOpenAIServer, FakeRequest, Fault, Headers, Reply, SpawnedFakeServer
 
@@ -150,9 +154,7 @@ def test_response_function_may_return_dicts_faults_and_replies() -> None:
 
 async def test_async_response_function() -> None:
     async def respond(request: FakeRequest) -> str:
-        import asyncio  # response functions run on the server's own asyncio loop
-
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(0.01)  # response functions run on the server's own asyncio loop
         return "async " + request.last_user_message
 
     async with FakeOpenAIServer(respond) as server, httpx.AsyncClient(base_url=server.base_url) as client:
@@ -516,8 +518,6 @@ def test_fault_parse() -> None:
 
 
 async def test_max_in_flight_counts_concurrent_requests() -> None:
-    import asyncio
-
     arrived = 0
     all_arrived: asyncio.Event | None = None
 
@@ -801,3 +801,75 @@ def test_restart_after_stop_and_stop_from_the_server_thread() -> None:
     with server:  # a stopped server starts again, on a new port, with its counters kept
         httpx.post(f"{server.base_url}/chat/completions", json=body())
         assert server.requests == 2
+
+
+# --------------------------------------------------------------------------------------------------
+# The request parser, fed byte streams cut anywhere (no sockets: the protocol object directly)
+# --------------------------------------------------------------------------------------------------
+
+
+class _Transport(asyncio.Transport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.written = b""
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.written += data
+
+    def close(self) -> None:
+        self.closed = True
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return default
+
+
+class _Core:
+    def __init__(self) -> None:
+        self.connections: set[Any] = set()
+        self.seen: list[Any] = []
+
+    def dispatch(self, conn: Any, raw: Any) -> None:
+        from asynclm.testing._http import Exchange
+
+        self.seen.append(raw)
+        Exchange(conn, raw.keep_alive, "req").send(200, b"{}")
+
+
+def _requests_bytes(bodies: list[bytes], chunked: list[bool]) -> bytes:
+    out = b""
+    for body_bytes, is_chunked in zip(bodies, chunked[: len(bodies)], strict=True):
+        if is_chunked:
+            half = len(body_bytes) // 2
+            framed = b"".join(b"%x\r\n%b\r\n" % (len(p), p) for p in (body_bytes[:half], body_bytes[half:]) if p)
+            out += b"POST /v1/chat/completions HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n" + framed + b"0\r\n\r\n"
+        else:
+            out += b"POST /v1/chat/completions HTTP/1.1\r\nX-A: 1\r\nContent-Length: %d\r\n\r\n%b" % (
+                len(body_bytes),
+                body_bytes,
+            )
+    return out
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    bodies=st.lists(st.binary(max_size=300), min_size=1, max_size=4),
+    chunked=st.lists(st.booleans(), min_size=4, max_size=4),
+    cuts=st.lists(st.integers(min_value=0, max_value=2000), max_size=10),
+)
+def test_parser_handles_any_split_of_pipelined_requests(
+    bodies: list[bytes], chunked: list[bool], cuts: list[int]
+) -> None:
+    from asynclm.testing._http import Connection
+
+    data = _requests_bytes(bodies, chunked)
+    core = _Core()
+    conn = Connection(core)  # type: ignore[arg-type]
+    transport = _Transport()
+    conn.connection_made(transport)  # type: ignore[arg-type]
+    points = sorted({c % (len(data) + 1) for c in cuts} | {0, len(data)})
+    for start, end in itertools.pairwise(points):
+        conn.data_received(data[start:end])
+    assert [raw.body for raw in core.seen] == bodies
+    assert transport.written.count(b"HTTP/1.1 200 OK") == len(bodies)
+    assert not transport.closed
