@@ -163,6 +163,15 @@ class LM(SyncCallable):
             doubling up to 8, jittered), used when the server sends no ``Retry-After``.
     """
 
+    def __new__(cls, model: Any = None, *args: Any, **kwargs: Any) -> LM:
+        # LM("local/...") is the embedded local model: build a LocalLM (its own module, loaded
+        # only here, so that plain LMs never import it).
+        if cls is LM and isinstance(model, str) and model.startswith("local/"):
+            from ._local import LocalLM
+
+            return super().__new__(LocalLM)
+        return super().__new__(cls)
+
     def __init__(
         self,
         model: str,
