@@ -873,3 +873,12 @@ def test_parser_handles_any_split_of_pipelined_requests(
     assert [raw.body for raw in core.seen] == bodies
     assert transport.written.count(b"HTTP/1.1 200 OK") == len(bodies)
     assert not transport.closed
+
+
+def test_importing_the_kit_is_light_and_scripted_lm_loads_lazily() -> None:
+    code = (
+        "import sys, asynclm.testing as t\n"
+        "assert 'asynclm.lm' not in sys.modules, 'the LM client was imported eagerly'\n"
+        "assert t.ScriptedLM.__name__ == 'ScriptedLM' and 'asynclm.lm' in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

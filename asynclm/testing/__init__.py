@@ -1,16 +1,31 @@
 """The asynclm testing kit: a real OpenAI-compatible server on loopback with fault injection
 (:class:`FakeOpenAIServer`), an in-process scripted LM (:class:`ScriptedLM`) and pytest fixtures
-(``asynclm.testing.pytest_plugin``, loaded automatically by pytest).
+(``asynclm.testing.pytest_plugin``, loaded automatically by pytest). See ``docs/testing.md``.
 """
 
 from __future__ import annotations
 
+import importlib
 from typing import TYPE_CHECKING, Any
 
 from ._server import DEFAULT_FAULTS, FakeOpenAIServer, FakeRequest, Fault, Headers, Reply, SpawnedFakeServer
 
 if TYPE_CHECKING:
-    from ._scripted import ScriptedLM  # type: ignore[import-not-found, unused-ignore]
+    from ._scripted import (  # type: ignore[import-not-found, unused-ignore]
+        ScriptedLM,
+        ScriptedRequest,
+        render_chat,
+        render_json,
+    )
+
+# Loaded on first use: they import the LM client (heavier than the server), and a missing or broken
+# module must never break ``import asynclm.testing`` (nor the pytest plugin).
+_LAZY = {
+    "ScriptedLM": "._scripted",
+    "ScriptedRequest": "._scripted",
+    "render_chat": "._scripted",
+    "render_json": "._scripted",
+}
 
 __all__ = [
     "DEFAULT_FAULTS",
@@ -20,15 +35,17 @@ __all__ = [
     "Headers",
     "Reply",
     "ScriptedLM",
+    "ScriptedRequest",
     "SpawnedFakeServer",
+    "render_chat",
+    "render_json",
 ]
 
 
 def __getattr__(name: str) -> Any:
-    # ScriptedLM lives in a module written separately; load it on first use so that a missing or
-    # broken module never breaks ``import asynclm.testing`` (nor the pytest plugin).
-    if name == "ScriptedLM":
-        from ._scripted import ScriptedLM  # type: ignore[import-not-found, unused-ignore]
-
-        return ScriptedLM
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
