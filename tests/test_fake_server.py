@@ -882,3 +882,38 @@ def test_importing_the_kit_is_light_and_scripted_lm_loads_lazily() -> None:
         "assert t.ScriptedLM.__name__ == 'ScriptedLM' and 'asynclm.lm' in sys.modules\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def _process_gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            return any(line.split() == ["State:", "Z", "(zombie)"] for line in status)
+    except FileNotFoundError:
+        return True
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_spawned_server_dies_with_its_parent() -> None:
+    parent = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import time\n"
+            "from asynclm.testing import FakeOpenAIServer\n"
+            "child = FakeOpenAIServer.spawn()\n"
+            "print(child.pid, flush=True)\n"
+            "time.sleep(120)\n",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert parent.stdout is not None
+    child_pid = int(parent.stdout.readline())
+    assert not _process_gone(child_pid)
+    parent.kill()  # no stop(), no atexit: only the closed stdin pipe tells the child
+    parent.wait()
+    parent.stdout.close()
+    deadline = time.monotonic() + 30
+    while not _process_gone(child_pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _process_gone(child_pid)

@@ -389,6 +389,7 @@ class FakeOpenAIServer:
             "asynclm.testing.server",
             "--port",
             "0",
+            "--exit-with-stdin",  # never outlive this process, even if stop() is never called
             f"--latency={latency!r}",
             f"--text={text}",  # the --opt=value form: a value starting with "-" stays a value
             f"--model={model}",
@@ -421,7 +422,7 @@ class SpawnedFakeServer:
         self._stderr = tempfile.TemporaryFile()
         self._stderr_text = ""
         self.process = subprocess.Popen(
-            args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=self._stderr, text=True
+            args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr, text=True
         )
         self.final_stats: dict[str, Any] | None = None
         port: list[int] = []
@@ -451,8 +452,9 @@ class SpawnedFakeServer:
         if not self._stderr.closed:
             self._stderr_text = self.stderr_output()
             self._stderr.close()
-        if self.process.stdout is not None:
-            self.process.stdout.close()
+        for stream in (self.process.stdin, self.process.stdout):
+            if stream is not None:
+                stream.close()
 
     def _read_port(self) -> int:
         assert self.process.stdout is not None

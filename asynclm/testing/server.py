@@ -3,7 +3,8 @@
     python -m asynclm.testing.server --port 0 --latency 0.05 --text ok
 
 The first line on stdout is the port it listens on (useful with ``--port 0``). It runs until
-SIGTERM or SIGINT. ``GET /_fake/stats`` returns its counters and CPU time as JSON.
+SIGTERM or SIGINT (or, with ``--exit-with-stdin``, until its stdin closes).
+``GET /_fake/stats`` returns its counters and CPU time as JSON.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import asyncio
 import contextlib
 import signal
 import sys
+import threading
 
 from ._server import FakeOpenAIServer, Fault, serve
 
@@ -37,6 +39,11 @@ def _parser() -> argparse.ArgumentParser:
         "(default: 429/500/503/reset/malformed/truncate)",
     )
     parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument(
+        "--exit-with-stdin",
+        action="store_true",
+        help="stop when stdin reaches end of file (so the server dies with the process that started it)",
+    )
     return parser
 
 
@@ -66,6 +73,14 @@ def main(argv: list[str] | None = None) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError):  # Windows
                 loop.add_signal_handler(sig, stop.set)
+        if args.exit_with_stdin:
+            # A daemon thread blocked on stdin: when the parent dies its end of the pipe closes.
+            def watch_stdin() -> None:
+                sys.stdin.buffer.read()
+                with contextlib.suppress(RuntimeError):  # the loop is already closed
+                    loop.call_soon_threadsafe(stop.set)
+
+            threading.Thread(target=watch_stdin, name="stdin-watch", daemon=True).start()
         await serve(server, stop)
 
     asyncio.run(run())
