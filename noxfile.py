@@ -27,6 +27,12 @@ def types(session: nox.Session) -> None:
 
 
 @nox.session
+def docs(session: nox.Session) -> None:
+    session.install("-e", ".[docs]")
+    session.run("mkdocs", "build", "--strict", *session.posargs)
+
+
+@nox.session
 def bench(session: nox.Session) -> None:
     session.install("-e", ".[dev,fast]")
     session.run("python", "-m", "bench", *session.posargs)

@@ -1,0 +1,260 @@
+"""Every example in examples/ runs end to end against a FakeOpenAIServer on loopback.
+
+Examples run as subprocesses, exactly as a user runs them (`python examples/x.py --model ...
+--base-url ...`); the FastAPI app runs under real uvicorn and gets concurrent requests over HTTP.
+The fake server answers in ChatAdapter format as a function of the request, so each test can check
+that every answer reached the question it belongs to.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+
+import asynclm as alm
+from asynclm.testing import FakeOpenAIServer, FakeRequest, Reply
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+MODEL = "openai/fake-model"
+
+_QUESTION = re.compile(r"\[\[ ## question ## \]\]\n(.*?)\n\n", re.S)
+
+
+def question_of(request: FakeRequest) -> str:
+    match = _QUESTION.search(request.last_user_message)
+    assert match, f"no question in {request.last_user_message!r}"
+    return match.group(1)
+
+
+def answer_for(question: str) -> str:
+    return f"A({question})"
+
+
+def chat_reply(request: FakeRequest, answer: str) -> str:
+    """The completion in ChatAdapter format, with a reasoning field when the program asks for one."""
+    parts = []
+    if "[[ ## reasoning ## ]]" in request.last_user_message:
+        parts.append("[[ ## reasoning ## ]]\nThinking it over.")
+    parts.append(f"[[ ## answer ## ]]\n{answer}")
+    parts.append("[[ ## completed ## ]]")
+    return "\n\n".join(parts)
+
+
+def example_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ASYNCLM_", "OPENAI_"))}
+    # A private cache directory: runs never read answers cached by another test or by the user.
+    env.update(XDG_CACHE_HOME=str(tmp_path / "cache"), OPENAI_API_KEY="sk-test", PYTHONUNBUFFERED="1", **extra)
+    return env
+
+
+def run_example(name: str, *args: str, env: dict[str, str], timeout: float = 120) -> str:
+    proc = subprocess.run(
+        [sys.executable, str(EXAMPLES / name), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=EXAMPLES.parent,
+    )
+    assert proc.returncode == 0, f"{name} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
+    return proc.stdout
+
+
+def load_example(name: str) -> Any:
+    """Import an example as a module (its `main` only runs under `if __name__ == "__main__"`)."""
+    spec = importlib.util.spec_from_file_location(f"asynclm_example_{name}", EXAMPLES / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_examples_use_only_the_public_api() -> None:
+    names = sorted(p.name for p in EXAMPLES.glob("*.py"))
+    assert names == ["fastapi_app.py", "optimize_qa.py", "threads.py", "trio_app.py"]
+    for name in names:
+        tree = ast.parse((EXAMPLES / name).read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("asynclm"):
+                assert not any(part.startswith("_") for part in node.module.split(".")), (name, node.module)
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "alm":
+                assert node.attr in alm.__all__, f"{name}: alm.{node.attr} is not a public name"
+
+
+def test_threads_example(tmp_path: Path) -> None:
+    seen: list[tuple[str, float]] = []
+
+    def respond(request: FakeRequest) -> str:
+        question = question_of(request)
+        seen.append((question, request.json["temperature"]))
+        return chat_reply(request, answer_for(question))
+
+    with FakeOpenAIServer(respond, latency=0.2) as server:
+        out = run_example(
+            "threads.py", "--model", MODEL, "--base-url", server.base_url, "--workers", "4", env=example_env(tmp_path)
+        )
+        max_in_flight = server.max_in_flight
+
+    QUESTIONS = load_example("threads").QUESTIONS
+    for question, style in QUESTIONS:
+        assert f"[{style:8}] {question} -> {answer_for(question)}\n" in out
+    assert "6 questions on 4 threads" in out
+    assert f"batch: 6 answers, first: {answer_for(QUESTIONS[0][0])}" in out
+    # Each worker's context(lm=...) reached its own request, whatever the other workers did at the time.
+    temperature = {"precise": 0.0, "creative": 1.0}
+    threaded = {(q, temperature[style]) for q, style in QUESTIONS}
+    # The batch runs with the configured default (precise): the precise questions are cache hits.
+    batched = {(q, 0.0) for q, style in QUESTIONS if style == "creative"}
+    assert sorted(seen) == sorted(threaded | batched)
+    assert max_in_flight >= 2, "the worker threads' calls did not overlap"
+
+
+def test_trio_example(tmp_path: Path) -> None:
+    def respond(request: FakeRequest) -> Any:
+        question = question_of(request)
+        if "essay" in question:  # answered only after the example's deadline: it must cancel it
+            return Reply(text=chat_reply(request, "..."), latency=60)
+        return chat_reply(request, answer_for(question))
+
+    trio_app = load_example("trio_app")
+    with FakeOpenAIServer(respond) as server:
+        out = run_example(
+            "trio_app.py",
+            "--model",
+            MODEL,
+            "--base-url",
+            server.base_url,
+            "--deadline",
+            "0.5",
+            env=example_env(tmp_path),
+        )
+        # The cancelled request's connection was closed by the client, not left to finish.
+        server.wait_until.sync(lambda s: s.client_disconnects == 1)
+        streamed = [r for r in server.request_log if r.stream]
+
+    first, *_ = trio_app.QUESTIONS
+    assert f"answer: {answer_for(first)}\n" in out
+    assert f"{[answer_for(q) for q in trio_app.QUESTIONS]}" in out
+    stream_question = "Describe trio in one sentence."
+    assert f"streamed: {answer_for(stream_question)}\n" in out
+    chunks = re.findall(r"^  \[answer\] '(.*)'$", out, re.M)
+    assert "".join(chunks).strip() == answer_for(stream_question)
+    assert len(streamed) == 1
+    assert "essay: cancelled after 0.5 s\n" in out
+    for question in trio_app.QUESTIONS[:2]:
+        assert f"legacy: {question} {answer_for(question)}\n" in out
+
+
+def test_optimize_example(tmp_path: Path) -> None:
+    optimize_qa = load_example("optimize_qa")
+    answers = dict(optimize_qa.TRAIN + optimize_qa.DEV)
+
+    def respond(request: FakeRequest) -> str:
+        # A model that knows every answer but follows the expected form only when shown demos
+        # (the system message and the question are 2 messages; demos add more).
+        answer = answers[question_of(request)]
+        if len(request.messages) == 2:
+            answer = f"The answer is {answer}."
+        return chat_reply(request, answer)
+
+    saved = tmp_path / "qa.json"
+    with FakeOpenAIServer(respond) as server:
+        out = run_example(
+            "optimize_qa.py",
+            "--model",
+            MODEL,
+            "--base-url",
+            server.base_url,
+            "--save",
+            str(saved),
+            env=example_env(tmp_path),
+        )
+    assert "zero-shot: 0.0%\n" in out
+    assert "demos per predictor: [3]\n" in out
+    assert "few-shot:  100.0%\n" in out
+    # The saved program loads into a fresh predictor with the bootstrapped demos, no LM or key.
+    text = saved.read_text(encoding="utf-8")
+    assert "sk-test" not in text and server.base_url not in text
+    program = alm.Predict("question -> answer").load(saved)
+    train = dict(optimize_qa.TRAIN)
+    assert [train[d.question] == d.answer for d in program.demos] == [True] * 3
+
+
+async def test_fastapi_example(tmp_path: Path) -> None:
+    def respond(request: FakeRequest) -> str:
+        return chat_reply(request, answer_for(question_of(request)))
+
+    async with FakeOpenAIServer(respond, latency=0.2) as server:
+        env = example_env(tmp_path, ASYNCLM_MODEL=MODEL, ASYNCLM_BASE_URL=server.base_url)
+        command = [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "fastapi_app:app",
+            "--app-dir",
+            str(EXAMPLES),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--no-access-log",
+        ]
+        async with await anyio.open_process(command, env=env) as process:
+            try:
+                url = await _uvicorn_url(process)
+                async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+                    results: dict[str, Any] = {}
+
+                    async def ask(route: str, question: str) -> None:
+                        response = await client.get(route, params={"question": question})
+                        assert response.status_code == 200, response.text
+                        results[f"{route} {question}"] = response.json()
+
+                    async def batch(questions: list[str]) -> None:
+                        response = await client.post("/batch", json=questions)
+                        assert response.status_code == 200, response.text
+                        results["batch"] = response.json()
+
+                    # 16 requests on each kind of route, all at once, plus a batch.
+                    async with anyio.create_task_group() as tg:
+                        for i in range(16):
+                            tg.start_soon(ask, "/ask", f"async question {i}?")
+                            tg.start_soon(ask, "/ask-sync", f"sync question {i}?")
+                        tg.start_soon(batch, [f"batch question {i}?" for i in range(5)])
+            finally:
+                process.terminate()
+
+    for route, kind in (("/ask", "async"), ("/ask-sync", "sync")):
+        for i in range(16):
+            question = f"{kind} question {i}?"
+            body = results[f"{route} {question}"]
+            assert body["question"] == question
+            assert body["answer"] == answer_for(question)
+            assert body["reasoning"] == "Thinking it over."
+            assert body["tokens"] > 0
+    assert [b["answer"] for b in results["batch"]] == [answer_for(f"batch question {i}?") for i in range(5)]
+    assert server.requests == 37
+    # Sync and async routes were served at the same time, not one after another.
+    assert server.max_in_flight >= 8
+
+
+async def _uvicorn_url(process: anyio.abc.Process) -> str:
+    """Read uvicorn's log until it says where it listens (the port is chosen by the OS)."""
+    assert process.stderr is not None
+    log = b""
+    with anyio.fail_after(30):
+        async for chunk in process.stderr:
+            log += chunk
+            match = re.search(rb"Uvicorn running on (http://127\.0\.0\.1:\d+)", log)
+            if match:
+                return match.group(1).decode()
+    raise AssertionError(f"uvicorn exited before listening:\n{log.decode(errors='replace')}")
