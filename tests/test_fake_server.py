@@ -917,3 +917,14 @@ def test_spawned_server_dies_with_its_parent() -> None:
     while not _process_gone(child_pid) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert _process_gone(child_pid)
+
+
+def test_errors_escaping_server_callbacks_are_recorded(caplog: pytest.LogCaptureFixture) -> None:
+    with FakeOpenAIServer() as server:
+        loop = server._loop
+        assert loop is not None
+        loop.call_soon_threadsafe(lambda: 1 / 0)
+        server.wait_until.sync(lambda s: len(s.errors) == 1)
+        assert isinstance(server.errors[0], ZeroDivisionError)
+        # the server keeps serving
+        assert httpx.post(f"{server.base_url}/chat/completions", json=body()).status_code == 200

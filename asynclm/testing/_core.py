@@ -157,6 +157,13 @@ class ServerCore:
         self.request_log.clear()
         self.errors.clear()
 
+    def on_loop_exception(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        """An error escaped a callback on the server's loop (a bug): log it as usual, and keep it in
+        :attr:`errors` so that a test can see it."""
+        exc = context.get("exception")
+        self.errors.append(exc if isinstance(exc, BaseException) else RuntimeError(str(context.get("message"))))
+        loop.default_exception_handler(context)
+
     def stats(self) -> dict[str, Any]:
         return {
             "requests": self.requests,

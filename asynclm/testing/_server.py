@@ -165,6 +165,7 @@ class FakeOpenAIServer:
 
             def run() -> None:
                 loop = asyncio.new_event_loop()
+                loop.set_exception_handler(self._core.on_loop_exception)
                 self._loop = loop
                 try:
                     try:
@@ -339,7 +340,8 @@ class FakeOpenAIServer:
 
     @property
     def errors(self) -> list[BaseException]:
-        """Exceptions raised by a response function (each was answered with a 500)."""
+        """Exceptions raised by scripted responses (each request was answered with a 500), and any
+        error escaping the server's own callbacks (a bug in the server; also logged)."""
         return list(self._core.errors)
 
     @sync_twin
