@@ -67,8 +67,15 @@ class LocalModelUnavailableError(ImportError):
     """The embedded local model cannot be used: its extra is not installed (or the model unknown)."""
 
 
+def _is_installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a broken or half-removed package
+        return False
+
+
 def _check_installed(spec: _ModelSpec) -> None:
-    missing = [m for m in ("xllamacpp", spec.package) if importlib.util.find_spec(m) is None]
+    missing = [m for m in ("xllamacpp", spec.package) if not _is_installed(m)]
     if missing:
         raise LocalModelUnavailableError(
             f"the embedded local model needs {' and '.join(missing)}, which {'is' if len(missing) == 1 else 'are'} "
@@ -141,7 +148,8 @@ class LocalServer:
     def __init__(self, config: _ServerConfig) -> None:
         self.config = config
         self.base_url: str | None = None  # http://127.0.0.1:<port>/v1 once ready
-        self.startup_seconds: float | None = None
+        self.startup_seconds: float | None = None  # of the last start, from the first call's view
+        self.starts = 0  # how many times a server process was started
         self._process: subprocess.Popen[bytes] | None = None
         self._log: Any = None
         self._owner_pid = os.getpid()
@@ -166,8 +174,7 @@ class LocalServer:
             # the start then completes for the next caller).
             url = await asyncify(self._start_blocking, abandon_on_cancel=True)(timeout)
             await _wait_healthy(url)
-        if self.startup_seconds is None:
-            self.startup_seconds = time.perf_counter() - started
+        self.startup_seconds = time.perf_counter() - started
         return url
 
     def _start_blocking(self, timeout: float) -> str:
@@ -216,6 +223,7 @@ class LocalServer:
                 ) from None
             self._process = process
             self._log = log
+            self.starts += 1
             self.base_url = address.rstrip("/") + "/v1"
             return self.base_url
 
@@ -368,9 +376,7 @@ class LocalLM(LM):
             raise ValueError(f"LocalLM(startup_timeout={startup_timeout!r}): use a number of seconds > 0")
         if "base_url" in kwargs or "api_key" in kwargs:
             raise TypeError("LocalLM runs its own server: base_url= and api_key= do not apply")
-        if model_path is None:
-            _check_installed(LOCAL_MODELS[name])
-        elif importlib.util.find_spec("xllamacpp") is None:
+        if model_path is None or not _is_installed("xllamacpp"):
             _check_installed(LOCAL_MODELS[name])
         # The real address is known once the server runs; until then requests go nowhere.
         super().__init__(
