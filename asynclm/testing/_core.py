@@ -141,7 +141,7 @@ class ServerCore:
         for conn in list(self.connections):
             if conn.exchange is not None:
                 conn.exchange.finish()  # the server stops: not a client disconnect
-            conn.close()
+            conn.close(now=True)  # a client that does not read must not delay stop()
         for task in list(self.tasks):
             task.cancel()
         if self.tasks:

@@ -200,11 +200,15 @@ class Connection(asyncio.Protocol):
         if not self.closed and self.transport is not None:
             self.transport.write(data)
 
-    def close(self, *, reset: bool = False) -> None:
+    def close(self, *, reset: bool = False, now: bool = False) -> None:
+        """Close the connection: gracefully (after pending writes), or ``now`` (pending writes are
+        dropped), or with ``reset`` (now, and with a TCP RST)."""
         if self.closed or self.transport is None:
             return
         self.closed = True
-        if reset:
+        if now and not reset:
+            self.transport.abort()
+        elif reset:
             sock = self.transport.get_extra_info("socket")
             if sock is not None:
                 # SO_LINGER with a zero timeout makes close() send RST instead of FIN.
