@@ -56,8 +56,8 @@ def best(fn: Callable[[], object], repeat: int) -> float:
     return min(times)
 
 
-def in_thread(fn: Callable[[], float]) -> float:
-    out: list[float] = []
+def in_thread(fn: Callable[[], Any]) -> Any:
+    out: list[Any] = []
     thread = threading.Thread(target=lambda: out.append(fn()))
     thread.start()
     thread.join()
@@ -206,8 +206,7 @@ def main() -> None:
     print("1. .sync() round trip of a trivial coroutine (µs/call; ratio = .sync / raw blocking portal)")
     for backend in backends:
         main_sync, main_portal = round_trip(backend, args.calls, args.repeat)
-        thread_sync, thread_portal = in_thread(lambda b=backend: round_trip(b, args.calls, args.repeat)[0]), 0.0
-        thread_portal = in_thread(lambda b=backend: round_trip(b, args.calls, args.repeat)[1])
+        thread_sync, thread_portal = in_thread(lambda b=backend: round_trip(b, args.calls, args.repeat))
         for where, s, p in (("main thread", main_sync, main_portal), ("plain thread", thread_sync, thread_portal)):
             print(f"   {backend:7} {where:12}  .sync {s * 1e6:7.1f}   portal.call {p * 1e6:7.1f}   ratio {s / p:5.2f}")
 
