@@ -316,7 +316,11 @@ class FakeOpenAIServer:
 
     @property
     def max_in_flight(self) -> int:
-        """The largest :attr:`in_flight` seen: the client's effective concurrency."""
+        """The largest :attr:`in_flight` seen: the client's effective concurrency.
+
+        A request the client abandons (timeout, cancellation) stays in flight until the server
+        notices the disconnect, which can come just after the client's next request on another
+        connection: with abandoned requests the count can briefly exceed the client's own limit."""
         return self._core.max_in_flight
 
     @property
