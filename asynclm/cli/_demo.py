@@ -47,7 +47,7 @@ def _table(headers: list[str], rows: list[list[str]], right: set[int]) -> str:
 def run_demo(args: argparse.Namespace) -> int:
     import anyio
 
-    lm = make_lm(args.model, args.base_url)
+    lm = make_lm(args.model, args.base_url, args.threads)
     # The demo shows real calls: no cached answers from an earlier run.
     lm.cache = False
     return int(anyio.run(_demo, args, lm, backend=args.backend))

@@ -54,6 +54,9 @@ def _add_lm_options(parser: argparse.ArgumentParser, default_model: str | None) 
         help="the server's API root for openai/ models, e.g. http://localhost:8000/v1 (default: OpenAI's; "
         "the key comes from $OPENAI_API_KEY)",
     )
+    group.add_argument(
+        "--threads", type=_positive_int, default=2, help="CPU threads of the embedded model (default 2)"
+    )
     group.add_argument("--backend", choices=("asyncio", "trio"), default="asyncio", help="the event loop to run on")
 
 
@@ -108,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def make_lm(model: str | None, base_url: str | None) -> Any:
+def make_lm(model: str | None, base_url: str | None, threads: int = 2) -> Any:
     """The LM named on the command line (``None`` if none was named)."""
     model = model or os.environ.get("ASYNCLM_MODEL") or None
     if model is None:
@@ -123,7 +126,7 @@ def make_lm(model: str | None, base_url: str | None) -> Any:
         from asynclm.lm._local import LocalLM, LocalModelUnavailableError
 
         try:
-            return LocalLM(model)
+            return LocalLM(model, threads=threads)
         except LocalModelUnavailableError as exc:
             raise CLIError(str(exc)) from None
     try:
@@ -161,7 +164,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args))
     except CLIError as exc:
         print(f"asynclm {args.command}: error: {_one_line(exc)}", file=sys.stderr)
-    except (LMConnectionError, LMTimeoutError, AuthenticationError) as exc:
+    except LMConnectionError as exc:
+        hint = f" (is the server at {args.base_url} running?)" if args.base_url else ""
+        print(f"asynclm {args.command}: error: {_one_line(exc)}{hint}", file=sys.stderr)
+    except (LMTimeoutError, AuthenticationError) as exc:
         print(f"asynclm {args.command}: error: {_one_line(exc)}", file=sys.stderr)
     except NoLMError:
         print(

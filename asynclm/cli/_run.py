@@ -140,7 +140,7 @@ def run_program(args: argparse.Namespace) -> int:
     rows = _read_batch(args.batch) if args.batch else None
     if rows is None and not defaults:
         raise CLIError("no inputs: pass --input KEY=VALUE (repeatable) or --batch data.jsonl")
-    lm = make_lm(args.model, args.base_url)
+    lm = make_lm(args.model, args.base_url, args.threads)
     program = load_program(args.target)
     return int(anyio.run(_run, args, program, lm, defaults, rows, backend=args.backend))
 
