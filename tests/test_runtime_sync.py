@@ -388,3 +388,91 @@ async def test_asyncify_propagates_exceptions(anyio_backend: str) -> None:
 
     with pytest.raises(Boom, match="from thread"):
         await asyncify(bad)()
+
+
+# -- iterate_sync: the .sync twin of `async for` ---------------------------------------------------
+
+
+def test_iterate_sync_yields_in_order_and_runs_finally(portal_backend: str) -> None:
+    from asynclm.runtime import iterate_sync
+
+    state: list[str] = []
+
+    async def numbers(n: int) -> Any:
+        try:
+            for i in range(n):
+                await anyio.lowlevel.checkpoint()
+                yield i, sniffio.current_async_library(), settings.lm
+        finally:
+            state.append("finally")
+
+    with context(lm="iter-ctx"):
+        out = list(iterate_sync(lambda: numbers(5), buffer=2))
+    assert out == [(i, portal_backend, "iter-ctx") for i in range(5)]
+    assert state == ["finally"]
+
+
+def test_iterate_sync_early_break_cancels_the_generator(portal_backend: str) -> None:
+    from asynclm.runtime import iterate_sync
+
+    state: list[str] = []
+
+    async def endless() -> Any:
+        try:
+            i = 0
+            while True:
+                await anyio.sleep(0.001)
+                yield i
+                i += 1
+        finally:
+            state.append("finally")
+
+    for i in iterate_sync(endless):
+        if i == 3:
+            break
+    assert state == ["finally"]  # the generator was closed on its loop before the break returned
+
+
+def test_iterate_sync_propagates_errors_and_refuses_a_running_loop(portal_backend: str) -> None:
+    from asynclm.runtime import iterate_sync
+
+    async def broken() -> Any:
+        yield 1
+        raise Boom("mid-stream")
+
+    it = iterate_sync(broken)
+    assert next(it) == 1
+    with pytest.raises(Boom, match="mid-stream"):
+        next(it)
+
+    async def inside() -> None:
+        with pytest.raises(SyncInAsyncContextError, match="async for"):
+            iterate_sync(broken)
+
+    anyio.run(inside, backend=portal_backend)
+
+
+@pytest.mark.skipif(threading.current_thread() is not threading.main_thread(), reason="needs the main thread")
+def test_iterate_sync_keyboard_interrupt_closes_the_generator(portal_backend: str) -> None:
+    import _thread
+
+    from asynclm.runtime import iterate_sync
+
+    state: list[str] = []
+    started = threading.Event()
+
+    async def slow() -> Any:
+        try:
+            started.set()
+            await anyio.sleep(30)
+            yield 1
+        finally:
+            state.append("finally")
+
+    interrupter = threading.Thread(target=lambda: started.wait(10) and _thread.interrupt_main())
+    interrupter.start()
+    with pytest.raises(KeyboardInterrupt):
+        for _ in iterate_sync(slow):
+            pass
+    interrupter.join()
+    assert state == ["finally"]

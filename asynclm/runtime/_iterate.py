@@ -73,9 +73,10 @@ def _iterate(make: Callable[[], AsyncIterator[T]], buffer: int) -> Iterator[T]:
 
     portal = portal_for_current_thread(current_settings().backend)
     call = Call(drive, (), {})
-    portal.submit(copy_context(), call)
     finished = False
     try:
+        # Inside the try: a Ctrl-C can land in submit() after the generator's task has started.
+        portal.submit(copy_context(), call)
         while True:
             ok, value = _get(items)
             if ok:
@@ -88,9 +89,10 @@ def _iterate(make: Callable[[], AsyncIterator[T]], buffer: int) -> Iterator[T]:
                 return
             raise value
     finally:
-        if not finished:
-            portal.cancel(call)
-        call.wait()
+        if finished:
+            call.wait()
+        else:  # gives up if the portal died (e.g. submit() found it closed)
+            portal.cancel_and_wait(call)
         with contextlib.suppress(BaseException):
             call.outcome()
 
