@@ -928,3 +928,16 @@ def test_errors_escaping_server_callbacks_are_recorded(caplog: pytest.LogCapture
         assert isinstance(server.errors[0], ZeroDivisionError)
         # the server keeps serving
         assert httpx.post(f"{server.base_url}/chat/completions", json=body()).status_code == 200
+
+
+@pytest.mark.parametrize("size_line", [b"-5", b"zz", b"", b"1_0"])
+def test_malformed_chunk_size_is_a_400(size_line: bytes) -> None:
+    with FakeOpenAIServer() as server:
+        assert server.port is not None
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+            sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n%b\r\n" % size_line)
+            received = b""
+            while chunk := sock.recv(65536):  # the server answers, then closes
+                received += chunk
+        assert received.startswith(b"HTTP/1.1 400 ")
+        assert b"malformed chunk size" in received

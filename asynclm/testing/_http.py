@@ -310,10 +310,10 @@ class Connection(asyncio.Protocol):
             eol = buf.find(b"\r\n", pos)
             if eol < 0:
                 return None
-            try:
-                size = int(bytes(buf[pos:eol]).split(b";", 1)[0], 16)
-            except ValueError:
-                raise BadRequest(400, "malformed chunk size in chunked request body") from None
+            size_field = bytes(buf[pos:eol]).split(b";", 1)[0].strip()
+            if not size_field or size_field.strip(b"0123456789abcdefABCDEF"):
+                raise BadRequest(400, f"malformed chunk size {size_field[:20]!r} in chunked request body")
+            size = int(size_field, 16)
             pos = eol + 2
             if size == 0:
                 # Skip trailers up to the blank line.
