@@ -9,7 +9,10 @@ that every answer reached the question it belongs to.
 from __future__ import annotations
 
 import ast
+import dataclasses
 import importlib.util
+import inspect
+import json
 import os
 import re
 import subprocess
@@ -19,6 +22,7 @@ from typing import Any
 
 import anyio
 import httpx
+import pytest
 
 import asynclm as alm
 from asynclm.testing import FakeOpenAIServer, FakeRequest, Reply
@@ -258,3 +262,68 @@ async def _uvicorn_url(process: anyio.abc.Process) -> str:
             if match:
                 return match.group(1).decode()
     raise AssertionError(f"uvicorn exited before listening:\n{log.decode(errors='replace')}")
+
+
+# -- the docs' code blocks ---------------------------------------------------------------------
+# In these pages, every ```python block runs, in order, in one namespace per page (```py blocks are
+# illustrations with placeholders and are not run). Real LMs (`alm.LM("openai/...")`) are pointed at
+# a FakeOpenAIServer that fills each requested output field with a value of its declared type.
+
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+RUN_PAGES = ["quickstart.md", "concepts.md", "modules.md", "migration-from-dspy.md"]
+
+_BLOCK = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
+_OUTPUT_FIELD = re.compile(r"^\d+\. `(\w+)` \((.*)\):", re.M)
+_REAL_LM = re.compile(r"""alm\.LM\("openai/[^"]*"\)""")
+
+
+def _typed_value(type_: str) -> Any:
+    literal = re.match(r"Literal\[(['\"])(.*?)\1", type_)
+    if literal:
+        return literal.group(2)
+    defaults = {"float": 0.5, "int": 1, "bool": True}
+    if type_ in defaults:
+        return defaults[type_]
+    if type_.startswith("list"):
+        return []
+    if type_.startswith("dict"):
+        return {}
+    return "some text"
+
+
+def fill_outputs(request: FakeRequest) -> str:
+    system = request.messages[0]["content"]
+    outputs = system.split("Your output fields are:", 1)[1].split("All interactions", 1)[0]
+    values = {name: _typed_value(type_) for name, type_ in _OUTPUT_FIELD.findall(outputs)}
+    if request.json.get("response_format"):
+        return json.dumps(values)
+    sections = [f"[[ ## {k} ## ]]\n{json.dumps(v) if not isinstance(v, str) else v}" for k, v in values.items()]
+    return "\n\n".join([*sections, "[[ ## completed ## ]]"])
+
+
+@pytest.mark.parametrize("page", RUN_PAGES)
+def test_doc_snippets_run(page: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    blocks = _BLOCK.findall((DOCS / page).read_text(encoding="utf-8"))
+    assert blocks, f"{page} has no ```python block"
+    monkeypatch.chdir(tmp_path)  # snippets may write files (program.save)
+    defaults = alm.settings.snapshot()  # snippets call alm.configure(): restore the defaults after
+    try:
+        _run_blocks(page, blocks, tmp_path)
+    finally:
+        alm.configure(**dataclasses.asdict(defaults))
+
+
+def _run_blocks(page: str, blocks: list[str], tmp_path: Path) -> None:
+    with FakeOpenAIServer(fill_outputs) as server, alm.context(cache_dir=str(tmp_path)):
+        namespace: dict[str, Any] = {
+            "__name__": f"docs_{page}",
+            "_fake_lm": lambda: alm.LM("openai/fake", base_url=server.base_url, api_key="sk-test", cache="memory"),
+        }
+        for i, block in enumerate(blocks):
+            source = _REAL_LM.sub("_fake_lm()", block)
+            code = compile(source, f"{page}[block {i + 1}]", "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
+            if code.co_flags & inspect.CO_COROUTINE:  # top-level await: run it like a notebook cell
+                anyio.run(lambda code=code: eval(code, namespace))
+            else:
+                exec(code, namespace)
+        assert not server.errors
