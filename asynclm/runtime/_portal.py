@@ -25,7 +25,7 @@ from typing import Any
 
 import anyio
 
-from ._backends import current_waker, mark_async_library, native_task_factory
+from ._backends import current_waker, mark_async_library, native_spawner
 
 __all__ = ["Portal", "PortalClosedError", "portal_for_current_thread", "shutdown_portals"]
 
@@ -142,7 +142,7 @@ class Portal:
         self.closed = False
         self._schedule: Callable[[Callable[[], object]], object] | None = None
         self._tg: anyio.abc.TaskGroup | None = None
-        self._create_task: Callable[[Coroutine[Any, Any, Any]], object] | None = None
+        self._spawn_task: Callable[..., object] | None = None
         # Submitted and not finished -> its task (a strong reference: asyncio keeps only weak
         # references to tasks, and a bare task could otherwise be collected mid-flight).
         self._calls: dict[Call, object] = {}
@@ -179,16 +179,16 @@ class Portal:
 
     async def _main(self) -> None:
         self._schedule = current_waker()
-        self._create_task = native_task_factory()
         self._stop = anyio.Event()
-        async with anyio.create_task_group() as tg:
+        async with anyio.create_task_group() as tg, native_spawner() as spawn_task:
             self._tg = tg
+            self._spawn_task = spawn_task
             if self.owner is not None and self.owner is not threading.main_thread():
                 tg.start_soon(self._watch_owner)
             self._started.set()
             await self._stop.wait()
             self.closed = True
-            # Cancel the calls (bare tasks on asyncio are not in tg) and let their finally run.
+            # Cancel the calls (tasks of spawn_task, not of tg) and let their finally blocks run.
             # A call not spawned yet has its spawn callback queued: _spawn sees `closed`.
             for call in list(self._calls):
                 if call.spawned:
@@ -216,26 +216,23 @@ class Portal:
             raise PortalClosedError("this asynclm portal has stopped")
         self._calls[call] = None
         try:
-            schedule(lambda: ctx.run(self._spawn, tg, call))
+            schedule(lambda: ctx.run(self._spawn, call))
         except Exception as exc:  # loop already closed (RuntimeError / trio.RunFinishedError)
             self._calls.pop(call, None)
             self.closed = True
             raise PortalClosedError("this asynclm portal has stopped") from exc
 
-    def _spawn(self, tg: anyio.abc.TaskGroup, call: Call) -> None:
-        # Runs inside ctx.run(): start_soon copies the *current* context (ctx) into the new task.
+    def _spawn(self, call: Call) -> None:
+        # Runs inside ctx.run(): the new task gets a copy of the *current* context (ctx).
         mark_async_library(self.backend)
         call.spawned = True
         if self.closed:  # stopping: run it only to report PortalClosedError
             call.cancel_requested = True
-        if self._create_task is not None:
-            # asyncio: a bare task costs half the CPU of anyio's TaskGroup.start_soon per call
-            # (measured in bench/bench_runtime.py); _main cancels and awaits these on stop.
-            task = self._create_task(self._run_call(call))
-            if call in self._calls:  # not already finished (an eager task factory)
-                self._calls[call] = task
-        else:
-            tg.start_soon(self._run_call, call)
+        assert self._spawn_task is not None
+        # Natively, not with tg.start_soon: half the CPU per call (bench/bench_runtime.py).
+        task = self._spawn_task(self._run_call, call)
+        if call in self._calls:  # not already finished (an eager task factory)
+            self._calls[call] = task
 
     async def _run_call(self, call: Call) -> None:
         try:
