@@ -8,6 +8,7 @@ import json
 import socket
 import subprocess
 import sys
+import threading
 import time
 from typing import Any
 
@@ -381,8 +382,6 @@ def test_stop_ends_hanging_requests_without_counting_disconnects() -> None:
             httpx.post(f"{server.base_url}/chat/completions", json=body(), timeout=10)
         except httpx.HTTPError as exc:
             errors.append(exc)
-
-    import threading
 
     thread = threading.Thread(target=call)
     thread.start()
@@ -829,6 +828,9 @@ class _Core:
         self.connections: set[Any] = set()
         self.seen: list[Any] = []
 
+    def call_soon(self, fn: Any, *args: Any) -> None:
+        fn(*args)
+
     def dispatch(self, conn: Any, raw: Any) -> None:
         from asynclm.testing._http import Exchange
 
@@ -941,3 +943,31 @@ def test_malformed_chunk_size_is_a_400(size_line: bytes) -> None:
                 received += chunk
         assert received.startswith(b"HTTP/1.1 400 ")
         assert b"malformed chunk size" in received
+
+
+def test_abandoned_request_and_next_request_are_not_both_in_flight() -> None:
+    # A client gives up on a request (closes its connection) and at once sends its next request on
+    # another connection: the server must not count both in flight, whatever order it polls them in.
+    request = json.dumps(body()).encode()
+    raw_request = b"POST /v1/chat/completions HTTP/1.1\r\nContent-Length: %d\r\n\r\n%b" % (len(request), request)
+    with FakeOpenAIServer(Fault.hang()) as server:
+        assert server.port is not None
+        for round_ in range(30):
+            abandoned = socket.create_connection(("127.0.0.1", server.port))
+            idle = socket.create_connection(("127.0.0.1", server.port))
+            abandoned.sendall(raw_request)
+            server.wait_until.sync(lambda s: s.in_flight == 1)
+            # Keep the server's loop busy meanwhile, so that both events reach it in the same poll.
+            loop = server._loop
+            assert loop is not None
+            busy = threading.Event()
+            loop.call_soon_threadsafe(lambda busy=busy: (busy.set(), time.sleep(0.05)))
+            busy.wait()
+            abandoned.close()
+            idle.sendall(raw_request)
+            server.wait_until.sync(lambda s: s.client_disconnects == 1 and s.requests == 2)
+            assert server.max_in_flight == 1, f"round {round_}"
+            idle.close()
+            server.wait_until.sync(lambda s: s.in_flight == 0)
+            server.reset_counters()
+            server.wait_until.sync(lambda s: s.max_in_flight == 0)

@@ -92,6 +92,7 @@ class ServerCore:
         self.fifo: deque[tuple[float, Callable[..., None], tuple[Any, ...]]] = deque()
         self.fifo_timer: asyncio.TimerHandle | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
+        self.call_soon: Callable[..., Any] = lambda fn, *args: fn(*args)  # replaced by start()
         self.server: asyncio.Server | None = None
         self.requests = 0
         self.in_flight = 0
@@ -125,6 +126,7 @@ class ServerCore:
 
     async def start(self, host: str, port: int) -> int:
         self.loop = asyncio.get_running_loop()
+        self.call_soon = self.loop.call_soon
         self.server = await self.loop.create_server(
             lambda: Connection(self), host, port, backlog=2048, reuse_address=True
         )

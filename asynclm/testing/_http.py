@@ -160,7 +160,18 @@ class Connection(asyncio.Protocol):
     """One TCP connection: parses requests one at a time (a pipelined request waits in the buffer
     until the previous response is complete) and hands each to :meth:`ServerCore.dispatch`."""
 
-    __slots__ = ("buf", "busy", "closed", "continued", "core", "exchange", "head", "processing", "transport")
+    __slots__ = (
+        "buf",
+        "busy",
+        "closed",
+        "continued",
+        "core",
+        "exchange",
+        "head",
+        "processing",
+        "scheduled",
+        "transport",
+    )
 
     def __init__(self, core: ServerCore) -> None:
         self.core = core
@@ -173,6 +184,7 @@ class Connection(asyncio.Protocol):
         # The parsed head of a request whose body is still arriving.
         self.head: tuple[str, str, str, Headers, int] | None = None
         self.continued = False
+        self.scheduled = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -183,9 +195,17 @@ class Connection(asyncio.Protocol):
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
+    def eof_received(self) -> None:
+        # The client closed its side. Noticed here, synchronously, rather than in connection_lost
+        # (one loop iteration later): see data_received.
+        self._peer_gone()
+
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.core.connections.discard(self)
+        self._peer_gone()
+
+    def _peer_gone(self) -> None:
         exchange = self.exchange
         if exchange is not None and not exchange.finished:
             # The peer went away before the response was complete.
@@ -193,8 +213,16 @@ class Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.buf += data
-        if not self.busy:
-            self.process()
+        if not self.busy and not self.scheduled:
+            # Dispatch on the next loop iteration, after every event of this one: a client that
+            # abandons a request and sends its next one on another connection must not be seen
+            # with both in flight just because the new request came first in the same poll.
+            self.scheduled = True
+            self.core.call_soon(self._scheduled_process)
+
+    def _scheduled_process(self) -> None:
+        self.scheduled = False
+        self.process()
 
     def write(self, data: bytes) -> None:
         if not self.closed and self.transport is not None:
