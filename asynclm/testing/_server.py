@@ -318,9 +318,10 @@ class FakeOpenAIServer:
     def max_in_flight(self) -> int:
         """The largest :attr:`in_flight` seen: the client's effective concurrency.
 
-        A request the client abandons (timeout, cancellation) stays in flight until the server
-        notices the disconnect, which can come just after the client's next request on another
-        connection: with abandoned requests the count can briefly exceed the client's own limit."""
+        A request the client abandons (timeout, cancellation) stops counting when the server sees
+        its connection close; that is always before the client's next request if the client closed
+        the connection before sending it (a client that frees its slot first may be seen over its
+        limit)."""
         return self._core.max_in_flight
 
     @property
