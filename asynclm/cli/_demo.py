@@ -65,7 +65,7 @@ async def _demo(args: argparse.Namespace, lm: Any) -> int:
     if isinstance(lm, LocalLM):
         c = lm.server.config
         print(
-            f"Starting the embedded llama.cpp server ({c.threads} threads, {c.parallel} slots); "
+            f"Starting the embedded llama.cpp server ({c.threads} thread(s), {c.parallel} slots); "
             "the first run also assembles the 253 MB model file...",
             file=out,
             flush=True,
@@ -73,6 +73,11 @@ async def _demo(args: argparse.Namespace, lm: Any) -> int:
         t0 = time.perf_counter()
         await lm.start()
         print(f"  ready in {time.perf_counter() - t0:.1f} s at {lm.base_url}", file=out)
+        print(
+            "  (Gemma 3 270M is a tiny base model: expect odd answers. The demo shows the machinery:\n"
+            "  schema-constrained JSON through Predict, concurrent calls, timings, token usage.)",
+            file=out,
+        )
 
     qa = Predict("question -> answer")
     with context(lm=lm), track_usage() as total:
@@ -118,6 +123,7 @@ async def _demo(args: argparse.Namespace, lm: Any) -> int:
     rows = []
     busy = 0.0
     completion = 0
+    processed = 0
     for i, (q, r) in enumerate(zip(questions, results, strict=True), 1):
         if isinstance(r, BaseException):
             rows.append([str(i), _clip(q, 44), _clip(f"error: {type(r).__name__}: {r}", 40), "-", "-"])
@@ -126,6 +132,7 @@ async def _demo(args: argparse.Namespace, lm: Any) -> int:
         busy += took
         usage = pred.usage
         completion += usage.completion_tokens if usage is not None else 0
+        processed += usage.total_tokens if usage is not None else 0
         rows.append(
             [str(i), _clip(q, 44), _clip(pred.answer, 40), f"{took:.1f}", str(usage.total_tokens if usage else 0)]
         )
@@ -133,7 +140,8 @@ async def _demo(args: argparse.Namespace, lm: Any) -> int:
     used = total.usage
     print(
         f"\nBatch: {batch_wall:.1f} s wall for {busy:.1f} s of calls ({busy / batch_wall if batch_wall else 0:.1f}x "
-        f"overlap), {completion / batch_wall if batch_wall else 0:.1f} generated tokens/s.",
+        f"overlap); {processed / batch_wall if batch_wall else 0:.0f} tokens/s processed, "
+        f"{completion / batch_wall if batch_wall else 0:.1f} generated.",
         file=out,
     )
     print(

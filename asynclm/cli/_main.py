@@ -55,7 +55,7 @@ def _add_lm_options(parser: argparse.ArgumentParser, default_model: str | None) 
         "the key comes from $OPENAI_API_KEY)",
     )
     group.add_argument(
-        "--threads", type=_positive_int, default=2, help="CPU threads of the embedded model (default 2)"
+        "--threads", type=_positive_int, help="CPU threads of the embedded model (default 2, or 1 on a 2-CPU machine)"
     )
     group.add_argument("--backend", choices=("asyncio", "trio"), default="asyncio", help="the event loop to run on")
 
@@ -111,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def make_lm(model: str | None, base_url: str | None, threads: int = 2) -> Any:
+def make_lm(model: str | None, base_url: str | None, threads: int | None = None) -> Any:
     """The LM named on the command line (``None`` if none was named)."""
     model = model or os.environ.get("ASYNCLM_MODEL") or None
     if model is None:
