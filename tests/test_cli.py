@@ -93,7 +93,7 @@ def _table_rows(out: str) -> list[str]:
 
 
 def _lm_args(server: FakeOpenAIServer) -> list[str]:
-    return ["--model", "openai/fake", "--base-url", server.base_url]
+    return ["--model", "openai/fake", "--base-url", server.base_url, "--no-cache"]
 
 
 # -- demo --------------------------------------------------------------------------------------

@@ -57,6 +57,7 @@ def _add_lm_options(parser: argparse.ArgumentParser, default_model: str | None) 
     group.add_argument(
         "--threads", type=_positive_int, help="CPU threads of the embedded model (default 2, or 1 on a 2-CPU machine)"
     )
+    group.add_argument("--no-cache", action="store_true", help="do not read or write the LM response cache")
     group.add_argument("--backend", choices=("asyncio", "trio"), default="asyncio", help="the event loop to run on")
 
 

@@ -141,6 +141,8 @@ def run_program(args: argparse.Namespace) -> int:
     if rows is None and not defaults:
         raise CLIError("no inputs: pass --input KEY=VALUE (repeatable) or --batch data.jsonl")
     lm = make_lm(args.model, args.base_url, args.threads)
+    if lm is not None and args.no_cache:
+        lm.cache = False
     program = load_program(args.target)
     return int(anyio.run(_run, args, program, lm, defaults, rows, backend=args.backend))
 
