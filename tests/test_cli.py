@@ -336,3 +336,13 @@ def test_demo_on_the_embedded_model(capsys: pytest.CaptureFixture[str]) -> None:
     rows = _table_rows(out)
     assert len(rows) == 2
     assert "in 3 calls" in out
+
+
+@pytest.mark.local_model
+@pytest.mark.skipif(not HAVE_LOCAL, reason="needs the extra asynclm[local] (xllamacpp + the model)")
+def test_run_on_the_embedded_model(programs: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["run", f"{programs}:qa", "-i", "question=What color is the sky?", "--model", "local/gemma-3-270m"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    result = json.loads(captured.out)
+    assert list(result) == ["answer"] and isinstance(result["answer"], str)
