@@ -971,3 +971,12 @@ def test_abandoned_request_and_next_request_are_not_both_in_flight() -> None:
             server.wait_until.sync(lambda s: s.in_flight == 0)
             server.reset_counters()
             server.wait_until.sync(lambda s: s.max_in_flight == 0)
+
+
+def test_spawned_child_that_died_reports_it() -> None:
+    child = FakeOpenAIServer.spawn()
+    child.process.kill()
+    child.process.wait()
+    assert child.stop() == {}
+    with pytest.raises(RuntimeError, match="already exited"):
+        child.cpu_time  # noqa: B018

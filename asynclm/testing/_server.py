@@ -492,8 +492,15 @@ class SpawnedFakeServer:
 
     @property
     def cpu_time(self) -> float:
-        """Seconds of CPU used by the child process so far (or at :meth:`stop`)."""
-        return float(self.stats()["cpu_time"])
+        """Seconds of CPU used by the child process so far (or at :meth:`stop`). Take differences
+        to measure a run: the total includes the child's start-up."""
+        stats = self.stats()
+        if "cpu_time" not in stats:
+            raise RuntimeError(
+                "the FakeOpenAIServer child had already exited when stop() asked for its stats; its "
+                f"stderr:\n{self.stderr_output()}"
+            )
+        return float(stats["cpu_time"])
 
     def stop(self, timeout: float = 10.0) -> dict[str, Any]:
         """Stop the child (SIGTERM, then SIGKILL after ``timeout``); returns its final :meth:`stats`."""
