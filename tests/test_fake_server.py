@@ -479,10 +479,10 @@ def test_random_faults_default_mix() -> None:
     assert any(f.kind == "reset" for f in DEFAULT_FAULTS)
     assert not any(f.kind == "hang" for f in DEFAULT_FAULTS)
     outcomes: set[str] = set()
-    with FakeOpenAIServer(fault_rate=1.0, seed=1) as server:
+    with FakeOpenAIServer(fault_rate=1.0, seed=1) as server, httpx.Client(base_url=server.base_url) as client:
         for _ in range(60):
             try:
-                response = httpx.post(f"{server.base_url}/chat/completions", json=body())
+                response = client.post("/chat/completions", json=body())
             except httpx.HTTPError as exc:
                 outcomes.add(type(exc).__name__)
                 continue
