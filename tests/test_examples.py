@@ -274,7 +274,7 @@ RUN_PAGES = ["quickstart.md", "concepts.md", "modules.md", "migration-from-dspy.
 
 _BLOCK = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
 _OUTPUT_FIELD = re.compile(r"^\d+\. `(\w+)` \((.*)\):", re.M)
-_REAL_LM = re.compile(r"""alm\.LM\("openai/[^"]*"\)""")
+_REAL_LM = re.compile(r"""alm\.LM\(("openai/[^"]*")""")
 
 
 def _typed_value(type_: str) -> Any:
@@ -293,6 +293,8 @@ def _typed_value(type_: str) -> Any:
 
 def fill_outputs(request: FakeRequest) -> str:
     system = request.messages[0]["content"]
+    if "Your output fields are:" not in system:  # a raw LM call, not a module's
+        return "Hello!"
     outputs = system.split("Your output fields are:", 1)[1].split("All interactions", 1)[0]
     values = {name: _typed_value(type_) for name, type_ in _OUTPUT_FIELD.findall(outputs)}
     if request.json.get("response_format"):
@@ -310,17 +312,17 @@ def test_doc_snippets_run(page: str, tmp_path: Path, monkeypatch: pytest.MonkeyP
     try:
         _run_blocks(page, blocks, tmp_path)
     finally:
-        alm.configure(**dataclasses.asdict(defaults))
+        alm.configure(**{f.name: getattr(defaults, f.name) for f in dataclasses.fields(defaults)})
 
 
 def _run_blocks(page: str, blocks: list[str], tmp_path: Path) -> None:
     with FakeOpenAIServer(fill_outputs) as server, alm.context(cache_dir=str(tmp_path)):
         namespace: dict[str, Any] = {
             "__name__": f"docs_{page}",
-            "_fake_lm": lambda: alm.LM("openai/fake", base_url=server.base_url, api_key="sk-test", cache="memory"),
+            "_fake_lm": lambda model, **kw: alm.LM(model, base_url=server.base_url, api_key="sk-test", **kw),
         }
         for i, block in enumerate(blocks):
-            source = _REAL_LM.sub("_fake_lm()", block)
+            source = _REAL_LM.sub(r"_fake_lm(\1", block)
             code = compile(source, f"{page}[block {i + 1}]", "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
             if code.co_flags & inspect.CO_COROUTINE:  # top-level await: run it like a notebook cell
                 anyio.run(lambda code=code: eval(code, namespace))
