@@ -15,24 +15,9 @@ httpx = pytest.importorskip("httpx")
 
 from asynclm.runtime import SyncInAsyncContextError, context, settings, sync_twin  # noqa: E402
 
+from .helpers import InFlight  # noqa: E402
 
-class Gauge:
-    def __init__(self) -> None:
-        self.now = 0
-        self.peak = 0
-        self.lock = threading.Lock()
-
-    def __enter__(self) -> None:
-        with self.lock:
-            self.now += 1
-            self.peak = max(self.peak, self.now)
-
-    def __exit__(self, *exc: object) -> None:
-        with self.lock:
-            self.now -= 1
-
-
-gauge = Gauge()
+gauge = InFlight()
 
 
 @sync_twin

@@ -11,22 +11,7 @@ import pytest
 
 from asynclm.runtime import ConcurrencyLimiter, RateLimiter, context, sync_twin
 
-
-class Gauge:
-    def __init__(self) -> None:
-        self.now = 0
-        self.peak = 0
-        self.lock = threading.Lock()
-
-    def __enter__(self) -> None:
-        with self.lock:
-            self.now += 1
-            self.peak = max(self.peak, self.now)
-
-    def __exit__(self, *exc: object) -> None:
-        with self.lock:
-            self.now -= 1
-
+from .helpers import InFlight
 
 # -- ConcurrencyLimiter -------------------------------------------------------------------------
 
@@ -40,7 +25,7 @@ def test_bad_limits_raise_value_error() -> None:
 
 async def test_concurrency_limit_holds_within_one_loop() -> None:
     limiter = ConcurrencyLimiter(3)
-    gauge = Gauge()
+    gauge = InFlight()
 
     async def job() -> None:
         async with limiter:
@@ -58,7 +43,7 @@ async def test_concurrency_limit_holds_within_one_loop() -> None:
 async def test_concurrency_limit_holds_across_threads_loops_and_backends() -> None:
     # Waiters on this test's loop, on asyncio portals and on trio portals, all at once.
     limiter = ConcurrencyLimiter(3)
-    gauge = Gauge()
+    gauge = InFlight()
     done: list[int] = []
 
     @sync_twin

@@ -14,6 +14,8 @@ import pytest
 
 from asynclm.runtime import Parallel, context, run_items, settings, sync_twin
 
+from .helpers import InFlight
+
 
 class Boom(Exception):
     pass
@@ -23,22 +25,6 @@ class Other(Exception):
     pass
 
 
-class InFlight:
-    """Counts items running at once."""
-
-    def __init__(self) -> None:
-        self.now = 0
-        self.peak = 0
-        self.lock = threading.Lock()
-
-    def __enter__(self) -> None:
-        with self.lock:
-            self.now += 1
-            self.peak = max(self.peak, self.now)
-
-    def __exit__(self, *exc: object) -> None:
-        with self.lock:
-            self.now -= 1
 
 
 async def echo(x: Any) -> Any:
