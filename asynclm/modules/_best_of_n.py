@@ -123,23 +123,8 @@ def replay(trace: Sequence[TraceEntry], mapping: Mapping[int, Any]) -> None:
         record(mapping.get(id(predictor), predictor), inputs, prediction)
 
 
-class BestOfN(Module):
-    """Run ``module`` ``n`` times concurrently and return the best prediction.
-
-    ``BestOfN(module, n, reward_fn, threshold, fail_count=None)``; ``N=`` is accepted for DSPy
-    code. Every attempt is a distinct sample (its own ``rollout_id``, ``temperature=1.0``; see
-    :mod:`asynclm.modules._best_of_n`), all ``n`` start at once, and each prediction is scored
-    with ``reward_fn(args, prediction)`` (``args`` is the dict of inputs; sync or async; a sync
-    one runs in a worker thread). The first attempt to *finish* with ``reward >= threshold``
-    is returned at once and the others are cancelled (their requests too); otherwise the
-    highest reward wins (ties: the lowest attempt number). ``threshold=None`` always waits for
-    all ``n``.
-
-    An attempt that raises (the module or ``reward_fn``) is logged and skipped; when more than
-    ``fail_count`` attempts have failed (default ``n``: never), the failure is raised with its
-    own type and the others are cancelled. If every attempt failed, the last failure is raised.
-    The returned prediction's ``usage`` counts the tokens of all attempts.
-    """
+class _Attempts(Module):
+    """What BestOfN and Refine share: the wrapped module, how many attempts, how they are judged."""
 
     def __init__(
         self,
@@ -158,6 +143,25 @@ class BestOfN(Module):
         self.module = module
         self.reward_fn: Reward = reward_fn  # type: ignore[assignment]  # checked callable above
         self.threshold = threshold
+
+
+class BestOfN(_Attempts):
+    """Run ``module`` ``n`` times concurrently and return the best prediction.
+
+    ``BestOfN(module, n, reward_fn, threshold, fail_count=None)``; ``N=`` is accepted for DSPy
+    code. Every attempt is a distinct sample (its own ``rollout_id``, ``temperature=1.0``; see
+    :mod:`asynclm.modules._best_of_n`), all ``n`` start at once, and each prediction is scored
+    with ``reward_fn(args, prediction)`` (``args`` is the dict of inputs; sync or async; a sync
+    one runs in a worker thread). The first attempt to *finish* with ``reward >= threshold``
+    is returned at once and the others are cancelled (their requests too); otherwise the
+    highest reward wins (ties: the lowest attempt number). ``threshold=None`` always waits for
+    all ``n``.
+
+    An attempt that raises (the module or ``reward_fn``) is logged and skipped; when more than
+    ``fail_count`` attempts have failed (default ``n``: never), the failure is raised with its
+    own type and the others are cancelled. If every attempt failed, the last failure is raised.
+    The returned prediction's ``usage`` counts the tokens of all attempts.
+    """
 
     async def forward(self, **kwargs: Any) -> Any:
         n, threshold = self.n, self.threshold
@@ -325,7 +329,7 @@ def _as_json(value: Any) -> str:
     return json.dumps(value, indent=2, ensure_ascii=False, default=fallback)
 
 
-class Refine(Module):
+class Refine(_Attempts):
     """Run ``module`` up to ``n`` times, one after another, each attempt learning from the last.
 
     ``Refine(module, n, reward_fn, threshold, fail_count=None)`` (``N=`` accepted for DSPy code).
@@ -356,12 +360,7 @@ class Refine(Module):
         N: int | None = None,  # DSPy spelling
         callbacks: Sequence[Any] | None = None,
     ) -> None:
-        super().__init__(callbacks=callbacks)
-        self.n = _resolve_n(type(self).__name__, n, N)
-        self.fail_count = _check_common(type(self).__name__, module, reward_fn, fail_count, self.n)
-        self.module = module
-        self.reward_fn: Reward = reward_fn  # type: ignore[assignment]  # checked callable above
-        self.threshold = threshold
+        super().__init__(module, n, reward_fn, threshold, fail_count, N=N, callbacks=callbacks)
         # private (underscore): not a predictor of the program, never saved or optimized
         self._advisor = Predict(OfferFeedback)
 
