@@ -470,3 +470,10 @@ async def test_failing_callback_is_logged_and_ignored(caplog: Any) -> None:
     qa = alm.Predict("q -> a", lm=ScriptedLM({"a": "fine"}), callbacks=[Bad()])
     assert (await qa(q="x")).a == "fine"
     assert "handler bug" in caplog.text
+
+
+async def test_parallel_accepts_module_with_example_or_dict() -> None:
+    qa = alm.Predict("question -> answer", lm=echo_lm())
+    example = alm.Example(question="from example", answer="gold").with_inputs("question")
+    preds = await alm.Parallel(concurrency=2)([(qa, example), (qa, {"question": "from dict"})])
+    assert [p.answer for p in preds] == ["A:from example", "A:from dict"]
