@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import anyio
@@ -980,3 +981,24 @@ def test_spawned_child_that_died_reports_it() -> None:
     assert child.stop() == {}
     with pytest.raises(RuntimeError, match="already exited"):
         child.cpu_time  # noqa: B018
+
+
+def test_iterator_scripts() -> None:
+    def generate() -> Iterator[str]:
+        yield "one"
+        yield "two"
+
+    with FakeOpenAIServer(itertools.cycle(["a", "b"])) as server, httpx.Client(base_url=server.base_url) as client:
+
+        def text() -> str:
+            return str(client.post("/chat/completions", json=body()).json()["choices"][0]["message"]["content"])
+
+        assert [text() for _ in range(5)] == ["a", "b", "a", "b", "a"]
+        server.set_responses(generate())
+        assert [text(), text()] == ["one", "two"]
+        exhausted = client.post("/chat/completions", json=body())
+        assert exhausted.status_code == 400 and "2 given" in exhausted.json()["error"]["message"]
+        script = ["x"]
+        server.set_responses(script)
+        assert text() == "x"
+        assert script == ["x"]  # the caller's list is not consumed

@@ -11,7 +11,7 @@ import random
 import re
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any
 
 from ._http import (
@@ -104,23 +104,25 @@ class ServerCore:
 
     def set_responses(self, responses: Responses) -> None:
         function: ResponseFunction | None = None
-        items: deque[ResponseItem] | None = None
+        items: Iterator[ResponseItem] | None = None
         static: ResponseItem | None = None
         if isinstance(responses, (str, Reply, Fault, dict)):
             static = responses
         elif callable(responses):
             function = responses
         elif isinstance(responses, Sequence):
-            items = deque(responses)
+            items = iter(list(responses))  # a copy: the caller's list is left alone
+        elif isinstance(responses, Iterator):
+            items = responses  # e.g. itertools.cycle([...]) or a generator
         else:
             raise TypeError(
-                "responses must be a str, Reply, Fault or response dict, a list of those (one per "
-                f"request, in order), or a function of the FakeRequest; got {type(responses).__name__}"
+                "responses must be a str, Reply, Fault or response dict, a list or iterator of those "
+                f"(one per request, in order), or a function of the FakeRequest; got {type(responses).__name__}"
             )
         self.script_function = function
-        self.script_list = items
+        self.script_items = items
         self.script_static = static
-        self.script_size = len(items) if items is not None else 0
+        self.script_used = 0
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -289,19 +291,21 @@ class ServerCore:
     def _scripted(self, request: FakeRequest) -> ResponseItem | Awaitable[ResponseItem]:
         if self.script_function is not None:
             return self.script_function(request)
-        if self.script_list is not None:
-            if not self.script_list:
+        if self.script_items is not None:
+            item = next(self.script_items, None)
+            if item is None:
                 return Fault.error(
                     400,
                     message=(
-                        f"FakeOpenAIServer: the scripted responses are exhausted ({self.script_size} "
-                        f"given, this is chat request #{request.index}); pass more responses, a "
-                        "function, or call set_responses()"
+                        f"FakeOpenAIServer: the scripted responses are exhausted ({self.script_used} given, "
+                        f"this is chat request #{request.index}); pass more responses, a function, or call "
+                        "set_responses()"
                     ),
                     error_type="invalid_request_error",
                     code="fake_server_script_exhausted",
                 )
-            return self.script_list.popleft()
+            self.script_used += 1
+            return item
         assert self.script_static is not None
         return self.script_static
 

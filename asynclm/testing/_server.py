@@ -71,8 +71,9 @@ class FakeOpenAIServer:
             - a ``str`` (every choice's text), a :class:`Reply` (text, usage, finish reason,
               latency), a :class:`Fault`, or a ``dict`` sent verbatim as the JSON response (as the
               single ``data:`` event of a stream);
-            - a list of those, consumed one per request in order (a request after the last one gets
-              a 400 whose message says the script is exhausted);
+            - a list of those, or an iterator (``itertools.cycle([...])``, a generator), consumed
+              one per request in order (a request after the last one gets a 400 whose message says
+              the script is exhausted);
             - a function of the :class:`FakeRequest` returning one of those (or an awaitable of
               one; it runs on the server's loop, so it must not block). If it raises, the client
               gets a 500 and the exception is kept in :attr:`errors`.

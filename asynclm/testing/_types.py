@@ -338,4 +338,4 @@ FAULT_REPLY = Reply("this response is broken on purpose by FakeOpenAIServer")
 
 ResponseItem = Union[str, Reply, Fault, dict[str, Any]]
 ResponseFunction = Callable[[FakeRequest], Union[ResponseItem, Awaitable[ResponseItem]]]
-Responses = Union[ResponseItem, Sequence[ResponseItem], ResponseFunction]
+Responses = Union[ResponseItem, Sequence[ResponseItem], Iterator[ResponseItem], ResponseFunction]
