@@ -40,6 +40,7 @@ _EXPORTS: dict[str, str] = {
     # lm
     "LM": "asynclm.lm",
     "LocalLM": "asynclm.lm",
+    "LocalModelUnavailableError": "asynclm.lm",
     "LMResponse": "asynclm.lm",
     "Usage": "asynclm.lm",
     "LMError": "asynclm.lm",
@@ -77,152 +78,67 @@ __all__ = ["__version__", *sorted(_EXPORTS)]
 if TYPE_CHECKING:  # static checkers see the real names; at run time they load lazily
     from asynclm.adapters import (
         Adapter as Adapter,
-    )
-    from asynclm.adapters import (
         ChatAdapter as ChatAdapter,
-    )
-    from asynclm.adapters import (
         JSONAdapter as JSONAdapter,
-    )
-    from asynclm.adapters import (
         ParseError as ParseError,
     )
     from asynclm.evaluate import (
         Evaluate as Evaluate,
-    )
-    from asynclm.evaluate import (
         EvaluationResult as EvaluationResult,
     )
     from asynclm.lm import (
         LM as LM,
-    )
-    from asynclm.lm import (
         AuthenticationError as AuthenticationError,
-    )
-    from asynclm.lm import (
         BadRequestError as BadRequestError,
-    )
-    from asynclm.lm import (
         ContextWindowExceededError as ContextWindowExceededError,
-    )
-    from asynclm.lm import (
         LMConnectionError as LMConnectionError,
-    )
-    from asynclm.lm import (
         LMError as LMError,
-    )
-    from asynclm.lm import (
         LMResponse as LMResponse,
-    )
-    from asynclm.lm import (
         LMTimeoutError as LMTimeoutError,
-    )
-    from asynclm.lm import (
         LocalLM as LocalLM,
-    )
-    from asynclm.lm import (
+        LocalModelUnavailableError as LocalModelUnavailableError,
         RateLimitError as RateLimitError,
-    )
-    from asynclm.lm import (
         ServerError as ServerError,
-    )
-    from asynclm.lm import (
         Usage as Usage,
-    )
-    from asynclm.lm import (
         inspect_history as inspect_history,
-    )
-    from asynclm.lm import (
         track_usage as track_usage,
     )
     from asynclm.modules import (
         BestOfN as BestOfN,
-    )
-    from asynclm.modules import (
         Callback as Callback,
-    )
-    from asynclm.modules import (
         ChainOfThought as ChainOfThought,
-    )
-    from asynclm.modules import (
         Module as Module,
-    )
-    from asynclm.modules import (
         MultiChainComparison as MultiChainComparison,
-    )
-    from asynclm.modules import (
         Predict as Predict,
-    )
-    from asynclm.modules import (
         ReAct as ReAct,
-    )
-    from asynclm.modules import (
         Refine as Refine,
-    )
-    from asynclm.modules import (
         StreamChunk as StreamChunk,
-    )
-    from asynclm.modules import (
         Tool as Tool,
-    )
-    from asynclm.modules import (
         streamify as streamify,
     )
     from asynclm.optimize import (
         BootstrapFewShot as BootstrapFewShot,
-    )
-    from asynclm.optimize import (
         BootstrapFewShotWithRandomSearch as BootstrapFewShotWithRandomSearch,
-    )
-    from asynclm.optimize import (
         LabeledFewShot as LabeledFewShot,
     )
     from asynclm.runtime import (
         Parallel as Parallel,
-    )
-    from asynclm.runtime import (
         Settings as Settings,
-    )
-    from asynclm.runtime import (
         SyncInAsyncContextError as SyncInAsyncContextError,
-    )
-    from asynclm.runtime import (
         asyncify as asyncify,
-    )
-    from asynclm.runtime import (
         configure as configure,
-    )
-    from asynclm.runtime import (
         context as context,
-    )
-    from asynclm.runtime import (
         settings as settings,
-    )
-    from asynclm.runtime import (
         sync_twin as sync_twin,
-    )
-    from asynclm.runtime import (
         syncify as syncify,
     )
     from asynclm.signatures import (
         Example as Example,
-    )
-    from asynclm.signatures import (
         History as History,
-    )
-    from asynclm.signatures import (
         InputField as InputField,
-    )
-    from asynclm.signatures import (
         OutputField as OutputField,
-    )
-    from asynclm.signatures import (
         Prediction as Prediction,
-    )
-    from asynclm.signatures import (
         Signature as Signature,
-    )
-    from asynclm.signatures import (
         SignatureError as SignatureError,
     )
 

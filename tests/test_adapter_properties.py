@@ -11,8 +11,7 @@ from typing import Any, Literal, Optional, Union
 
 import pydantic
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from asynclm.adapters import Adapter, ChatAdapter, JSONAdapter
 from asynclm.signatures import Signature, SignatureField

@@ -101,7 +101,7 @@ async def test_model_prefix_and_slashes_in_the_model_name(server: FakeOpenAIServ
 def test_model_string_errors() -> None:
     with pytest.raises(ValueError, match=r"unknown provider prefix 'anthropic'.*openai/"):
         LM("anthropic/claude")
-    with pytest.raises(NotImplementedError, match=r"asynclm\[local\]"):
+    with pytest.raises(asynclm.lm.LocalModelUnavailableError, match=r"unknown local model.*local/gemma-3-270m"):
         LM("local/gemma")
     with pytest.raises(TypeError):
         LM("")
@@ -386,8 +386,8 @@ def test_top_level_exports() -> None:
     ]:
         assert getattr(asynclm, name) is getattr(asynclm.lm, name)
     assert issubclass(asynclm.LMTimeoutError, TimeoutError)
-    with pytest.raises(ImportError, match=r"asynclm\[local\]"):
-        asynclm.LocalLM("gemma")
+    with pytest.raises(ImportError, match=r"asynclm\[local\]|unknown local model"):
+        asynclm.LocalLM("gemma")  # an ImportError naming the extra, or the models it knows
 
 
 def test_deepcopy_shares_the_lm() -> None:

@@ -10,8 +10,7 @@ import json
 
 import anyio
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
+from hypothesis import given, strategies as st
 
 from asynclm.lm import LM, LMConnectionError, LMTimeoutError, ServerError, track_usage
 from asynclm.lm._stream import SSEDecoder

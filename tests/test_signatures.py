@@ -10,8 +10,7 @@ from typing import Any, Literal, Optional, Union
 
 import pydantic
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 
 import asynclm
 from asynclm.signatures import History, InputField, OutputField, Signature, SignatureError, SignatureField

@@ -19,8 +19,7 @@ from typing import Any
 
 import anyio
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 
 from asynclm.lm._transports import (
     AiohttpTransport,

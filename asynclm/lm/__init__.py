@@ -26,6 +26,7 @@ from ._errors import (
     ServerError,
 )
 from ._history import inspect_history
+from ._local import LocalLM, LocalModelUnavailableError
 from ._models import LMResponse, StreamDelta, Usage
 from ._usage import UsageTracker, track_usage
 
@@ -39,6 +40,7 @@ __all__ = [
     "LMResponse",
     "LMTimeoutError",
     "LocalLM",
+    "LocalModelUnavailableError",
     "RateLimitError",
     "ServerError",
     "StreamDelta",
@@ -47,18 +49,3 @@ __all__ = [
     "inspect_history",
     "track_usage",
 ]
-
-
-class LocalLM:
-    """The embedded local model (``asynclm[local]``): not part of this build yet.
-
-    A placeholder so that ``from asynclm import *`` and ``hasattr(asynclm, "LocalLM")`` work;
-    making one raises ``ImportError`` naming the extra.
-    """
-
-    def __init__(self, *args: object, **kwargs: object) -> None:
-        raise ImportError(
-            "asynclm.LocalLM (the embedded local model) is not available in this build; it needs "
-            "`pip install asynclm[local]` and the local-model module. Meanwhile, run any "
-            "OpenAI-compatible server and use asynclm.LM('openai/<model>', base_url=...)."
-        )

