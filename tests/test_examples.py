@@ -108,16 +108,16 @@ def test_threads_example(tmp_path: Path) -> None:
         )
         max_in_flight = server.max_in_flight
 
-    QUESTIONS = load_example("threads").QUESTIONS
-    for question, style in QUESTIONS:
+    questions = load_example("threads").questions
+    for question, style in questions:
         assert f"[{style:8}] {question} -> {answer_for(question)}\n" in out
     assert "6 questions on 4 threads" in out
-    assert f"batch: 6 answers, first: {answer_for(QUESTIONS[0][0])}" in out
+    assert f"batch: 6 answers, first: {answer_for(questions[0][0])}" in out
     # Each worker's context(lm=...) reached its own request, whatever the other workers did at the time.
     temperature = {"precise": 0.0, "creative": 1.0}
-    threaded = {(q, temperature[style]) for q, style in QUESTIONS}
+    threaded = {(q, temperature[style]) for q, style in questions}
     # The batch runs with the configured default (precise): the precise questions are cache hits.
-    batched = {(q, 0.0) for q, style in QUESTIONS if style == "creative"}
+    batched = {(q, 0.0) for q, style in questions if style == "creative"}
     assert sorted(seen) == sorted(threaded | batched)
     assert max_in_flight >= 2, "the worker threads' calls did not overlap"
 
