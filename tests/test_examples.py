@@ -108,7 +108,7 @@ def test_threads_example(tmp_path: Path) -> None:
         )
         max_in_flight = server.max_in_flight
 
-    questions = load_example("threads").questions
+    questions = load_example("threads").QUESTIONS
     for question, style in questions:
         assert f"[{style:8}] {question} -> {answer_for(question)}\n" in out
     assert "6 questions on 4 threads" in out
