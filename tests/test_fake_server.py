@@ -16,8 +16,7 @@ from typing import Any
 import anyio
 import httpx
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 
 from asynclm.testing import DEFAULT_FAULTS, FakeOpenAIServer, FakeRequest, Fault, Headers, Reply, SpawnedFakeServer
 
