@@ -178,15 +178,24 @@ def _threads(spec: dict[str, Any]) -> dict[str, float]:
         return anyio.run(_conc, spec, backend=backend)
     import asynclm
 
+    if backend == "trio":
+        # Import trio before the threads start: while one thread imports it, another thread's
+        # first .sync() can see the half-imported module (AttributeError: partially initialized
+        # module 'trio' has no attribute 'lowlevel', from asynclm.runtime._backends).
+        import trio  # noqa: F401
     predict = make_predict(spec["url"])
     per_thread = max(1, n // threads)
     with asynclm.context(backend=backend), ThreadPoolExecutor(threads) as pool:
         barrier = threading.Barrier(threads)
 
         def prime(_: int) -> None:
-            with asynclm.context(backend=backend):
-                _check(predict.sync(question=QUESTION).answer, "asynclm")
-            barrier.wait()  # every pool thread gets (and keeps) its own portal
+            try:
+                with asynclm.context(backend=backend):
+                    _check(predict.sync(question=QUESTION).answer, "asynclm")
+            except BaseException:
+                barrier.abort()  # the other threads fail too, instead of waiting forever
+                raise
+            barrier.wait(timeout=120)  # every pool thread gets (and keeps) its own portal
 
         list(pool.map(prime, range(threads)))
 
