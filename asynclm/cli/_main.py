@@ -51,8 +51,8 @@ def _add_lm_options(parser: argparse.ArgumentParser, default_model: str | None) 
     )
     group.add_argument(
         "--base-url",
-        help="the server's API root for openai/ models, e.g. http://localhost:8000/v1 (default: OpenAI's; "
-        "the key comes from $OPENAI_API_KEY)",
+        help="the server's API root for openai/ models, e.g. http://localhost:8000/v1 (default: "
+        "$ASYNCLM_BASE_URL, else OpenAI's; the key comes from $OPENAI_API_KEY)",
     )
     group.add_argument(
         "--threads", type=_positive_int, help="CPU threads of the embedded model (default 2, or 1 on a 2-CPU machine)"
@@ -115,6 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
 def make_lm(model: str | None, base_url: str | None, threads: int | None = None) -> Any:
     """The LM named on the command line (``None`` if none was named)."""
     model = model or os.environ.get("ASYNCLM_MODEL") or None
+    if base_url is None and model is not None and model.startswith("openai/"):
+        base_url = os.environ.get("ASYNCLM_BASE_URL") or None  # the variable the examples read too
     if model is None:
         if base_url:
             raise CLIError("--base-url needs --model openai/<model>")

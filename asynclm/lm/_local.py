@@ -389,7 +389,8 @@ class LocalLM(LM):
                 raise ValueError(f"LocalLM({what}={value!r}): use an int >= 1")
         if not (isinstance(startup_timeout, (int, float)) and startup_timeout > 0):
             raise ValueError(f"LocalLM(startup_timeout={startup_timeout!r}): use a number of seconds > 0")
-        if "base_url" in kwargs or "api_key" in kwargs:
+        # None is accepted so that generic code (LM(model, base_url=args.base_url)) works for local models
+        if kwargs.pop("base_url", None) is not None or kwargs.pop("api_key", None) is not None:
             raise TypeError("LocalLM runs its own server: base_url= and api_key= do not apply")
         if model_path is None or not _is_installed("xllamacpp"):
             _check_installed(LOCAL_MODELS[name])
