@@ -19,7 +19,7 @@ Scenarios:
 DSPy 3.4.1 is installed into ``bench/.venv-dspy`` on first use (``--skip-dspy`` to skip it; a
 baseline that cannot be installed or fails is shown as skipped, with the reason).
 
-    python -m bench                       # everything (~8 minutes on 2 cores)
+    python -m bench                       # everything (~9 minutes on 2 quiet cores)
     python -m bench --only conc,import --repeat 5
     python -m bench --smoke               # tiny N, one run each: checks the harness works
 """
@@ -312,14 +312,14 @@ def _measure(row: dict[str, Any], url: str | None, dspy: str | None, in_process:
         assert dspy is not None
         return run_json(
             [dspy, str(BENCH_DIR / "dspy_baseline.py"), json.dumps(spec)],
-            timeout=900,
+            timeout=600,
             env={"LITELLM_LOCAL_MODEL_COST_MAP": "True"},
         )
     if in_process:
         from bench.bench_e2e import run
 
         return run(spec)
-    return run_json([sys.executable, "-m", "bench.bench_e2e", json.dumps(spec)], timeout=900)
+    return run_json([sys.executable, "-m", "bench.bench_e2e", json.dumps(spec)], timeout=300)
 
 
 def _one_run(row: dict[str, Any], server: Any, dspy: str | None, in_process: bool, fresh: bool) -> dict[str, float]:
