@@ -36,12 +36,24 @@ def mark_async_library(name: str) -> None:
         _sniffio.current_async_library_cvar.set(name)
 
 
+def _running_trio() -> Any:
+    """The trio module if a trio loop runs in this thread, else ``None``.
+
+    Never imports trio. Another thread may be importing it right now (``trio`` is in
+    ``sys.modules`` without ``lowlevel`` yet): then no trio loop can be running in *this* thread.
+    """
+    trio = sys.modules.get("trio")
+    lowlevel = getattr(trio, "lowlevel", None)
+    if lowlevel is not None and lowlevel.in_trio_run():
+        return trio
+    return None
+
+
 def running_loop_name() -> str | None:
     """``"asyncio"`` or ``"trio"`` when an event loop is running in *this* thread, else ``None``."""
     if _get_running_loop() is not None:
         return "asyncio"
-    trio = sys.modules.get("trio")
-    if trio is not None and trio.lowlevel.in_trio_run():
+    if _running_trio() is not None:
         return "trio"
     return None
 
@@ -92,8 +104,8 @@ def current_waker() -> Callable[[Callable[[], object]], object]:
 
 
 def _trio_token(what: str) -> Any:
-    trio = sys.modules.get("trio")
-    if trio is None or not trio.lowlevel.in_trio_run():
+    trio = _running_trio()
+    if trio is None:
         # Without this check the caller gets trio's "must be called from async context", or an
         # ImportError when trio is not installed.
         raise RuntimeError(
