@@ -83,7 +83,10 @@ def test_lm_local_prefix_builds_a_local_lm_without_starting_it() -> None:
     assert lm.model == "local/gemma-3-270m"
     assert lm.server.pid is None and lm.server.starts == 0  # lazy: nothing runs yet
     assert type(LM("openai/x", base_url="http://127.0.0.1:1/v1")) is LM
-    assert type(lm.preferred_adapter) is asynclm.JSONAdapter
+    assert lm.preferred_adapter == "json"
+    from asynclm.modules._predict import _preferred_adapter
+
+    assert type(_preferred_adapter(lm)) is asynclm.JSONAdapter
     with pytest.raises(TypeError, match="base_url"):
         LocalLM(base_url="http://example.com/v1")
     with pytest.raises(ValueError, match="threads"):

@@ -19,10 +19,10 @@ How the server is run, and why:
   awaited by polling ``GET /health`` asynchronously.
 
 The Gemma 3 270M base model cannot follow free-text output formats; constrained to a JSON schema
-it answers as valid JSON. So :attr:`LocalLM.preferred_adapter` is a :class:`JSONAdapter` (whose
-``response_format`` is a ``json_schema``) and every ``json_schema`` string without a length limit
-gets ``maxLength`` (:attr:`LocalLM.max_string_length`) so that the model cannot ramble inside a
-string until ``max_tokens``. See ``docs/local-model.md``.
+it answers as valid JSON. So :attr:`LocalLM.preferred_adapter` is ``"json"``: predictors use a
+:class:`JSONAdapter` (whose ``response_format`` is a ``json_schema``) and every ``json_schema``
+string without a length limit gets ``maxLength`` (:attr:`LocalLM.max_string_length`) so that the
+model cannot ramble inside a string until ``max_tokens``. See ``docs/local-model.md``.
 """
 
 from __future__ import annotations
@@ -421,12 +421,10 @@ class LocalLM(LM):
         """The (process-wide, shared) server of this LM's configuration."""
         return _server_for(self._server_config)
 
-    @property
-    def preferred_adapter(self) -> Any:
-        """A :class:`~asynclm.JSONAdapter`: the model follows a JSON schema, not free-text formats."""
-        from asynclm.adapters import JSONAdapter
-
-        return JSONAdapter()
+    #: ``"json"``: predictors use a :class:`~asynclm.JSONAdapter` with this LM (the model follows a JSON
+    #: schema, not free-text formats). A name, not an adapter object, so that the LM layer does not
+    #: depend on the adapters layer; ``Predict`` resolves it.
+    preferred_adapter = "json"
 
     async def start(self) -> str:
         """Start the server now (otherwise the first request does); its ``/v1`` base URL."""

@@ -150,9 +150,7 @@ class Predict(Module):
                 f"{self!r} has no LM: call asynclm.configure(lm=asynclm.LM('openai/gpt-4o-mini')), "
                 "use `with asynclm.context(lm=...)`, or pass Predict(..., lm=...)"
             )
-        adapter: Adapter = (
-            self.adapter or settings.adapter or getattr(lm, "preferred_adapter", None) or _default_adapter()
-        )
+        adapter: Adapter = self.adapter or settings.adapter or _preferred_adapter(lm)
         demos = control.get("demos", self.demos)
         params = {**self.config, **(control.get("config") or {})}
         retries = self.max_parse_retries if self.max_parse_retries is not None else settings.max_parse_retries
@@ -280,14 +278,25 @@ class Predict(Module):
         return values
 
 
-_DEFAULT_ADAPTER: Adapter | None = None
+_ADAPTERS_BY_NAME: dict[str, Adapter] = {}
 
 
-def _default_adapter() -> Adapter:
-    global _DEFAULT_ADAPTER
-    if _DEFAULT_ADAPTER is None:
-        _DEFAULT_ADAPTER = ChatAdapter()
-    return _DEFAULT_ADAPTER
+def _preferred_adapter(lm: Any) -> Adapter:
+    """The LM's ``preferred_adapter`` (an adapter, or the name ``"chat"``/``"json"``), else ChatAdapter.
+
+    LMs name their preference instead of building an adapter so that the LM layer never imports
+    the adapters layer.
+    """
+    preferred = getattr(lm, "preferred_adapter", None) or "chat"
+    if isinstance(preferred, Adapter):
+        return preferred
+    adapter = _ADAPTERS_BY_NAME.get(preferred)
+    if adapter is None:
+        kinds = {"chat": ChatAdapter, "json": JSONAdapter}
+        if preferred not in kinds:
+            raise ValueError(f"{lm!r}.preferred_adapter is {preferred!r}; use 'chat', 'json' or an Adapter")
+        adapter = _ADAPTERS_BY_NAME[preferred] = kinds[preferred]()
+    return adapter
 
 
 class ChainOfThought(Predict):
