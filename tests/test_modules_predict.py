@@ -115,7 +115,7 @@ async def test_program_forward_and_usage_sums_every_call() -> None:
     prog.set_lm(lm)
     pred = await prog(question="why")
     assert pred.answer == "A:why"
-    assert pred.usage.calls if hasattr(pred.usage, "calls") else True
+    assert len(lm.requests) == 2
     assert pred.usage.total_tokens == 2 * 3  # two LM calls of 3 tokens
 
 
@@ -161,7 +161,8 @@ async def test_parse_failure_past_fallback_raises_parse_error() -> None:
     lm = ScriptedLM("never parsable")
     with pytest.raises(alm.ParseError) as info:
         await alm.Predict("question -> answer: int", lm=lm, max_parse_retries=0)(question="q")
-    assert "never parsable" in info.value.raw if hasattr(info.value, "raw") else True
+    assert info.value.raw == "never parsable"
+    assert len(lm.requests) == 2  # the first answer, then the JSON-adapter fallback
 
 
 # -- context routing, batch, Parallel --------------------------------------------------------
@@ -207,7 +208,7 @@ async def test_batch_keeps_order_accepts_examples_and_nests() -> None:
 async def test_batch_errors_keep_their_type_or_are_returned() -> None:
     def answer(request: Any) -> Any:
         if "boom" in request.last_user_message:
-            raise alm.BadRequestError("bad item", status=400) if False else ValueError("boom item")
+            raise ValueError("boom item")
         return {"answer": "ok"}
 
     qa = alm.Predict("question -> answer", lm=ScriptedLM(answer))
