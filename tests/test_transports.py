@@ -129,8 +129,12 @@ class RawServer:
         except ConnectionError:
             pass
         finally:
-            self.closed_conns += 1
             writer.close()
+            # Counted once the socket is really closed (the FIN sent), not when close() is
+            # scheduled: tests check the client's view right after this count changes.
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+            self.closed_conns += 1
 
     def __enter__(self) -> RawServer:
         started = threading.Event()
@@ -1072,3 +1076,39 @@ async def test_mixed_faults_every_call_ends_and_nothing_leaks() -> None:
         finally:
             await t.aclose()
         await fake.wait_until(lambda s: s.in_flight == 0)
+
+
+# -- flow control (on asyncio: the Protocol-based connection's pause/resume paths) --------------
+
+
+async def test_request_body_larger_than_the_socket_buffers_is_sent_whole(server: RawServer) -> None:
+    big = bytes(range(256)) * (64 * 1024)  # 16 MiB: the write has to wait for the server to read
+    server.routes["/upload"] = static(reply(b"{}"))
+    t = HTTP11Transport()
+    try:
+        with anyio.fail_after(30):
+            resp = await t.post(server.url + "/upload", big, {})
+            assert resp.status == 200
+            assert (await t.post(server.url + "/", b"again", {})).status == 200
+    finally:
+        await t.aclose()
+    assert server.requests[0].body == big
+    assert server.connections == 1  # the same connection served the next request
+
+
+async def test_slow_stream_consumer_gets_every_byte_and_the_connection_back(server: RawServer) -> None:
+    big = bytes(range(256)) * (16 * 1024)  # 4 MiB, arriving faster than it is consumed
+    server.routes["/big"] = static(reply(big))
+    t = HTTP11Transport()
+    try:
+        with anyio.fail_after(30):
+            async with await t.post_stream(server.url + "/big", b"", {}) as resp:
+                chunks = []
+                async for chunk in resp.aiter_bytes():
+                    chunks.append(chunk)
+                    await anyio.sleep(0.002)
+            assert b"".join(chunks) == big
+            assert (await t.post(server.url + "/", b"", {})).status == 200
+    finally:
+        await t.aclose()
+    assert server.connections == 1

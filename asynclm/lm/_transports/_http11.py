@@ -1,4 +1,8 @@
-"""asynclm's own HTTP/1.1 keep-alive client on anyio byte streams (asyncio and trio, same code).
+"""asynclm's own HTTP/1.1 keep-alive client for asyncio and trio (one parser, one pool).
+
+Sockets: on asyncio each connection is an ``asyncio.Protocol`` (``_asyncio_conn``): with 10 000
+calls in flight it takes ~11.6 KB per call against ~22.6 KB on anyio's socket stream, and about
+half the CPU per call (measured with ``bench``). On trio, an anyio byte stream.
 
 Why not httpx: httpx 0.28's connection pool does O(requests × connections) bookkeeping per request
 (~9 ms of CPU per call at concurrency 64 on the reference box); aiohttp is fast but asyncio-only;
@@ -26,15 +30,15 @@ Semantics:
 
 from __future__ import annotations
 
+import asyncio
 import re
-import select
 import ssl
 import time
 import zlib
 from collections import deque
 from collections.abc import Mapping
 from types import TracebackType
-from typing import Any, cast
+from typing import Any, Union, cast
 from urllib.parse import urlsplit
 
 import anyio
@@ -42,6 +46,7 @@ from anyio.abc import ByteStream
 from anyio.streams.tls import TLSStream
 
 from ...runtime._backends import current_loop_key
+from ._asyncio_conn import AsyncioConnection, open_connection, readable as _readable
 from ._base import Response, TransportError, TransportTimeout
 
 __all__ = ["HTTP11Transport"]
@@ -77,19 +82,6 @@ _NETWORK_ERRORS = (
 
 # Body framing kinds.
 _NONE, _LENGTH, _CHUNKED, _UNTIL_CLOSE = 0, 1, 2, 3
-
-
-if hasattr(select, "poll"):
-
-    def _readable(fd: int) -> bool:
-        poller = select.poll()
-        poller.register(fd, select.POLLIN)
-        return bool(poller.poll(0))
-
-else:  # pragma: no cover - Windows
-
-    def _readable(fd: int) -> bool:
-        return bool(select.select([fd], [], [], 0)[0])
 
 
 class _Stale(Exception):
@@ -178,6 +170,17 @@ class _Connection:
         self.received = True
         if scope is not None and timeout is not None:
             scope.deadline = anyio.current_time() + timeout
+
+    async def send(self, head: bytes, body: bytes) -> None:
+        await self.stream.send(head + body if body else head)
+
+    async def aclose(self) -> None:
+        await _close_stream(self.stream)
+
+
+# On asyncio the connection is an ``asyncio.Protocol`` (less memory and CPU per call); on trio
+# an anyio stream. Both offer the same attributes and methods.
+_Conn = Union[_Connection, AsyncioConnection]
 
 
 async def _close_stream(stream: ByteStream) -> None:
@@ -278,7 +281,7 @@ class _BodyReader:
 
     __slots__ = ("chunk_left", "conn", "done", "kind", "left", "need_crlf")
 
-    def __init__(self, conn: _Connection, kind: int, length: int) -> None:
+    def __init__(self, conn: _Conn, kind: int, length: int) -> None:
         self.conn = conn
         self.kind = kind
         self.left = length
@@ -369,7 +372,7 @@ class _StreamingResponse:
     def __init__(
         self,
         transport: HTTP11Transport,
-        conn: _Connection,
+        conn: _Conn,
         status: int,
         headers: dict[str, str],
         reader: _BodyReader,
@@ -380,7 +383,7 @@ class _StreamingResponse:
         self.status = status
         self.headers: Mapping[str, str] = headers
         self._transport = transport
-        self._conn: _Connection | None = conn
+        self._conn: _Conn | None = conn
         self._reader = reader
         self._keep_alive = keep_alive
         self._timeout = timeout
@@ -463,7 +466,7 @@ class _StreamingResponse:
 
 
 class HTTP11Transport:
-    """asynclm's default transport: HTTP/1.1 keep-alive over anyio, on asyncio and trio.
+    """asynclm's default transport: HTTP/1.1 keep-alive, on asyncio and trio.
 
     Args:
         connect_timeout: seconds to establish a connection (TCP + TLS) when a call gives no
@@ -503,11 +506,12 @@ class HTTP11Transport:
         self.max_idle_per_origin = max_idle_per_origin
         self._ssl_context = ssl_context
         self._user_agent = f"User-Agent: {user_agent}\r\n"
-        self._idle: dict[tuple[str, str, int], deque[_Connection]] = {}
+        self._idle: dict[tuple[str, str, int], deque[_Conn]] = {}
         self._targets: dict[str, _Target] = {}
         self._loop: Any = None
+        self._asyncio = False  # the loop is asyncio's: use AsyncioConnection
         self._closed = False
-        self._to_close: list[_Connection] = []
+        self._to_close: list[_Conn] = []
         self.max_connections = max_connections
         self._open = 0  # connections open or being opened
         self._slot_waiters: deque[anyio.Event] = deque()
@@ -521,14 +525,14 @@ class HTTP11Transport:
     async def post(
         self, url: str, body: bytes, headers: Mapping[str, str], *, timeout: float | None = None
     ) -> Response:
-        target, payload, connect_t, read_t = self._prepare(url, body, headers, timeout)
+        target, head, connect_t, read_t = self._prepare(url, body, headers, timeout)
         for attempt in (0, 1):
             conn = await self._acquire(target, connect_t, fresh=bool(attempt))
             try:
                 if read_t is None:
-                    return cast(Response, await self._exchange(conn, target, payload, None, None))
+                    return cast(Response, await self._exchange(conn, target, head, body, None, None))
                 with anyio.CancelScope(deadline=anyio.current_time() + read_t) as scope:
-                    return cast(Response, await self._exchange(conn, target, payload, scope, read_t))
+                    return cast(Response, await self._exchange(conn, target, head, body, scope, read_t))
                 raise TransportTimeout(f"{target.safe_url}: no response data for {read_t:g} s (read timeout)")
             except _Stale:
                 continue  # the connection is already closed; retry once on a fresh one
@@ -537,17 +541,17 @@ class HTTP11Transport:
     async def post_stream(
         self, url: str, body: bytes, headers: Mapping[str, str], *, timeout: float | None = None
     ) -> _StreamingResponse:
-        target, payload, connect_t, read_t = self._prepare(url, body, headers, timeout)
+        target, head, connect_t, read_t = self._prepare(url, body, headers, timeout)
         for attempt in (0, 1):
             conn = await self._acquire(target, connect_t, fresh=bool(attempt))
             try:
                 if read_t is None:
-                    resp = await self._exchange(conn, target, payload, None, None, stream=True)
+                    resp = await self._exchange(conn, target, head, body, None, None, stream=True)
                     return cast(_StreamingResponse, resp)
                 with anyio.CancelScope(deadline=anyio.current_time() + read_t) as scope:
                     return cast(
                         _StreamingResponse,
-                        await self._exchange(conn, target, payload, scope, read_t, stream=True),
+                        await self._exchange(conn, target, head, body, scope, read_t, stream=True),
                     )
                 raise TransportTimeout(f"{target.safe_url}: no response headers for {read_t:g} s (read timeout)")
             except _Stale:
@@ -568,6 +572,7 @@ class HTTP11Transport:
     def _prepare(
         self, url: str, body: bytes, headers: Mapping[str, str], timeout: float | None
     ) -> tuple[_Target, bytes, float | None, float | None]:
+        """(target, encoded request head, connect timeout, read timeout); validates the headers."""
         if self._closed:
             raise TransportError("this transport is closed")
         loop = current_loop_key()
@@ -578,6 +583,7 @@ class HTTP11Transport:
                     "asynclm.lm._transports.get_transport()"
                 )
             self._loop = loop
+            self._asyncio = isinstance(loop, asyncio.AbstractEventLoop)
         target = self._targets.get(url)
         if target is None:
             target = _Target(url)
@@ -601,14 +607,16 @@ class HTTP11Transport:
             head.append(self._user_agent)
         head.append(f"Content-Length: {len(body)}\r\n\r\n")
         try:
-            payload = "".join(head).encode("latin-1") + body
+            # The head and the body are sent together but kept apart until then: a call holds
+            # no second copy of its body while it waits for the response.
+            encoded = "".join(head).encode("latin-1")
         except UnicodeEncodeError:
             raise ValueError("HTTP header values must be latin-1 text") from None
         if timeout is None:
-            return target, payload, self.connect_timeout, self.read_timeout
-        return target, payload, timeout, timeout
+            return target, encoded, self.connect_timeout, self.read_timeout
+        return target, encoded, timeout, timeout
 
-    async def _acquire(self, target: _Target, connect_t: float | None, *, fresh: bool) -> _Connection:
+    async def _acquire(self, target: _Target, connect_t: float | None, *, fresh: bool) -> _Conn:
         if self._to_close:
             pending, self._to_close = self._to_close, []
             for conn in pending:
@@ -658,18 +666,25 @@ class HTTP11Transport:
         if self._slot_waiters:
             self._slot_waiters.popleft().set()
 
-    async def _discard(self, conn: _Connection) -> None:
+    async def _discard(self, conn: _Conn) -> None:
         """Close a connection for good (never reused) and free its slot."""
         if not conn.closed:  # a second discard is a no-op
             conn.closed = True
             self._open -= 1
             self._wake_one()
-            await _close_stream(conn.stream)
+            await conn.aclose()
 
-    async def _connect(self, target: _Target, connect_t: float | None) -> _Connection:
+    async def _connect(self, target: _Target, connect_t: float | None) -> _Conn:
         stream: ByteStream
         try:
             with anyio.fail_after(connect_t):
+                if self._asyncio:
+                    ctx = None
+                    if target.tls:
+                        if self._ssl_context is None:
+                            self._ssl_context = ssl.create_default_context()
+                        ctx = self._ssl_context
+                    return await open_connection(target.host, target.port, target.origin, ctx)
                 stream = await anyio.connect_tcp(target.host, target.port)
                 if target.tls:
                     if self._ssl_context is None:
@@ -693,9 +708,10 @@ class HTTP11Transport:
 
     async def _exchange(
         self,
-        conn: _Connection,
+        conn: _Conn,
         target: _Target,
-        payload: bytes,
+        head: bytes,
+        body: bytes,
         scope: anyio.CancelScope | None,
         read_t: float | None,
         *,
@@ -704,7 +720,7 @@ class HTTP11Transport:
         """Send the request and read the response (head only if ``stream``) on ``conn``."""
         conn.received = False
         try:
-            await conn.stream.send(payload)
+            await conn.send(head, body)
             if scope is not None:
                 scope.deadline = anyio.current_time() + read_t  # type: ignore[operator]
             buf = conn.buf
@@ -713,8 +729,9 @@ class HTTP11Transport:
                 while idx < 0:
                     if len(buf) > _MAX_HEAD:
                         raise TransportError(f"{target.safe_url}: response headers exceed {_MAX_HEAD} bytes")
-                    await conn.fill(scope, read_t)
-                    idx = buf.find(b"\r\n\r\n", max(0, len(buf) - _RECV - 3))
+                    start = len(buf)
+                    await conn.fill(scope, read_t)  # may append more than _RECV bytes
+                    idx = buf.find(b"\r\n\r\n", max(0, start - 3))
                 status, is_11, headers = _parse_head(bytes(buf[:idx]))
                 del buf[: idx + 4]
                 if status >= 200:
@@ -762,7 +779,7 @@ class HTTP11Transport:
             await self._discard(conn)
         return Response(status, headers, body)
 
-    def _release(self, conn: _Connection, headers: Mapping[str, str]) -> bool:
+    def _release(self, conn: _Conn, headers: Mapping[str, str]) -> bool:
         """Put a connection whose response was fully read in the idle pool; False: close it."""
         if self._closed or conn.buf:  # unsolicited bytes after the response: unusable
             return False
