@@ -295,8 +295,12 @@ class LM(SyncCallable):
             if timeout is None:
                 response = await self._resolve(body, use_cache, rollout_id, attempts)
             else:
-                with anyio.fail_after(timeout):
+                # a bare CancelScope rather than fail_after(): that adds two generator-based
+                # managers kept alive for the whole call (memory per in-flight call)
+                with anyio.CancelScope(deadline=anyio.current_time() + timeout) as scope:
                     response = await self._resolve(body, use_cache, rollout_id, attempts)
+                if scope.cancelled_caught:
+                    raise TimeoutError
         except TimeoutError as exc:
             if isinstance(exc, LMError):
                 self._record_error(body, exc, started, t0)
@@ -349,7 +353,7 @@ class LM(SyncCallable):
     ) -> LMResponse:
         if not use_cache:
             data = self._encode(body, canonical=False)
-            _, raw = await self._send(data, body, attempts)
+            _, raw = await self._request(data, body, attempts, stream=False)
             return LMResponse.from_json(raw, self.model_name, False)
         data = self._encode(body, canonical=True)
         key = cache_key(data, rollout_id)
@@ -374,7 +378,7 @@ class LM(SyncCallable):
                         flight.value = hit
                         return self._from_cache(hit)
                 try:
-                    payload, raw = await self._send(data, body, attempts)
+                    payload, raw = await self._request(data, body, attempts, stream=False)
                 except LMError as exc:
                     if _shareable(exc):
                         flight.error = exc
@@ -426,12 +430,10 @@ class LM(SyncCallable):
             model=self.model_name,
         )
 
-    async def _send(self, data: bytes, body: Mapping[str, Any], attempts: _Attempts) -> tuple[bytes, dict[str, Any]]:
-        """POST with retries; return the body of a 2xx chat completion, as bytes and decoded."""
-        result: tuple[bytes, dict[str, Any]] = await self._request(data, body, attempts, stream=False)
-        return result
-
     async def _request(self, data: bytes, body: Mapping[str, Any], attempts: _Attempts, stream: bool) -> Any:
+        """POST with retries. ``stream=False``: return ``(bytes, decoded)`` of a 2xx chat completion;
+        ``stream=True``: the open 2xx response. (Called directly, without a typed wrapper coroutine:
+        each extra frame is memory held per in-flight call.)"""
         self._check_key()
         transport = get_transport(self._transport_factory)
         estimate = self._estimate_tokens(data, body) if self._tpm is not None else 0.0

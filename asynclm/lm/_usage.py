@@ -12,11 +12,11 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Iterator
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 
 from ._models import Usage
 
-__all__ = ["UsageTracker", "record_usage", "track_usage"]
+__all__ = ["UsageTracker", "record_usage", "start_tracking", "stop_tracking", "track_usage"]
 
 
 class UsageTracker:
@@ -102,12 +102,27 @@ def track_usage() -> Iterator[UsageTracker]:
     included; calls started elsewhere (other threads, sibling tasks) are not. A plain ``with``:
     usable in sync and async code alike.
     """
-    tracker = UsageTracker(_current.get())
-    token = _current.set(tracker)
+    tracker, token = start_tracking()
     try:
         yield tracker
     finally:
-        _current.reset(token)
+        stop_tracking(token)
+
+
+def start_tracking() -> tuple[UsageTracker, Token[UsageTracker | None]]:
+    """Open a :func:`track_usage` block by hand; close it with ``stop_tracking(token)``.
+
+    For the per-call path of ``Module.__call__``: a generator-based context manager keeps a
+    generator frame and its manager alive for the whole call, which adds up with thousands of
+    calls in flight.
+    """
+    tracker = UsageTracker(_current.get())
+    return tracker, _current.set(tracker)
+
+
+def stop_tracking(token: Token[UsageTracker | None]) -> None:
+    """Close the block opened by the :func:`start_tracking` call that returned ``token``."""
+    _current.reset(token)
 
 
 def record_usage(model: str, usage: Usage, cache_hit: bool) -> None:

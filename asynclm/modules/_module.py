@@ -50,15 +50,19 @@ class Module(SyncCallable):
         raise NotImplementedError(f"{type(self).__name__} must define `async def forward(self, ...)`")
 
     async def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        from asynclm.lm import track_usage
+        from asynclm.lm._usage import start_tracking, stop_tracking
 
         async with observe("module", self, kwargs) as outcome:
-            with track_usage() as usage:
+            # track_usage() by hand: a generator-based manager costs memory per in-flight call
+            usage, token = start_tracking()
+            try:
                 forward = self.forward
                 if is_async_callable(forward):
                     result = await forward(*args, **kwargs)
                 else:
                     result = await asyncify(forward)(*args, **kwargs)
+            finally:
+                stop_tracking(token)
             if isinstance(result, Prediction):
                 result.usage = usage.usage
             outcome.value = result

@@ -15,13 +15,16 @@ from asynclm.runtime import current_settings
 from asynclm.signatures import Example, OutputField, Prediction, Signature
 
 from . import _stream_state
-from ._callbacks import observe
+from ._callbacks import handlers_for, observe
 from ._module import Module, ProgramFileError
 from ._trace import record
 
 __all__ = ["ChainOfThought", "NoLMError", "Predict"]
 
 _CONTROL = frozenset({"config", "demos", "lm", "signature"})
+# Passed to observe() instead of the inputs when no callback is registered: observe only hands
+# its inputs to handlers, and building them would cost memory per in-flight call for nothing.
+_UNOBSERVED: dict[str, Any] = {}
 
 
 class NoLMError(RuntimeError):
@@ -169,7 +172,8 @@ class Predict(Module):
         params: dict[str, Any],
         retries: int,
     ) -> list[dict[str, Any]]:
-        async with observe("adapter_format", adapter, {"signature": signature, "inputs": inputs}) as out:
+        format_inputs = {"signature": signature, "inputs": inputs} if handlers_for(adapter) else _UNOBSERVED
+        async with observe("adapter_format", adapter, format_inputs) as out:
             messages = adapter.format(signature, demos, inputs)
             out.value = messages
         n = int(params.get("n") or 1)
@@ -181,18 +185,33 @@ class Predict(Module):
             texts = []  # the server rejects n > 1: ask for each candidate on its own
         if n > 1 and len(texts) < n:  # the server ignored n: ask for the rest concurrently
             texts = texts + await self._ask_each(lm, adapter, signature, messages, params, n - len(texts))
+        if len(texts) == 1:  # the common case, without the closure (its cells live as long as this call)
+            return [await self._parse_or_reask(lm, adapter, signature, demos, inputs, messages, params, texts[0],
+                                               retries)]
+        return await self._settle_each(lm, adapter, signature, demos, inputs, messages, params, texts, retries)
+
+    async def _settle_each(
+        self,
+        lm: Any,
+        adapter: Adapter,
+        signature: Signature,
+        demos: list[Any],
+        inputs: dict[str, Any],
+        messages: list[dict[str, Any]],
+        params: dict[str, Any],
+        texts: list[str],
+        retries: int,
+    ) -> list[dict[str, Any]]:
+        """Parse (or re-ask for) each of several completions concurrently; results in order."""
         results: list[dict[str, Any] | None] = [None] * len(texts)
 
         async def settle(i: int, text: str) -> None:
             results[i] = await self._parse_or_reask(lm, adapter, signature, demos, inputs, messages, params,
                                                     text, retries)
 
-        if len(texts) == 1:
-            await settle(0, texts[0])
-        else:
-            async with anyio.create_task_group() as tg:
-                for i, text in enumerate(texts):
-                    tg.start_soon(settle, i, text)
+        async with anyio.create_task_group() as tg:
+            for i, text in enumerate(texts):
+                tg.start_soon(settle, i, text)
         return [r for r in results if r is not None]
 
     async def _ask(
@@ -203,7 +222,8 @@ class Predict(Module):
         if response_format is not None and "response_format" not in request:
             request["response_format"] = response_format
         sink = _stream_state.current_sink()
-        async with observe("lm", lm, {"messages": messages, **request}) as out:
+        lm_inputs = {"messages": messages, **request} if handlers_for(lm) else _UNOBSERVED
+        async with observe("lm", lm, lm_inputs) as out:
             if sink is not None and int(request.get("n") or 1) == 1:
                 text = await sink.stream(self, lm, adapter, signature, messages, request)
                 texts = [text]
@@ -272,7 +292,8 @@ class Predict(Module):
         return await self._parse(fallback, signature, text)
 
     async def _parse(self, adapter: Adapter, signature: Signature, text: str) -> dict[str, Any]:
-        async with observe("adapter_parse", adapter, {"signature": signature, "completion": text}) as out:
+        parse_inputs = {"signature": signature, "completion": text} if handlers_for(adapter) else _UNOBSERVED
+        async with observe("adapter_parse", adapter, parse_inputs) as out:
             values = adapter.parse(signature, text)
             out.value = values
         return values
