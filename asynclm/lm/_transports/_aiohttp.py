@@ -5,10 +5,9 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections.abc import Mapping
-from types import TracebackType
 from typing import Any
 
-from ._base import Response, TransportError, TransportTimeout
+from ._base import ClosingStreamMixin, Response, TransportError, TransportTimeout
 
 __all__ = ["AiohttpTransport"]
 
@@ -29,7 +28,7 @@ def _headers(raw: Any) -> dict[str, str]:
     return headers
 
 
-class _AiohttpStreamingResponse:
+class _AiohttpStreamingResponse(ClosingStreamMixin):
     def __init__(self, response: Any, url: str, aiohttp: Any) -> None:
         self._response = response
         self._url = url
@@ -58,17 +57,6 @@ class _AiohttpStreamingResponse:
             self._response.close()  # half-read: never back to the pool
         else:
             self._response.release()
-
-    async def __aenter__(self) -> _AiohttpStreamingResponse:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
 
 def _translate(exc: BaseException, url: str, aiohttp: Any) -> None:

@@ -7,10 +7,16 @@ created inside it (``asynclm.runtime.loop_resource``) and closed with it.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Protocol
+
+if sys.version_info >= (3, 11):
+    from typing import Self
+else:  # pragma: no cover
+    from typing_extensions import Self
 
 
 class TransportError(Exception):
@@ -87,3 +93,18 @@ class Transport(Protocol):
     async def aclose(self) -> None:
         """Close every pooled connection. Idempotent."""
         ...
+
+
+class ClosingStreamMixin:
+    """``async with response: ...`` for the concrete streaming responses: ``aclose()`` on exit."""
+
+    async def aclose(self) -> None:
+        raise NotImplementedError
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()

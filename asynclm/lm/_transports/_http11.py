@@ -37,7 +37,6 @@ import time
 import zlib
 from collections import deque
 from collections.abc import Mapping
-from types import TracebackType
 from typing import Any, Union, cast
 from urllib.parse import urlsplit
 
@@ -47,7 +46,7 @@ from anyio.streams.tls import TLSStream
 
 from ...runtime._backends import current_loop_key
 from ._asyncio_conn import AsyncioConnection, open_connection, readable as _readable
-from ._base import Response, TransportError, TransportTimeout
+from ._base import ClosingStreamMixin, Response, TransportError, TransportTimeout
 
 __all__ = ["HTTP11Transport"]
 
@@ -366,7 +365,7 @@ class _BodyReader:
             raise TransportError(_CLOSED_EARLY) from None
 
 
-class _StreamingResponse:
+class _StreamingResponse(ClosingStreamMixin):
     """A response whose body is read incrementally; it owns its connection until closed."""
 
     def __init__(
@@ -452,17 +451,6 @@ class _StreamingResponse:
 
     async def aclose(self) -> None:
         await self._abort()
-
-    async def __aenter__(self) -> _StreamingResponse:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
 
 class HTTP11Transport:

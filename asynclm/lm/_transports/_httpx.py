@@ -8,10 +8,9 @@ event loop, and this adapter owns and closes it. Exceptions are translated by cl
 from __future__ import annotations
 
 from collections.abc import Mapping
-from types import TracebackType
 from typing import Any, NoReturn
 
-from ._base import Response, TransportError, TransportTimeout
+from ._base import ClosingStreamMixin, Response, TransportError, TransportTimeout
 
 __all__ = ["HttpxTransport"]
 
@@ -50,7 +49,7 @@ def _headers(raw: Any) -> dict[str, str]:
     return headers
 
 
-class _HttpxStreamingResponse:
+class _HttpxStreamingResponse(ClosingStreamMixin):
     def __init__(self, response: Any, url: str) -> None:
         self._response = response
         self._url = url
@@ -77,17 +76,6 @@ class _HttpxStreamingResponse:
 
     async def aclose(self) -> None:
         await self._response.aclose()
-
-    async def __aenter__(self) -> _HttpxStreamingResponse:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
 
 class HttpxTransport:
