@@ -106,8 +106,7 @@ class Predict(Module):
             self.signature.output_fields
         ):
             raise ProgramFileError(
-                f"the saved signature {saved.signature!r} does not match this predictor's "
-                f"{self.signature.signature!r}"
+                f"the saved signature {saved.signature!r} does not match this predictor's {self.signature.signature!r}"
             )
         self.signature = saved
         self.demos = [Example.from_json_dict(d) for d in state["demos"]]
@@ -157,57 +156,32 @@ class Predict(Module):
         demos = control.get("demos", self.demos)
         params = {**self.config, **(control.get("config") or {})}
         retries = self.max_parse_retries if self.max_parse_retries is not None else settings.max_parse_retries
-        completions = await self._complete(lm, adapter, signature, demos, inputs, params, retries)
+        completions = await self._complete(_PredictCall(lm, adapter, signature, demos, inputs, params, retries))
         prediction = Prediction.from_completions(completions)
         record(self, inputs, prediction)
         return prediction
 
-    async def _complete(
-        self,
-        lm: Any,
-        adapter: Adapter,
-        signature: Signature,
-        demos: list[Any],
-        inputs: dict[str, Any],
-        params: dict[str, Any],
-        retries: int,
-    ) -> list[dict[str, Any]]:
-        format_inputs = {"signature": signature, "inputs": inputs} if handlers_for(adapter) else _UNOBSERVED
+    async def _complete(self, call: _PredictCall) -> list[dict[str, Any]]:
+        adapter, signature = call.adapter, call.signature
+        format_inputs = {"signature": signature, "inputs": call.inputs} if handlers_for(adapter) else _UNOBSERVED
         async with observe("adapter_format", adapter, format_inputs) as out:
-            messages = adapter.format(signature, demos, inputs)
+            messages = adapter.format(signature, call.demos, call.inputs)
             out.value = messages
-        n = int(params.get("n") or 1)
+        n = int(call.params.get("n") or 1)
         try:
-            texts = await self._ask(lm, adapter, signature, messages, params)
+            texts = await self._ask(call, adapter, messages, call.params)
         except BadRequestError as exc:
             if n == 1 or isinstance(exc, ContextWindowExceededError):
                 raise
             texts = []  # the server rejects n > 1: ask for each candidate on its own
         if n > 1 and len(texts) < n:  # the server ignored n: ask for the rest concurrently
-            texts = texts + await self._ask_each(lm, adapter, signature, messages, params, n - len(texts))
-        if len(texts) == 1:  # the common case, without the closure (its cells live as long as this call)
-            return [await self._parse_or_reask(lm, adapter, signature, demos, inputs, messages, params, texts[0],
-                                               retries)]
-        return await self._settle_each(lm, adapter, signature, demos, inputs, messages, params, texts, retries)
-
-    async def _settle_each(
-        self,
-        lm: Any,
-        adapter: Adapter,
-        signature: Signature,
-        demos: list[Any],
-        inputs: dict[str, Any],
-        messages: list[dict[str, Any]],
-        params: dict[str, Any],
-        texts: list[str],
-        retries: int,
-    ) -> list[dict[str, Any]]:
-        """Parse (or re-ask for) each of several completions concurrently; results in order."""
+            texts = texts + await self._ask_each(call, messages, n - len(texts))
+        if len(texts) == 1:  # the common case, without a task group
+            return [await self._parse_or_reask(call, messages, texts[0])]
         results: list[dict[str, Any] | None] = [None] * len(texts)
 
         async def settle(i: int, text: str) -> None:
-            results[i] = await self._parse_or_reask(lm, adapter, signature, demos, inputs, messages, params,
-                                                    text, retries)
+            results[i] = await self._parse_or_reask(call, messages, text)
 
         async with anyio.create_task_group() as tg:
             for i, text in enumerate(texts):
@@ -215,17 +189,18 @@ class Predict(Module):
         return [r for r in results if r is not None]
 
     async def _ask(
-        self, lm: Any, adapter: Adapter, signature: Signature, messages: list[dict[str, Any]], params: dict[str, Any]
+        self, call: _PredictCall, adapter: Adapter, messages: list[dict[str, Any]], params: dict[str, Any]
     ) -> list[str]:
         request = dict(params)
-        response_format = adapter.response_format(signature)
+        response_format = adapter.response_format(call.signature)
         if response_format is not None and "response_format" not in request:
             request["response_format"] = response_format
+        lm = call.lm
         sink = _stream_state.current_sink()
         lm_inputs = {"messages": messages, **request} if handlers_for(lm) else _UNOBSERVED
         async with observe("lm", lm, lm_inputs) as out:
             if sink is not None and int(request.get("n") or 1) == 1:
-                text = await sink.stream(self, lm, adapter, signature, messages, request)
+                text = await sink.stream(self, lm, adapter, call.signature, messages, request)
                 texts = [text]
             else:
                 response = await lm(messages=messages, **request)
@@ -233,47 +208,29 @@ class Predict(Module):
             out.value = texts
         return texts
 
-    async def _ask_each(
-        self,
-        lm: Any,
-        adapter: Adapter,
-        signature: Signature,
-        messages: list[dict[str, Any]],
-        params: dict[str, Any],
-        count: int,
-    ) -> list[str]:
-        base = params.get("rollout_id")
+    async def _ask_each(self, call: _PredictCall, messages: list[dict[str, Any]], count: int) -> list[str]:
+        base = call.params.get("rollout_id")
         texts: list[list[str]] = [[] for _ in range(count)]
 
         async def one(i: int) -> None:
-            single = {**params, "n": None, "rollout_id": f"{base}:{i + 1}" if base is not None else i + 1}
-            texts[i] = (await self._ask(lm, adapter, signature, messages, single))[:1]
+            single = {**call.params, "n": None, "rollout_id": f"{base}:{i + 1}" if base is not None else i + 1}
+            texts[i] = (await self._ask(call, call.adapter, messages, single))[:1]
 
         async with anyio.create_task_group() as tg:
             for i in range(count):
                 tg.start_soon(one, i)
         return [t for group in texts for t in group]
 
-    async def _parse_or_reask(
-        self,
-        lm: Any,
-        adapter: Adapter,
-        signature: Signature,
-        demos: list[Any],
-        inputs: dict[str, Any],
-        messages: list[dict[str, Any]],
-        params: dict[str, Any],
-        text: str,
-        retries: int,
-    ) -> dict[str, Any]:
-        single = {k: v for k, v in params.items() if k != "n"}
+    async def _parse_or_reask(self, call: _PredictCall, messages: list[dict[str, Any]], text: str) -> dict[str, Any]:
+        adapter, signature = call.adapter, call.signature
+        single = {k: v for k, v in call.params.items() if k != "n"}
         conversation = list(messages)
         attempt = 0
         while True:
             try:
                 return await self._parse(adapter, signature, text)
             except ParseError as error:
-                if attempt >= retries:
+                if attempt >= call.retries:
                     last_error = error
                     break
                 attempt += 1
@@ -282,13 +239,13 @@ class Predict(Module):
                     {"role": "assistant", "content": text},
                     *adapter.format_feedback(signature, text, error),
                 ]
-                text = (await self._ask(lm, adapter, signature, conversation, single))[0]
+                text = (await self._ask(call, adapter, conversation, single))[0]
         if isinstance(adapter, JSONAdapter):
             raise last_error
         # Last resort: the same question through the JSON adapter (structured output if supported).
         fallback = JSONAdapter()
-        json_messages = fallback.format(signature, demos, inputs)
-        text = (await self._ask(lm, fallback, signature, json_messages, single))[0]
+        json_messages = fallback.format(signature, call.demos, call.inputs)
+        text = (await self._ask(call, fallback, json_messages, single))[0]
         return await self._parse(fallback, signature, text)
 
     async def _parse(self, adapter: Adapter, signature: Signature, text: str) -> dict[str, Any]:
@@ -297,6 +254,30 @@ class Predict(Module):
             values = adapter.parse(signature, text)
             out.value = values
         return values
+
+
+class _PredictCall:
+    """What one ``Predict`` call resolved (LM, adapter, signature, demos, inputs, parameters)."""
+
+    __slots__ = ("adapter", "demos", "inputs", "lm", "params", "retries", "signature")
+
+    def __init__(
+        self,
+        lm: Any,
+        adapter: Adapter,
+        signature: Signature,
+        demos: list[Any],
+        inputs: dict[str, Any],
+        params: dict[str, Any],
+        retries: int,
+    ) -> None:
+        self.lm = lm
+        self.adapter = adapter
+        self.signature = signature
+        self.demos = demos
+        self.inputs = inputs
+        self.params = params
+        self.retries = retries
 
 
 _ADAPTERS_BY_NAME: dict[str, Adapter] = {}
