@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import _thread
-import dataclasses
 import multiprocessing
 import os
 import subprocess
@@ -12,29 +11,17 @@ import textwrap
 import threading
 import time
 import warnings
-from collections.abc import Iterator
 from typing import Any
 
 import anyio
 import pytest
 import sniffio
 
-from asynclm.runtime import Settings, configure, current_settings, shutdown_portals, sync_twin
+from asynclm.runtime import configure, shutdown_portals, sync_twin
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX process model")
 
 
-@pytest.fixture(autouse=True)
-def _restore_defaults() -> Iterator[None]:
-    before = current_settings()
-    yield
-    configure(**{f.name: getattr(before, f.name) for f in dataclasses.fields(Settings)})
-
-
-@pytest.fixture(params=["asyncio", "trio"])
-def portal_backend(request: pytest.FixtureRequest) -> str:
-    configure(backend=request.param)
-    return str(request.param)
 
 
 @sync_twin

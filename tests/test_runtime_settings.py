@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import dataclasses
 import threading
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import anyio
@@ -12,13 +10,6 @@ import pytest
 
 import asynclm
 from asynclm.runtime import Settings, configure, context, current_settings, settings
-
-
-@pytest.fixture(autouse=True)
-def _restore_defaults() -> Iterator[None]:
-    before = current_settings()
-    yield
-    configure(**{f.name: getattr(before, f.name) for f in dataclasses.fields(Settings)})
 
 
 def test_public_names_are_exported() -> None:

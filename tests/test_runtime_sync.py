@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextvars
 import dataclasses
 import threading
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -16,33 +15,17 @@ import sniffio
 
 import asynclm
 from asynclm.runtime import (
-    Settings,
     SyncCallable,
     SyncInAsyncContextError,
     asyncify,
     configure,
     context,
-    current_settings,
     is_async_callable,
     run_sync,
     settings,
     sync_twin,
     syncify,
 )
-
-
-@pytest.fixture(autouse=True)
-def _restore_defaults() -> Iterator[None]:
-    before = current_settings()
-    yield
-    configure(**{f.name: getattr(before, f.name) for f in dataclasses.fields(Settings)})
-
-
-@pytest.fixture(params=["asyncio", "trio"])
-def portal_backend(request: pytest.FixtureRequest) -> str:
-    """The backend that ``.sync()`` portals run (``configure(backend=...)``)."""
-    configure(backend=request.param)
-    return str(request.param)
 
 
 @dataclasses.dataclass
