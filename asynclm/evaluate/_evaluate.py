@@ -102,19 +102,27 @@ class EvaluationResult:
         )
 
 
-def _check_devset(devset: Iterable[Any]) -> list[Example]:
-    examples = list(devset)
-    if not examples:
-        raise ValueError("Evaluate: the devset is empty; give at least one Example")
+def check_examples(items: Iterable[Any], who: str, what: str) -> list[Example]:
+    """The examples as a list, each checked to be an ``Example`` with input keys (shared with the optimizers)."""
+    if isinstance(items, (str, bytes)) or not isinstance(items, Iterable):
+        raise TypeError(f"{who}: {what} must be a list of Example objects; got {type(items).__name__}")
+    examples = list(items)
     for i, ex in enumerate(examples):
         if not isinstance(ex, Example):
             raise TypeError(
-                f"Evaluate: devset[{i}] is a {type(ex).__name__}; use asynclm.Example(...).with_inputs(...)"
+                f"{who}: {what}[{i}] is a {type(ex).__name__}; use asynclm.Example(...).with_inputs(...)"
             )
         if ex.input_keys is None:
             raise ValueError(
-                f"Evaluate: devset[{i}] has no input keys; build it with Example(...).with_inputs('question', ...)"
+                f"{who}: {what}[{i}] has no input keys; build it with Example(...).with_inputs('question', ...)"
             )
+    return examples
+
+
+def _check_devset(devset: Iterable[Any]) -> list[Example]:
+    examples = check_examples(devset, "Evaluate", "devset")
+    if not examples:
+        raise ValueError("Evaluate: the devset is empty; give at least one Example")
     return examples
 
 

@@ -6,6 +6,7 @@ import inspect
 from collections.abc import Iterable
 from typing import Any
 
+from asynclm.evaluate._evaluate import check_examples
 from asynclm.modules import Module
 from asynclm.runtime import SyncTwin, sync_twin
 from asynclm.signatures import Example
@@ -48,19 +49,7 @@ Optimizer = Teleprompter
 
 def check_trainset(trainset: Iterable[Any], who: str, what: str = "trainset") -> list[Example]:
     """The examples as a list, each checked to be an ``Example`` with input keys."""
-    if isinstance(trainset, (str, bytes)) or not isinstance(trainset, Iterable):
-        raise TypeError(f"{who}: {what} must be a list of Example objects; got {type(trainset).__name__}")
-    examples = list(trainset)
-    for i, ex in enumerate(examples):
-        if not isinstance(ex, Example):
-            raise TypeError(
-                f"{who}: {what}[{i}] is a {type(ex).__name__}; use asynclm.Example(...).with_inputs(...)"
-            )
-        if ex.input_keys is None:
-            raise ValueError(
-                f"{who}: {what}[{i}] has no input keys; build it with Example(...).with_inputs('question', ...)"
-            )
-    return examples
+    return check_examples(trainset, who, what)
 
 
 def match_predictors(student: Module, teacher: Module, who: str) -> None:
