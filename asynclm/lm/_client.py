@@ -20,8 +20,8 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncGenerator, Callable, Iterator, Mapping
-from typing import Any
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator, Mapping
+from typing import Any, TypeVar, cast
 
 import anyio
 
@@ -41,7 +41,8 @@ from ._history import global_history
 from ._models import LMResponse, StreamDelta, Usage
 from ._retry import backoff_delay, is_retryable_status, parse_retry_after
 from ._stream import SSEDecoder
-from ._transports import TransportError, TransportTimeout, get_transport
+from ._transports import DeadlineExceeded, TransportError, TransportTimeout, get_transport
+from ._transports._base import DeadlineTransport
 from ._usage import record_usage
 
 __all__ = ["LM"]
@@ -109,6 +110,18 @@ class _Attempts:
     def __init__(self) -> None:
         self.count = 0
         self.last_error: BaseException | None = None
+
+
+T = TypeVar("T")
+
+
+async def _wait_until(deadline: float | None, wait: Awaitable[T]) -> T:
+    """Await ``wait``; cancel it and raise ``TimeoutError`` if ``deadline`` passes first."""
+    if deadline is None:
+        return await wait
+    with anyio.CancelScope(deadline=deadline):
+        return await wait
+    raise TimeoutError
 
 
 def _clone(error: BaseException) -> BaseException:
@@ -291,16 +304,16 @@ class LM(SyncCallable):
         started = time.time()
         t0 = time.perf_counter()
         attempts = _Attempts()
+        # The deadline travels down as a number instead of a cancel scope around the call: our
+        # transport enforces it with one timer, and the waits that need a scope open one only
+        # while they wait. (A scope held for the whole call is ~1 KB per call in flight.)
+        deadline = None if timeout is None else anyio.current_time() + timeout
         try:
-            if timeout is None:
-                response = await self._resolve(body, use_cache, rollout_id, attempts)
-            else:
-                # a bare CancelScope rather than fail_after(): that adds two generator-based
-                # managers kept alive for the whole call (memory per in-flight call)
-                with anyio.CancelScope(deadline=anyio.current_time() + timeout) as scope:
-                    response = await self._resolve(body, use_cache, rollout_id, attempts)
-                if scope.cancelled_caught:
-                    raise TimeoutError
+            if use_cache:
+                response = await self._resolve(body, use_cache, rollout_id, attempts, deadline)
+            else:  # inline, not through _resolve: one coroutine frame less per call in flight
+                _, raw = await self._request(self._encode(body, canonical=False), body, attempts, False, deadline)
+                response = LMResponse.from_json(raw, self.model_name, False)
         except TimeoutError as exc:
             if isinstance(exc, LMError):
                 self._record_error(body, exc, started, t0)
@@ -349,12 +362,9 @@ class LM(SyncCallable):
             raise TypeError(f"LM call: the request is not JSON-serializable ({exc})") from None
 
     async def _resolve(
-        self, body: dict[str, Any], use_cache: bool | str, rollout_id: Any, attempts: _Attempts
+        self, body: dict[str, Any], use_cache: bool | str, rollout_id: Any, attempts: _Attempts, deadline: float | None
     ) -> LMResponse:
-        if not use_cache:
-            data = self._encode(body, canonical=False)
-            _, raw = await self._request(data, body, attempts, stream=False)
-            return LMResponse.from_json(raw, self.model_name, False)
+        """A call with the cache on: memory, then one flight per key across tasks and threads, then disk."""
         data = self._encode(body, canonical=True)
         key = cache_key(data, rollout_id)
         hit = memory_cache.get(key)
@@ -362,7 +372,8 @@ class LM(SyncCallable):
             return self._from_cache(hit)
         flight = flights.join(key)
         try:
-            async with flight.limiter:
+            await _wait_until(deadline, flight.limiter.acquire())
+            try:
                 if flight.value is not None:
                     return self._from_cache(flight.value)
                 if flight.error is not None:
@@ -372,13 +383,13 @@ class LM(SyncCallable):
                     return self._from_cache(hit)
                 disk = disk_cache(current_settings().cache_dir) if use_cache is True else None
                 if disk is not None and not disk.surely_absent(key):
-                    hit = await anyio.to_thread.run_sync(disk.get, key)
+                    hit = await _wait_until(deadline, anyio.to_thread.run_sync(disk.get, key))
                     if hit is not None:
                         memory_cache.put(key, hit)
                         flight.value = hit
                         return self._from_cache(hit)
                 try:
-                    payload, raw = await self._request(data, body, attempts, stream=False)
+                    payload, raw = await self._request(data, body, attempts, False, deadline)
                 except LMError as exc:
                     if _shareable(exc):
                         flight.error = exc
@@ -388,6 +399,8 @@ class LM(SyncCallable):
                 if disk is not None:
                     disk.put(key, payload)
                 return LMResponse.from_json(raw, self.model_name, False)
+            finally:
+                flight.limiter.release()
         finally:
             flights.leave(key, flight)
 
@@ -430,34 +443,45 @@ class LM(SyncCallable):
             model=self.model_name,
         )
 
-    async def _request(self, data: bytes, body: Mapping[str, Any], attempts: _Attempts, stream: bool) -> Any:
-        """POST with retries. ``stream=False``: return ``(bytes, decoded)`` of a 2xx chat completion;
+    async def _request(
+        self, data: bytes, body: Mapping[str, Any], attempts: _Attempts, stream: bool, deadline: float | None
+    ) -> Any:
+        """POST with retries until ``deadline`` (``anyio.current_time()`` clock; ``TimeoutError`` when
+        it passes). ``stream=False``: return ``(bytes, decoded)`` of a 2xx chat completion;
         ``stream=True``: the open 2xx response. (Called directly, without a typed wrapper coroutine:
         each extra frame is memory held per in-flight call.)"""
         self._check_key()
         transport = get_transport(self._transport_factory)
         estimate = self._estimate_tokens(data, body) if self._tpm is not None else 0.0
         limiter = self._concurrency
+        # our transports take the deadline themselves; around any other, a cancel scope
+        native_deadline = deadline is not None and getattr(transport, "accepts_deadline", False)
         while True:
             if self._rpm is None and self._paused_until:
-                await self._wait_pause()
+                await _wait_until(deadline, self._wait_pause())
             error: LMError
             retryable = True
             if limiter is not None:
-                await limiter.acquire()
+                await _wait_until(deadline, limiter.acquire())
             keep_slot = False
             try:
                 if self._rpm is not None:
-                    await self._rpm.acquire()
+                    await _wait_until(deadline, self._rpm.acquire())
                 if self._tpm is not None:
-                    await self._tpm.acquire(estimate)
+                    await _wait_until(deadline, self._tpm.acquire(estimate))
                 attempts.count += 1
                 response: Any
                 try:
                     if stream:
-                        response = await transport.post_stream(self._url, data, self._headers)
+                        response = await _wait_until(deadline, transport.post_stream(self._url, data, self._headers))
+                    elif native_deadline:
+                        response = await cast(DeadlineTransport, transport).post(
+                            self._url, data, self._headers, deadline=deadline
+                        )
                     else:
-                        response = await transport.post(self._url, data, self._headers)
+                        response = await _wait_until(deadline, transport.post(self._url, data, self._headers))
+                except DeadlineExceeded:
+                    raise TimeoutError from None  # the call's deadline, not this attempt's: no retry
                 except TransportTimeout as exc:
                     error = LMTimeoutError(f"{self._url} timed out ({self._describe_exc(exc)})", model=self.model_name)
                 except TransportError as exc:
@@ -518,8 +542,10 @@ class LM(SyncCallable):
             if not retryable or retry >= self.max_retries:
                 raise error
             delay = backoff_delay(retry, self.backoff_base, self.backoff_max, error.retry_after)
-            deadline = anyio.current_effective_deadline()
-            if anyio.current_time() + delay >= deadline:
+            limit = anyio.current_effective_deadline()
+            if deadline is not None:
+                limit = min(limit, deadline)
+            if anyio.current_time() + delay >= limit:
                 raise error  # the wait would outlast the call's deadline: report the real failure now
             logger.info(
                 "retrying %s in %.3f s (retry %d of %d) after %s",
@@ -630,7 +656,7 @@ class LM(SyncCallable):
             try:
                 with anyio.fail_after(None if timeout is None else timeout):
                     try:
-                        response = await self._request(data, body, attempts, stream=True)
+                        response = await self._request(data, body, attempts, True, None)
                     except BadRequestError as exc:
                         if not (asked_usage and "stream_options" in str(exc)):
                             raise
@@ -639,7 +665,7 @@ class LM(SyncCallable):
                         logger.info("%s rejected stream_options; streaming without usage", self._url)
                         del body["stream_options"]
                         data = self._encode(body, canonical=False)
-                        response = await self._request(data, body, attempts, stream=True)
+                        response = await self._request(data, body, attempts, True, None)
             except TimeoutError as exc:
                 if isinstance(exc, LMError):
                     raise

@@ -43,7 +43,7 @@ from typing import Any
 
 import anyio
 
-from ._client import LM
+from ._client import LM, _wait_until
 from ._errors import LMConnectionError, LMTimeoutError
 
 __all__ = ["LOCAL_MODELS", "LocalLM", "LocalModelUnavailableError", "LocalServer", "stop_local_servers"]
@@ -457,12 +457,14 @@ class LocalLM(LM):
                 body["response_format"] = copy
         return body
 
-    async def _request(self, data: bytes, body: Mapping[str, Any], attempts: Any, stream: bool) -> Any:
+    async def _request(
+        self, data: bytes, body: Mapping[str, Any], attempts: Any, stream: bool, deadline: float | None
+    ) -> Any:
         server = self.server
         url = server.base_url
         if url is None or server.pid is None:
             try:
-                url = await server.ensure_started(self.startup_timeout)
+                url = await _wait_until(deadline, server.ensure_started(self.startup_timeout))
             except TimeoutError as exc:
                 if isinstance(exc, LMTimeoutError):
                     raise
@@ -472,7 +474,7 @@ class LocalLM(LM):
                     model=self.model_name,
                 ) from None
         self._use(url)
-        return await super()._request(data, body, attempts, stream)
+        return await super()._request(data, body, attempts, stream, deadline)
 
 
 # -- the server process -----------------------------------------------------------------------

@@ -19,6 +19,9 @@ from ._models import Usage
 __all__ = ["UsageTracker", "record_usage", "start_tracking", "stop_tracking", "track_usage"]
 
 
+_LOCK = threading.Lock()
+
+
 class UsageTracker:
     """The running totals of a :func:`track_usage` block (read them any time, from any thread).
 
@@ -30,7 +33,6 @@ class UsageTracker:
 
     __slots__ = (
         "_by_model",
-        "_lock",
         "cache_hits",
         "calls",
         "completion_tokens",
@@ -46,18 +48,20 @@ class UsageTracker:
         self.total_tokens = 0
         self.calls = 0
         self.cache_hits = 0
-        self._by_model: dict[str, list[int]] = {}
-        self._lock = threading.Lock()
+        # made on the first add: every Module call opens a tracker, most see one LM call or none
+        self._by_model: dict[str, list[int]] | None = None
 
     def add(self, model: str, usage: Usage, cache_hit: bool) -> None:
-        tracker: UsageTracker | None = self
-        while tracker is not None:
-            with tracker._lock:
+        with _LOCK:  # one lock for all trackers: a lock each is memory per call in flight
+            tracker: UsageTracker | None = self
+            while tracker is not None:
                 tracker.prompt_tokens += usage.prompt_tokens
                 tracker.completion_tokens += usage.completion_tokens
                 tracker.total_tokens += usage.total_tokens
                 tracker.calls += 1
                 tracker.cache_hits += cache_hit
+                if tracker._by_model is None:
+                    tracker._by_model = {}
                 row = tracker._by_model.get(model)
                 if row is None:
                     row = tracker._by_model[model] = [0, 0, 0, 0]
@@ -65,20 +69,20 @@ class UsageTracker:
                 row[1] += usage.completion_tokens
                 row[2] += usage.total_tokens
                 row[3] += 1
-            tracker = tracker.parent
+                tracker = tracker.parent
 
     @property
     def usage(self) -> Usage:
         """The totals as a :class:`Usage`."""
-        with self._lock:
+        with _LOCK:
             return Usage(self.prompt_tokens, self.completion_tokens, self.total_tokens)
 
     def by_model(self) -> dict[str, dict[str, int]]:
         """Per-model totals: ``{model: {"prompt_tokens", "completion_tokens", "total_tokens", "calls"}}``."""
-        with self._lock:
+        with _LOCK:
             return {
                 model: {"prompt_tokens": p, "completion_tokens": c, "total_tokens": t, "calls": n}
-                for model, (p, c, t, n) in self._by_model.items()
+                for model, (p, c, t, n) in (self._by_model or {}).items()
             }
 
     def __repr__(self) -> str:

@@ -112,7 +112,7 @@ class observe:
     def __init__(self, kind: str, instance: Any, inputs: dict[str, Any]) -> None:
         self._kind = kind
         self._instance = instance
-        self._inputs = inputs
+        self._inputs: dict[str, Any] | None = inputs
         self.value: Any = None
 
     async def __aenter__(self) -> observe:
@@ -126,15 +126,21 @@ class observe:
             except BaseException:
                 _current_call.reset(token)
                 raise
+        self._inputs = None  # only the start event needs them: don't hold them for the whole call
         return self
 
     async def __aexit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        handlers, token = self._handlers, self._token
+        # The caller's frame may keep this object (the ``as`` name) for the rest of its call:
+        # from here on it keeps only the outcome.
+        del self._handlers, self._token, self._instance
         try:
-            if self._handlers:
+            if handlers:
                 event = f"on_{self._kind}_end"
                 if exc_type is None:
-                    await _notify(self._handlers, event, self._call_id, self.value, None, parent=self._parent)
+                    await _notify(handlers, event, self._call_id, self.value, None, parent=self._parent)
                 else:
-                    await _notify(self._handlers, event, self._call_id, None, exc, parent=self._parent)
+                    await _notify(handlers, event, self._call_id, None, exc, parent=self._parent)
         finally:
-            _current_call.reset(self._token)
+            _current_call.reset(token)
+            del self._parent, self._call_id

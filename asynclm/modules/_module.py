@@ -57,10 +57,10 @@ class Module(SyncCallable):
             usage, token = start_tracking()
             try:
                 forward = self.forward
-                if is_async_callable(forward):
-                    result = await forward(*args, **kwargs)
-                else:
-                    result = await asyncify(forward)(*args, **kwargs)
+                running = forward(*args, **kwargs) if is_async_callable(forward) else asyncify(forward)(*args, **kwargs)
+                # forward has its own copies: this frame need not hold them for the whole call
+                del forward, args, kwargs
+                result = await running
             finally:
                 stop_tracking(token)
             if isinstance(result, Prediction):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import threading
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any
@@ -172,11 +173,17 @@ class ScriptedLM(LM):
         }
         return texts, raw
 
-    async def _request(self, data: bytes, body: Mapping[str, Any], attempts: Any, stream: bool) -> Any:
-        if self.latency:
-            await anyio.sleep(self.latency)
-        else:
-            await anyio.lowlevel.checkpoint()
+    async def _request(
+        self, data: bytes, body: Mapping[str, Any], attempts: Any, stream: bool, deadline: float | None
+    ) -> Any:
+        # the call's deadline, as the LM's transports honour it
+        with anyio.CancelScope(deadline=math.inf if deadline is None else deadline) as scope:
+            if self.latency:
+                await anyio.sleep(self.latency)
+            else:
+                await anyio.lowlevel.checkpoint()
+        if scope.cancelled_caught:
+            raise TimeoutError
         texts, raw = self._script(body)
         if stream:
             return _ScriptedStream(texts[0], raw["usage"], self.model_name)

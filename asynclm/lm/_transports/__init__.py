@@ -20,12 +20,13 @@ from typing import Any
 from ...runtime import loop_resource
 from ...runtime._backends import running_loop_name
 from ._aiohttp import AiohttpTransport
-from ._base import Response, StreamingResponse, Transport, TransportError, TransportTimeout
+from ._base import DeadlineExceeded, Response, StreamingResponse, Transport, TransportError, TransportTimeout
 from ._http11 import HTTP11Transport
 from ._httpx import HttpxTransport
 
 __all__ = [
     "AiohttpTransport",
+    "DeadlineExceeded",
     "HTTP11Transport",
     "HttpxTransport",
     "Response",

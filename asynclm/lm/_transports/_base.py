@@ -27,6 +27,10 @@ class TransportTimeout(TransportError, TimeoutError):
     """A connect/read/write operation timed out (per operation; whole-call deadlines are the LM's)."""
 
 
+class DeadlineExceeded(TransportTimeout):
+    """The caller's deadline (``post(..., deadline=...)``) passed before the response was complete."""
+
+
 @dataclass
 class Response:
     """A complete HTTP response. Header names are lower-cased; repeated headers are joined by ", "."""
@@ -81,7 +85,12 @@ class Transport(Protocol):
     ) -> Response:
         """POST ``body`` and return the whole response. Raises TransportError / TransportTimeout.
 
-        Cancelling the caller closes the connection (the server sees the disconnect)."""
+        Cancelling the caller closes the connection (the server sees the disconnect).
+
+        A transport whose ``accepts_deadline`` attribute is true also takes ``deadline=`` (an
+        ``anyio.current_time()`` value, or ``None``) and raises :class:`DeadlineExceeded` when it
+        passes; the LM client then needs no cancel scope around the call. Without the attribute
+        the client wraps ``post`` in one."""
         ...
 
     async def post_stream(
@@ -93,6 +102,22 @@ class Transport(Protocol):
     async def aclose(self) -> None:
         """Close every pooled connection. Idempotent."""
         ...
+
+
+class DeadlineTransport(Transport, Protocol):
+    """A :class:`Transport` that enforces a whole-call deadline itself (``accepts_deadline = True``)."""
+
+    accepts_deadline: bool
+
+    async def post(
+        self,
+        url: str,
+        body: bytes,
+        headers: Mapping[str, str],
+        *,
+        timeout: float | None = None,
+        deadline: float | None = None,
+    ) -> Response: ...
 
 
 class ClosingStreamMixin:

@@ -31,12 +31,13 @@ Semantics:
 from __future__ import annotations
 
 import asyncio
+import math
 import re
 import ssl
 import time
 import zlib
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from typing import Any, Union, cast
 from urllib.parse import urlsplit
 
@@ -46,7 +47,7 @@ from anyio.streams.tls import TLSStream
 
 from ...runtime._backends import current_loop_key
 from ._asyncio_conn import AsyncioConnection, open_connection, readable as _readable
-from ._base import ClosingStreamMixin, Response, TransportError, TransportTimeout
+from ._base import ClosingStreamMixin, DeadlineExceeded, Response, TransportError, TransportTimeout
 
 __all__ = ["HTTP11Transport"]
 
@@ -510,17 +511,54 @@ class HTTP11Transport:
 
     # -- public API --------------------------------------------------------------------------
 
-    async def post(
-        self, url: str, body: bytes, headers: Mapping[str, str], *, timeout: float | None = None
-    ) -> Response:
+    accepts_deadline = True
+
+    def post(
+        self,
+        url: str,
+        body: bytes,
+        headers: Mapping[str, str],
+        *,
+        timeout: float | None = None,
+        deadline: float | None = None,
+    ) -> Coroutine[Any, Any, Response]:
+        """POST and read the whole response (``await transport.post(...)``).
+
+        ``deadline`` (``anyio.current_time()`` clock) bounds everything — waiting for a pooled
+        connection, connecting, sending, reading — and raises :class:`DeadlineExceeded`. On
+        asyncio one timer on the connection enforces it; elsewhere (or with a read timeout, which
+        needs a scope anyway) a cancel scope does. A plain ``def`` returning the coroutine: no
+        frame of its own stays alive while the response is awaited.
+        """
         target, head, connect_t, read_t = self._prepare(url, body, headers, timeout)
+        if deadline is None or (self._asyncio and read_t is None):
+            return self._post(target, head, body, connect_t, read_t, deadline)
+        return self._post_scoped(target, head, body, connect_t, read_t, deadline)
+
+    async def _post_scoped(
+        self, target: _Target, head: bytes, body: bytes, connect_t: float | None, read_t: float | None, deadline: float
+    ) -> Response:
+        with anyio.CancelScope(deadline=deadline):
+            return await self._post(target, head, body, connect_t, read_t, None)
+        raise DeadlineExceeded(f"{target.safe_url}: no complete response before the call's deadline")
+
+    async def _post(
+        self,
+        target: _Target,
+        head: bytes,
+        body: bytes,
+        connect_t: float | None,
+        read_t: float | None,
+        deadline: float | None,
+    ) -> Response:
+        """The request on a pooled or new connection; ``deadline`` only on the asyncio timer path."""
         for attempt in (0, 1):
-            conn = await self._acquire(target, connect_t, fresh=bool(attempt))
+            conn = await self._acquire(target, connect_t, deadline, fresh=bool(attempt))
             try:
                 if read_t is None:
-                    return cast(Response, await self._exchange(conn, target, head, body, None, None))
+                    return cast(Response, await self._exchange(conn, target, head, body, None, None, deadline))
                 with anyio.CancelScope(deadline=anyio.current_time() + read_t) as scope:
-                    return cast(Response, await self._exchange(conn, target, head, body, scope, read_t))
+                    return cast(Response, await self._exchange(conn, target, head, body, scope, read_t, None))
                 raise TransportTimeout(f"{target.safe_url}: no response data for {read_t:g} s (read timeout)")
             except _Stale:
                 continue  # the connection is already closed; retry once on a fresh one
@@ -531,15 +569,15 @@ class HTTP11Transport:
     ) -> _StreamingResponse:
         target, head, connect_t, read_t = self._prepare(url, body, headers, timeout)
         for attempt in (0, 1):
-            conn = await self._acquire(target, connect_t, fresh=bool(attempt))
+            conn = await self._acquire(target, connect_t, None, fresh=bool(attempt))
             try:
                 if read_t is None:
-                    resp = await self._exchange(conn, target, head, body, None, None, stream=True)
+                    resp = await self._exchange(conn, target, head, body, None, None, None, stream=True)
                     return cast(_StreamingResponse, resp)
                 with anyio.CancelScope(deadline=anyio.current_time() + read_t) as scope:
                     return cast(
                         _StreamingResponse,
-                        await self._exchange(conn, target, head, body, scope, read_t, stream=True),
+                        await self._exchange(conn, target, head, body, scope, read_t, None, stream=True),
                     )
                 raise TransportTimeout(f"{target.safe_url}: no response headers for {read_t:g} s (read timeout)")
             except _Stale:
@@ -604,7 +642,7 @@ class HTTP11Transport:
             return target, encoded, self.connect_timeout, self.read_timeout
         return target, encoded, timeout, timeout
 
-    async def _acquire(self, target: _Target, connect_t: float | None, *, fresh: bool) -> _Conn:
+    async def _acquire(self, target: _Target, connect_t: float | None, deadline: float | None, *, fresh: bool) -> _Conn:
         if self._to_close:
             pending, self._to_close = self._to_close, []
             for conn in pending:
@@ -624,10 +662,16 @@ class HTTP11Transport:
                         await self._discard(conn)
             if self.max_connections is None or self._open < self.max_connections:
                 break
-            await self._wait_for_slot()
+            if deadline is None:
+                await self._wait_for_slot()
+            else:
+                with anyio.CancelScope(deadline=deadline) as scope:
+                    await self._wait_for_slot()
+                if scope.cancelled_caught:
+                    raise DeadlineExceeded(f"{target.safe_url}: no free connection before the call's deadline")
         self._open += 1
         try:
-            return await self._connect(target, connect_t)
+            return await self._connect(target, connect_t, deadline)
         except BaseException:
             self._open -= 1
             self._wake_one()
@@ -662,10 +706,13 @@ class HTTP11Transport:
             self._wake_one()
             await conn.aclose()
 
-    async def _connect(self, target: _Target, connect_t: float | None) -> _Conn:
+    async def _connect(self, target: _Target, connect_t: float | None, deadline: float | None) -> _Conn:
         stream: ByteStream
+        limit = math.inf if connect_t is None else anyio.current_time() + connect_t
+        if deadline is not None and deadline < limit:
+            limit = deadline
         try:
-            with anyio.fail_after(connect_t):
+            with anyio.fail_after(max(0.0, limit - anyio.current_time()) if limit != math.inf else None):
                 if self._asyncio:
                     ctx = None
                     if target.tls:
@@ -688,6 +735,8 @@ class HTTP11Transport:
                         await _close_stream(stream)
                         raise
         except TimeoutError as exc:
+            if deadline is not None and limit == deadline:
+                raise DeadlineExceeded(f"cannot connect to {target.safe_url} before the call's deadline") from exc
             after = f" after {connect_t:g} s" if connect_t is not None else ""
             raise TransportTimeout(f"cannot connect to {target.safe_url}: timed out{after}") from exc
         except (OSError, anyio.BrokenResourceError) as exc:
@@ -702,11 +751,16 @@ class HTTP11Transport:
         body: bytes,
         scope: anyio.CancelScope | None,
         read_t: float | None,
+        deadline: float | None,
         *,
         stream: bool = False,
     ) -> Any:
-        """Send the request and read the response (head only if ``stream``) on ``conn``."""
+        """Send the request and read the response (head only if ``stream``) on ``conn``.
+
+        ``deadline``: only with an ``AsyncioConnection``, which enforces it with a timer."""
         conn.received = False
+        if deadline is not None:
+            cast(AsyncioConnection, conn).arm(deadline)
         try:
             await conn.send(head, body)
             if scope is not None:
@@ -763,6 +817,8 @@ class HTTP11Transport:
         except BaseException:  # cancelled, timed out, malformed response: never reuse
             await self._discard(conn)
             raise
+        if deadline is not None:
+            cast(AsyncioConnection, conn).disarm()
         if not (keep_alive and self._release(conn, headers)):
             await self._discard(conn)
         return Response(status, headers, body)
