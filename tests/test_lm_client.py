@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from typing import Any
 
 import anyio
 import pytest
@@ -278,6 +279,49 @@ async def test_timeout_is_a_total_deadline_over_retries(server: FakeOpenAIServer
     assert isinstance(err, TimeoutError) and isinstance(err, LMError)
     assert "0.5 s" in str(err) and "2 attempt(s)" in str(err) and "500" in str(err)
     await server.wait_until(lambda s: s.client_disconnects == 1)  # the hung request was closed
+
+
+class _PlainTransport:
+    """A user-supplied transport without ``accepts_deadline``: the LM puts a cancel scope around it."""
+
+    def __init__(self) -> None:
+        from asynclm.lm._transports import HTTP11Transport
+
+        self.inner = HTTP11Transport()
+        self.posts = 0
+
+    async def post(self, url: str, body: bytes, headers: Any, *, timeout: float | None = None) -> Any:
+        self.posts += 1
+        return await self.inner.post(url, body, headers, timeout=timeout)
+
+    async def post_stream(self, url: str, body: bytes, headers: Any, *, timeout: float | None = None) -> Any:
+        return await self.inner.post_stream(url, body, headers, timeout=timeout)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+@pytest.mark.parametrize("transport", ["default", "user transport", "httpx"])
+@pytest.mark.parametrize("cache", [False, "memory"])
+async def test_the_deadline_holds_on_every_transport_and_cache_path(
+    server: FakeOpenAIServer, transport: str, cache: object
+) -> None:
+    """The deadline reaches our transport as a number; any other gets a cancel scope; with the
+    cache on it also bounds the single-flight wait. Each way, the same error and a closed request."""
+    factory: Any = None
+    if transport == "user transport":
+        factory = _PlainTransport
+    elif transport == "httpx":
+        httpx = pytest.importorskip("httpx")
+        factory = httpx.AsyncClient
+    server.fail_next(Fault.hang())
+    lm = make_lm(server, timeout=0.3, cache=cache, http_client_factory=factory)
+    start = time.monotonic()
+    with pytest.raises(LMTimeoutError, match=r"timeout of 0\.3 s \(1 attempt\(s\)\)"):
+        await lm(f"hangs {transport} {cache}")
+    assert 0.29 <= time.monotonic() - start < 5
+    await server.wait_until(lambda s: s.client_disconnects == 1)
+    assert (await lm(f"answers {transport} {cache}")).texts  # the LM is fine afterwards
 
 
 async def test_per_call_timeout_overrides_the_lm_timeout(server: FakeOpenAIServer) -> None:

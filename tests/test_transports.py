@@ -23,6 +23,7 @@ from hypothesis import given, settings, strategies as st
 
 from asynclm.lm._transports import (
     AiohttpTransport,
+    DeadlineExceeded,
     HTTP11Transport,
     HttpxTransport,
     Response,
@@ -32,6 +33,7 @@ from asynclm.lm._transports import (
     get_transport,
     transport_factory,
 )
+from asynclm.lm._transports._asyncio_conn import ProtocolConnection, SocketConnection
 from asynclm.lm._transports._http11 import _CHUNKED, _LENGTH, _BodyReader, _Connection
 
 # -- a raw HTTP/1.1 server in a thread --------------------------------------------------------
@@ -632,6 +634,144 @@ async def test_connection_refused_is_transport_error_without_the_query() -> None
     assert not isinstance(info.value, TransportTimeout)
     assert "cannot connect" in str(info.value)
     assert "SECRET" not in str(info.value)
+
+
+# -- the caller's deadline (post(..., deadline=)) ------------------------------------------------
+
+
+async def test_deadline_raises_deadline_exceeded_and_closes_the_connection(server: RawServer) -> None:
+    server.routes["/hang"] = hang
+    t = HTTP11Transport()
+    try:
+        start = anyio.current_time()
+        with anyio.fail_after(5), pytest.raises(DeadlineExceeded, match="deadline") as info:
+            await t.post(server.url + "/hang", b"", {}, deadline=start + 0.3)
+        assert anyio.current_time() - start >= 0.29
+        assert isinstance(info.value, TransportTimeout) and isinstance(info.value, TimeoutError)
+        await eventually(server.disconnected.is_set)  # the request was abandoned, not left open
+        assert (await t.post(server.url + "/", b"again", {}, deadline=anyio.current_time() + 5)).status == 200
+    finally:
+        await t.aclose()
+    assert server.connections == 2
+
+
+async def test_deadline_is_disarmed_once_the_response_is_read(server: RawServer) -> None:
+    t = HTTP11Transport()
+    try:
+        resp = await t.post(server.url + "/", b"1", {}, deadline=anyio.current_time() + 0.2)
+        assert resp.status == 200
+        await anyio.sleep(0.4)  # past that deadline, with the connection idle in the pool
+        resp = await t.post(server.url + "/", b"2", {}, deadline=anyio.current_time() + 5)
+        assert json.loads(resp.body)["echo"] == "2"
+    finally:
+        await t.aclose()
+    assert server.connections == 1  # the pooled connection survived its first request's deadline
+
+
+async def test_deadline_covers_waiting_for_a_connection_slot(server: RawServer) -> None:
+    server.routes["/hang"] = hang
+    t = HTTP11Transport(max_connections=1)
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(t.post, server.url + "/hang", b"", {})
+            await eventually(server.waiting.is_set)
+            with anyio.fail_after(5), pytest.raises(DeadlineExceeded, match="deadline"):
+                await t.post(server.url + "/", b"", {}, deadline=anyio.current_time() + 0.2)
+            tg.cancel_scope.cancel()
+        # neither the cancelled request nor the timed-out waiter kept the only slot
+        assert (await t.post(server.url + "/", b"ok", {}, deadline=anyio.current_time() + 5)).status == 200
+    finally:
+        await t.aclose()
+
+
+async def test_deadline_and_read_timeout_each_raise_their_own_error(server: RawServer) -> None:
+    server.routes["/hang"] = hang
+    t = HTTP11Transport(read_timeout=5)
+    try:
+        with anyio.fail_after(5):
+            with pytest.raises(DeadlineExceeded):
+                await t.post(server.url + "/hang", b"", {}, deadline=anyio.current_time() + 0.2)
+            with pytest.raises(TransportTimeout, match="read timeout") as info:
+                await t.post(server.url + "/hang", b"", {}, timeout=0.2, deadline=anyio.current_time() + 5)
+        assert not isinstance(info.value, DeadlineExceeded)
+    finally:
+        await t.aclose()
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="relies on Linux dropping SYNs to a full accept queue")
+async def test_deadline_bounds_connecting() -> None:
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        port = listener.getsockname()[1]
+        fillers = []
+        for _ in range(3):
+            filler = socket.socket()
+            filler.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                filler.connect(("127.0.0.1", port))
+            fillers.append(filler)
+        t = HTTP11Transport(connect_timeout=30)
+        try:
+            with anyio.fail_after(5), pytest.raises(DeadlineExceeded, match="deadline"):
+                await t.post(f"http://127.0.0.1:{port}/", b"", {}, deadline=anyio.current_time() + 0.3)
+        finally:
+            await t.aclose()
+            for filler in fillers:
+                filler.close()
+
+
+# -- the asyncio connection kinds ---------------------------------------------------------------
+# (asyncio only: on trio the transport uses anyio streams, tested by everything above)
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_plain_http_is_a_socket_connection_and_https_a_protocol_one(
+    server: RawServer, tls_server: tuple[RawServer, ssl.SSLContext]
+) -> None:
+    plain = HTTP11Transport()
+    tls_srv, client_ctx = tls_server
+    tls = HTTP11Transport(ssl_context=client_ctx)
+    try:
+        assert (await plain.post(server.url + "/", b"", {})).status == 200
+        assert (await tls.post(tls_srv.url + "/", b"", {})).status == 200
+        (plain_conn,) = [c for idle in plain._idle.values() for c in idle]
+        (tls_conn,) = [c for idle in tls._idle.values() for c in idle]
+    finally:
+        await plain.aclose()
+        await tls.aclose()
+    assert isinstance(plain_conn, SocketConnection)
+    assert isinstance(tls_conn, ProtocolConnection)
+    assert plain_conn._sock is None  # closed with the transport: socket unregistered and closed
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+@pytest.mark.parametrize("first", ["refused", "unroutable"])
+async def test_a_host_with_several_addresses_races_them(
+    server: RawServer, monkeypatch: pytest.MonkeyPatch, first: str
+) -> None:
+    """A name resolving to several addresses: a refused or silent first address does not stop the
+    connection (Happy Eyeballs, 250 ms apart)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        refused_port = s.getsockname()[1]
+    bad = ("127.0.0.1", refused_port) if first == "refused" else ("10.255.255.1", server.port)
+    good = ("127.0.0.1", server.port)
+    loop = asyncio.get_running_loop()
+
+    async def getaddrinfo(host: str, port: int, **kw: Any) -> list[Any]:
+        assert host == "api.example"
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", bad), (socket.AF_INET, socket.SOCK_STREAM, 6, "", good)]
+
+    monkeypatch.setattr(loop, "getaddrinfo", getaddrinfo)
+    t = HTTP11Transport()
+    try:
+        with anyio.fail_after(5):
+            resp = await t.post(f"http://api.example:{server.port}/", b"x", {})
+    finally:
+        await t.aclose()
+    assert json.loads(resp.body)["echo"] == "x"
+    assert server.connections == 1
 
 
 # -- streaming --------------------------------------------------------------------------------
