@@ -721,6 +721,51 @@ async def test_deadline_bounds_connecting() -> None:
                 filler.close()
 
 
+async def test_deadline_during_a_stalled_upload(anyio_backend: str) -> None:
+    """A server that accepts but never reads: the request body fills the socket buffers and the
+    send waits — the deadline still ends it."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        port = listener.getsockname()[1]
+        t = HTTP11Transport()
+        try:
+            with anyio.fail_after(10), pytest.raises(DeadlineExceeded):
+                await t.post(f"http://127.0.0.1:{port}/", b"x" * 32_000_000, {}, deadline=anyio.current_time() + 0.5)
+        finally:
+            await t.aclose()
+
+
+async def test_reset_mid_response_is_a_transport_error(server: RawServer) -> None:
+    async def reset(server: RawServer, req: Request, r: Any, w: asyncio.StreamWriter) -> bool:
+        w.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npartial")
+        await w.drain()
+        await asyncio.sleep(0.05)
+        sock = w.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        w.transport.abort()  # RST, not FIN
+        return False
+
+    server.routes["/reset"] = reset
+    t = HTTP11Transport()
+    try:
+        with anyio.fail_after(5), pytest.raises(TransportError) as info:
+            await t.post(server.url + "/reset", b"", {})
+        assert not isinstance(info.value, TransportTimeout)
+        assert (await t.post(server.url + "/", b"", {})).status == 200  # a fresh connection
+    finally:
+        await t.aclose()
+
+
+async def test_host_name_with_one_address(server: RawServer) -> None:
+    t = HTTP11Transport()
+    try:
+        resp = await t.post(f"http://localhost:{server.port}/", b"named", {})
+    finally:
+        await t.aclose()
+    assert json.loads(resp.body)["echo"] == "named"
+
+
 # -- the asyncio connection kinds ---------------------------------------------------------------
 # (asyncio only: on trio the transport uses anyio streams, tested by everything above)
 
@@ -746,17 +791,17 @@ async def test_plain_http_is_a_socket_connection_and_https_a_protocol_one(
 
 
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])
-@pytest.mark.parametrize("first", ["refused", "unroutable"])
+@pytest.mark.parametrize("first", ["refused", "unroutable", "all refused"])
 async def test_a_host_with_several_addresses_races_them(
     server: RawServer, monkeypatch: pytest.MonkeyPatch, first: str
 ) -> None:
     """A name resolving to several addresses: a refused or silent first address does not stop the
-    connection (Happy Eyeballs, 250 ms apart)."""
+    connection (Happy Eyeballs, 250 ms apart); when every address fails, the error names them."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         refused_port = s.getsockname()[1]
-    bad = ("127.0.0.1", refused_port) if first == "refused" else ("10.255.255.1", server.port)
-    good = ("127.0.0.1", server.port)
+    bad = ("127.0.0.1", refused_port) if first != "unroutable" else ("10.255.255.1", server.port)
+    good = ("127.0.0.1", server.port) if first != "all refused" else bad
     loop = asyncio.get_running_loop()
 
     async def getaddrinfo(host: str, port: int, **kw: Any) -> list[Any]:
@@ -767,6 +812,10 @@ async def test_a_host_with_several_addresses_races_them(
     t = HTTP11Transport()
     try:
         with anyio.fail_after(5):
+            if first == "all refused":
+                with pytest.raises(TransportError, match="cannot connect"):
+                    await t.post(f"http://api.example:{server.port}/", b"x", {})
+                return
             resp = await t.post(f"http://api.example:{server.port}/", b"x", {})
     finally:
         await t.aclose()
