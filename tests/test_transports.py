@@ -791,6 +791,26 @@ async def test_plain_http_is_a_socket_connection_and_https_a_protocol_one(
 
 
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_a_deadline_that_passed_after_the_last_read_does_not_follow_the_connection() -> None:
+    """The timer can fire after a response's last byte was read but before ``disarm``; the pooled
+    connection must not carry that into its next request (which may have no deadline at all)."""
+    loop = asyncio.get_running_loop()
+    ours, theirs = socket.socketpair()
+    conn = SocketConnection(loop, ("http", "x", 0), ours)
+    try:
+        conn.arm(loop.time())  # due now
+        await asyncio.sleep(0.01)  # ...and fired
+        conn.disarm()
+        theirs.sendall(b"next response")
+        with anyio.fail_after(5):
+            await conn.fill(None, None)
+        assert bytes(conn.buf) == b"next response"
+    finally:
+        await conn.aclose()
+        theirs.close()
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
 @pytest.mark.parametrize("first", ["refused", "unroutable", "all refused"])
 async def test_a_host_with_several_addresses_races_them(
     server: RawServer, monkeypatch: pytest.MonkeyPatch, first: str

@@ -160,6 +160,7 @@ class AsyncioConnection:
         self._timer = self._loop.call_at(deadline, self._deadline_passed, context=_NO_CONTEXT)
 
     def disarm(self) -> None:
+        self._expired = False  # it may have passed after the last read: not the next request's
         timer, self._timer = self._timer, None
         if timer is not None:
             timer.cancel()
