@@ -766,6 +766,37 @@ async def test_host_name_with_one_address(server: RawServer) -> None:
     assert json.loads(resp.body)["echo"] == "named"
 
 
+async def test_a_pooled_connection_keeps_nothing_of_the_call_that_opened_it(server: RawServer) -> None:
+    """Context variables set by the call that opened a connection (call ids, usage trackers,
+    settings overrides) are not kept alive by the connection once it idles in the pool."""
+    import contextvars
+    import gc
+    import weakref
+
+    class Payload:
+        pass
+
+    var: contextvars.ContextVar[Payload | None] = contextvars.ContextVar("test_payload", default=None)
+    t = HTTP11Transport()
+    ref: weakref.ref[Payload] | None = None
+
+    async def call() -> None:
+        nonlocal ref
+        payload = Payload()
+        ref = weakref.ref(payload)
+        var.set(payload)
+        assert (await t.post(server.url + "/", b"", {}, deadline=anyio.current_time() + 5)).status == 200
+
+    try:
+        async with anyio.create_task_group() as tg:  # a task: its context ends with it
+            tg.start_soon(call)
+        gc.collect()
+        assert ref is not None and ref() is None
+        assert [c for idle in t._idle.values() for c in idle]  # the connection is still pooled
+    finally:
+        await t.aclose()
+
+
 # -- the asyncio connection kinds ---------------------------------------------------------------
 # (asyncio only: on trio the transport uses anyio streams, tested by everything above)
 

@@ -50,8 +50,6 @@ else:  # pragma: no cover - Windows
         return bool(select.select([fd], [], [], 0)[0])
 
 
-_NO_CONTEXT = contextvars.Context()
-
 # Stop reading from the socket while this much response data waits unread (a slow stream reader).
 _HIGH_WATER = 256 * 1024
 _RECV = 65536  # bytes asked of the kernel per read
@@ -65,6 +63,7 @@ class AsyncioConnection:
     """
 
     __slots__ = (
+        "_context",
         "_drain",
         "_eof",
         "_exc",
@@ -100,6 +99,11 @@ class AsyncioConnection:
         self._fd = -1
         self._timer: asyncio.TimerHandle | None = None  # the armed deadline
         self._expired = False
+        # The loop runs our callbacks in this empty context, not in a copy of the caller's: a
+        # copy would keep the context variables of whichever call opened the connection (call
+        # ids, usage trackers, settings) alive as long as the pooled connection. One per
+        # connection: a context can be entered by one thread at a time, and loops run in many.
+        self._context = contextvars.Context()
 
     # -- the I/O, per subclass -----------------------------------------------------------------
 
@@ -155,9 +159,7 @@ class AsyncioConnection:
         clock reaches ``deadline``. One timer per request instead of a cancel scope: a scope costs
         ~1 KB per request in flight, this ~0.2 KB."""
         self._expired = False
-        # an empty context: the callback needs none, and copying the caller's would keep its
-        # context variables alive as long as the timer
-        self._timer = self._loop.call_at(deadline, self._deadline_passed, context=_NO_CONTEXT)
+        self._timer = self._loop.call_at(deadline, self._deadline_passed, context=self._context)
 
     def disarm(self) -> None:
         self._expired = False  # it may have passed after the last read: not the next request's
@@ -239,7 +241,8 @@ class AsyncioConnection:
 
 class ProtocolConnection(AsyncioConnection, asyncio.Protocol):
     """A connection that is its own ``asyncio.Protocol`` on an asyncio transport: for TLS, and
-    for event loops without ``add_reader`` (Windows' proactor)."""
+    for event loops without ``add_reader`` (Windows' proactor). (Its transport's callbacks run in
+    a copy of the opening call's context: asyncio offers no way to choose it.)"""
 
     __slots__ = ("_transport",)
 
@@ -317,7 +320,7 @@ class SocketConnection(AsyncioConnection):
         self._sock: socket.socket | None = sock
         self._wbuf = bytearray()  # what the kernel did not take yet
         self._fd = sock.fileno()
-        loop.add_reader(self._fd, self._on_readable)
+        self._context.run(loop.add_reader, self._fd, self._on_readable)
 
     def _on_readable(self) -> None:
         sock = self._sock
@@ -370,7 +373,7 @@ class SocketConnection(AsyncioConnection):
 
     def _resume_reading(self) -> None:
         if self._sock is not None:
-            self._loop.add_reader(self._fd, self._on_readable)
+            self._context.run(self._loop.add_reader, self._fd, self._on_readable)
 
     def _closing(self) -> bool:
         return self._sock is None
@@ -391,7 +394,7 @@ class SocketConnection(AsyncioConnection):
         if n < len(data):
             self._wbuf += memoryview(data)[n:]
             self._write_paused = True
-            self._loop.add_writer(self._fd, self._on_writable)
+            self._context.run(self._loop.add_writer, self._fd, self._on_writable)
 
     async def aclose(self) -> None:
         """Close now; unsent data is dropped."""
