@@ -598,27 +598,37 @@ async def test_default_read_timeout_is_per_read_not_total(server: RawServer) -> 
     assert resp.body == b"......"
 
 
-@pytest.mark.skipif(sys.platform != "linux", reason="relies on Linux dropping SYNs to a full accept queue")
-async def test_connect_timeout_raises_transport_timeout() -> None:
+@contextlib.contextmanager
+def port_that_never_accepts() -> Iterator[int]:
+    """A listening port whose accept queue is full: new connections hang in the SYN stage (Linux
+    drops SYNs to a full queue)."""
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))
-        listener.listen(0)  # never accepted: once its queue is full, new connections hang
+        listener.listen(0)  # never accepted
         port = listener.getsockname()[1]
         fillers = []
-        for _ in range(3):
-            filler = socket.socket()
-            filler.setblocking(False)
-            with contextlib.suppress(BlockingIOError):
-                filler.connect(("127.0.0.1", port))
-            fillers.append(filler)
+        try:
+            for _ in range(3):
+                filler = socket.socket()
+                fillers.append(filler)
+                filler.setblocking(False)
+                with contextlib.suppress(BlockingIOError):
+                    filler.connect(("127.0.0.1", port))
+            yield port
+        finally:
+            for filler in fillers:
+                filler.close()
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="relies on Linux dropping SYNs to a full accept queue")
+async def test_connect_timeout_raises_transport_timeout() -> None:
+    with port_that_never_accepts() as port:
         t = HTTP11Transport(connect_timeout=0.3)
         try:
             with anyio.fail_after(5), pytest.raises(TransportTimeout, match=r"cannot connect .* timed out"):
                 await t.post(f"http://127.0.0.1:{port}/", b"", {})
         finally:
             await t.aclose()
-            for filler in fillers:
-                filler.close()
 
 
 async def test_connection_refused_is_transport_error_without_the_query() -> None:
@@ -700,25 +710,13 @@ async def test_deadline_and_read_timeout_each_raise_their_own_error(server: RawS
 
 @pytest.mark.skipif(sys.platform != "linux", reason="relies on Linux dropping SYNs to a full accept queue")
 async def test_deadline_bounds_connecting() -> None:
-    with socket.socket() as listener:
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(0)
-        port = listener.getsockname()[1]
-        fillers = []
-        for _ in range(3):
-            filler = socket.socket()
-            filler.setblocking(False)
-            with contextlib.suppress(BlockingIOError):
-                filler.connect(("127.0.0.1", port))
-            fillers.append(filler)
+    with port_that_never_accepts() as port:
         t = HTTP11Transport(connect_timeout=30)
         try:
             with anyio.fail_after(5), pytest.raises(DeadlineExceeded, match="deadline"):
                 await t.post(f"http://127.0.0.1:{port}/", b"", {}, deadline=anyio.current_time() + 0.3)
         finally:
             await t.aclose()
-            for filler in fillers:
-                filler.close()
 
 
 async def test_deadline_during_a_stalled_upload(anyio_backend: str) -> None:
