@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import math
 import threading
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any
@@ -17,6 +16,7 @@ from typing import Any
 import anyio
 
 from asynclm.lm import LM
+from asynclm.lm._client import _wait_until
 
 __all__ = ["ScriptedLM", "ScriptedRequest", "render_chat", "render_json"]
 
@@ -176,14 +176,8 @@ class ScriptedLM(LM):
     async def _request(
         self, data: bytes, body: Mapping[str, Any], attempts: Any, stream: bool, deadline: float | None
     ) -> Any:
-        # the call's deadline, as the LM's transports honour it
-        with anyio.CancelScope(deadline=math.inf if deadline is None else deadline) as scope:
-            if self.latency:
-                await anyio.sleep(self.latency)
-            else:
-                await anyio.lowlevel.checkpoint()
-        if scope.cancelled_caught:
-            raise TimeoutError
+        # the call's deadline, honoured as the LM honours it around a transport
+        await _wait_until(deadline, anyio.sleep(self.latency) if self.latency else anyio.lowlevel.checkpoint())
         texts, raw = self._script(body)
         if stream:
             return _ScriptedStream(texts[0], raw["usage"], self.model_name)
