@@ -51,6 +51,7 @@ _EXPORTS: dict[str, str] = {
     "ServerError": "asynclm.lm",
     "LMConnectionError": "asynclm.lm",
     "LMTimeoutError": "asynclm.lm",
+    "ResponseTooLargeError": "asynclm.lm",
     "track_usage": "asynclm.lm",
     "inspect_history": "asynclm.lm",
     # modules
@@ -98,6 +99,7 @@ if TYPE_CHECKING:  # static checkers see the real names; at run time they load l
         LocalLM as LocalLM,
         LocalModelUnavailableError as LocalModelUnavailableError,
         RateLimitError as RateLimitError,
+        ResponseTooLargeError as ResponseTooLargeError,
         ServerError as ServerError,
         Usage as Usage,
         inspect_history as inspect_history,

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gzip
-import itertools
 import json
 import socket
 import ssl
@@ -19,7 +18,6 @@ from typing import Any
 
 import anyio
 import pytest
-from hypothesis import given, settings, strategies as st
 
 from asynclm.lm._transports import (
     AiohttpTransport,
@@ -34,7 +32,6 @@ from asynclm.lm._transports import (
     transport_factory,
 )
 from asynclm.lm._transports._asyncio_conn import ProtocolConnection, SocketConnection
-from asynclm.lm._transports._http11 import _CHUNKED, _LENGTH, _BodyReader, _Connection
 
 # -- a raw HTTP/1.1 server in a thread --------------------------------------------------------
 
@@ -518,22 +515,29 @@ async def test_idle_connections_expire(server: RawServer) -> None:
         await t.aclose()
 
 
-async def test_reused_connection_dropped_before_response_is_retried_once(server: RawServer) -> None:
+async def test_a_request_the_server_received_is_never_re_sent(server: RawServer) -> None:
+    """Audit defect 2: a reused connection closed after the server read the whole request (the
+    race a keep-alive timeout causes, or a crash mid-generation) must not be replayed by the
+    transport — the server may have acted on it. The error says where it failed."""
+
     async def drop_on_reuse(server: RawServer, req: Request, r: Any, w: asyncio.StreamWriter) -> bool:
         if req.index_on_conn == 0:
             w.write(reply(b"first"))
             return True
-        return False  # the race a keep-alive timeout causes: request read, connection closed
+        return False  # request read in full, connection closed, no response
 
     server.routes["/r"] = drop_on_reuse
     t = HTTP11Transport()
     try:
-        assert (await t.post(server.url + "/r", b"", {})).body == b"first"
-        assert (await t.post(server.url + "/r", b"", {})).body == b"first"
+        assert (await t.post(server.url + "/r", b"{}", {})).body == b"first"
+        with pytest.raises(TransportError, match="closed the connection before the response") as info:
+            await t.post(server.url + "/r", b"{}", {})
+        assert info.value.phase == "receive"
+        assert server.url + "/r" in str(info.value)
     finally:
         await t.aclose()
-    assert server.connections == 2
-    assert [(r.conn_id, r.index_on_conn) for r in server.requests] == [(1, 0), (1, 1), (2, 0)]
+    assert server.connections == 1
+    assert [(r.conn_id, r.index_on_conn) for r in server.requests] == [(1, 0), (1, 1)]
 
 
 async def test_fresh_connection_dropped_is_not_retried(server: RawServer) -> None:
@@ -625,8 +629,9 @@ async def test_connect_timeout_raises_transport_timeout() -> None:
     with port_that_never_accepts() as port:
         t = HTTP11Transport(connect_timeout=0.3)
         try:
-            with anyio.fail_after(5), pytest.raises(TransportTimeout, match=r"cannot connect .* timed out"):
+            with anyio.fail_after(5), pytest.raises(TransportTimeout, match=r"connect timed out after 0.3 s") as info:
                 await t.post(f"http://127.0.0.1:{port}/", b"", {})
+            assert info.value.phase == "connect"
         finally:
             await t.aclose()
 
@@ -642,7 +647,8 @@ async def test_connection_refused_is_transport_error_without_the_query() -> None
     finally:
         await t.aclose()
     assert not isinstance(info.value, TransportTimeout)
-    assert "cannot connect" in str(info.value)
+    assert info.value.phase == "connect"
+    assert str(info.value) == f"http://127.0.0.1:{port}/v1: connect failed: Connection refused"
     assert "SECRET" not in str(info.value)
 
 
@@ -835,11 +841,10 @@ async def test_a_deadline_that_passed_after_the_last_read_does_not_follow_the_co
             await conn.fill(None, None)
         assert bytes(conn.buf) == b"next response"
     finally:
-        await conn.aclose()
+        conn.close()
         theirs.close()
 
 
-@pytest.mark.parametrize("anyio_backend", ["asyncio"])
 @pytest.mark.parametrize("first", ["refused", "unroutable", "all refused"])
 async def test_a_host_with_several_addresses_races_them(
     server: RawServer, monkeypatch: pytest.MonkeyPatch, first: str
@@ -851,18 +856,17 @@ async def test_a_host_with_several_addresses_races_them(
         refused_port = s.getsockname()[1]
     bad = ("127.0.0.1", refused_port) if first != "unroutable" else ("10.255.255.1", server.port)
     good = ("127.0.0.1", server.port) if first != "all refused" else bad
-    loop = asyncio.get_running_loop()
 
     async def getaddrinfo(host: str, port: int, **kw: Any) -> list[Any]:
         assert host == "api.example"
         return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", bad), (socket.AF_INET, socket.SOCK_STREAM, 6, "", good)]
 
-    monkeypatch.setattr(loop, "getaddrinfo", getaddrinfo)
+    monkeypatch.setattr(anyio, "getaddrinfo", getaddrinfo)
     t = HTTP11Transport()
     try:
         with anyio.fail_after(5):
             if first == "all refused":
-                with pytest.raises(TransportError, match="cannot connect"):
+                with pytest.raises(TransportError, match=r"connect failed: 127\.0\.0\.1: Connection refused; 127"):
                     await t.post(f"http://api.example:{server.port}/", b"x", {})
                 return
             resp = await t.post(f"http://api.example:{server.port}/", b"x", {})
@@ -977,7 +981,11 @@ async def test_stream_read_timeout_and_cancellation(server: RawServer) -> None:
         ("ftp://127.0.0.1/x", {}, "unsupported URL scheme"),
         ("http://user:pw@127.0.0.1/x", {}, "credentials"),
         ("http:///x", {}, "no host"),
-        ("http://127.0.0.1/x", {"X-Bad": "a\r\nInjected: 1"}, "invalid HTTP header"),
+        ("http://127.0.0.1/x", {"X-Bad": "a\r\nInjected: 1"}, "'X-Bad' contains the control character '\\\\r'"),
+        ("http://127.0.0.1/x", {"X-Bad": "a\x01"}, "control character"),
+        ("http://127.0.0.1/x", {"X-Bad": "a\x7f"}, "control character"),
+        ("http://127.0.0.1/x\r\nX: y", {}, "control character"),
+        ("http://127.0.0.1/x\x00", {}, "control character"),
         ("http://127.0.0.1/x", {"Bad Name": "a"}, "invalid HTTP header"),
         ("http://127.0.0.1/x", {"X-Text": "emoji 🙂"}, "latin-1"),
     ],
@@ -1040,10 +1048,11 @@ async def test_https_untrusted_certificate_is_transport_error(
     tls_server: tuple[RawServer, ssl.SSLContext],
 ) -> None:
     server, _ = tls_server
-    t = HTTP11Transport()  # system CAs: the test CA is unknown
+    t = HTTP11Transport()  # the system's trust store: the test CA is unknown
     try:
-        with pytest.raises(TransportError, match="cannot connect"):
+        with pytest.raises(TransportError, match="TLS handshake failed: certificate verification failed") as info:
             await t.post(server.url, b"", {})
+        assert info.value.phase == "TLS handshake"
     finally:
         await t.aclose()
 
@@ -1198,57 +1207,6 @@ async def test_default_transport_choice(monkeypatch: pytest.MonkeyPatch, anyio_b
     t = default_transport()
     assert isinstance(t, HttpxTransport)  # our client does not speak to proxies; httpx does
     await t.aclose()
-
-
-# -- the body parser, property-based ----------------------------------------------------------
-
-
-class _ScriptedStream:
-    """Delivers pre-cut byte segments, then EOF."""
-
-    def __init__(self, segments: list[bytes]) -> None:
-        self.segments = segments
-
-    async def receive(self, max_bytes: int = 65536) -> bytes:
-        if not self.segments:
-            raise anyio.EndOfStream
-        return self.segments.pop(0)
-
-    def extra(self, attr: Any) -> Any:
-        raise LookupError
-
-
-def _cut(data: bytes, cuts: list[int]) -> list[bytes]:
-    points = sorted({c % (len(data) + 1) for c in cuts} | {0, len(data)})
-    return [data[a:b] for a, b in itertools.pairwise(points) if b > a]
-
-
-@settings(max_examples=200, deadline=None)
-@given(
-    parts=st.lists(st.binary(min_size=1, max_size=300), max_size=8),
-    cuts=st.lists(st.integers(min_value=0, max_value=10_000), max_size=20),
-    trailing=st.binary(max_size=20),
-)
-def test_body_reader_reassembles_any_segmentation(parts: list[bytes], cuts: list[int], trailing: bytes) -> None:
-    body = b"".join(parts)
-    wire_chunked = b"".join(b"%X\r\n%s\r\n" % (len(p), p) for p in parts) + b"0\r\nT: x\r\n\r\n" + trailing
-    wire_length = body + trailing
-
-    async def read(wire: bytes, kind: int) -> tuple[bytes, bytes]:
-        conn = _Connection(_ScriptedStream(_cut(wire, cuts)), ("http", "h", 80))  # type: ignore[arg-type]
-        reader = _BodyReader(conn, kind, len(body))
-        out = []
-        while not reader.done:
-            out.append(await reader.read_some(None, None))
-        return b"".join(out), bytes(conn.buf)
-
-    got, rest = anyio.run(read, wire_chunked, _CHUNKED)
-    assert got == body
-    assert trailing.startswith(rest)  # never reads past the message into what follows
-    if body:
-        got, rest = anyio.run(read, wire_length, _LENGTH)
-        assert got == body
-        assert trailing.startswith(rest)
 
 
 # -- against FakeOpenAIServer with mixed faults -----------------------------------------------

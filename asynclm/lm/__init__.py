@@ -11,6 +11,7 @@ Errors (all subclasses of :class:`LMError`)::
     │   └── ContextWindowExceededError
     ├── ServerError                  5xx/409 or a malformed response, after the retries
     ├── LMConnectionError            refused/reset/truncated, after the retries
+    ├── ResponseTooLargeError        a body beyond max_response_bytes (never retried)
     └── LMTimeoutError               the call's deadline (also a TimeoutError), or 408
 """
 
@@ -23,6 +24,7 @@ from ._errors import (
     LMError,
     LMTimeoutError,
     RateLimitError,
+    ResponseTooLargeError,
     ServerError,
 )
 from ._history import inspect_history
@@ -42,6 +44,7 @@ __all__ = [
     "LocalLM",
     "LocalModelUnavailableError",
     "RateLimitError",
+    "ResponseTooLargeError",
     "ServerError",
     "StreamDelta",
     "Usage",

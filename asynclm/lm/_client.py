@@ -17,6 +17,7 @@ import copy
 import json
 import logging
 import os
+import ssl
 import threading
 import time
 from collections import deque
@@ -34,6 +35,7 @@ from ._errors import (
     LMConnectionError,
     LMError,
     LMTimeoutError,
+    ResponseTooLargeError,
     ServerError,
     error_for_status,
 )
@@ -41,8 +43,17 @@ from ._history import global_history
 from ._models import LMResponse, StreamDelta, Usage
 from ._retry import backoff_delay, is_retryable_status, parse_retry_after
 from ._stream import SSEDecoder
-from ._transports import DeadlineExceeded, TransportError, TransportTimeout, get_transport
-from ._transports._base import DeadlineTransport
+from ._transports import (
+    DEFAULT_MAX_RESPONSE_BYTES,
+    DeadlineExceeded,
+    ResponseTooLarge,
+    TransportError,
+    TransportTimeout,
+    check_header_value,
+    check_url,
+    get_transport,
+)
+from ._transports._base import LimitingTransport
 from ._usage import record_usage
 
 __all__ = ["LM"]
@@ -164,6 +175,13 @@ class LM(SyncCallable):
             second's worth, at least one request).
         http_client_factory: a zero-argument callable returning an httpx-compatible async client,
             called once per event loop (proxies, mTLS, custom CAs).
+        ssl_context: the TLS settings for https (a custom CA, client certificates, pinning);
+            default: the operating system's trust store through ``truststore``, TLS >= 1.2. Used
+            by the built-in client and by the httpx client it switches to when proxy variables
+            are set. Not with ``http_client_factory`` (that client has its own).
+        max_response_bytes: the largest response body accepted, after decompression (default
+            64 MiB; a stream counts as a whole); a larger one raises
+            :class:`ResponseTooLargeError`, not retried.
         **default_params: any other chat-completions parameter sent with every call
             (``top_p``, ``stop``, ``response_format``, ``seed``…).
 
@@ -199,6 +217,8 @@ class LM(SyncCallable):
         rpm: float | None = None,
         tpm: float | None = None,
         http_client_factory: Callable[[], Any] | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
         **default_params: Any,
     ) -> None:
         if not isinstance(model, str) or not model:
@@ -223,6 +243,16 @@ class LM(SyncCallable):
             raise ValueError(f"LM(max_concurrency={max_concurrency!r}): use an int >= 1 (or None)")
         if http_client_factory is not None and not callable(http_client_factory):
             raise TypeError("LM(http_client_factory=...) must be a zero-argument callable returning a client")
+        if ssl_context is not None:
+            if not isinstance(ssl_context, ssl.SSLContext):
+                raise TypeError(f"LM(ssl_context=...) must be an ssl.SSLContext, got {type(ssl_context).__name__}")
+            if http_client_factory is not None:
+                raise ValueError(
+                    "LM(ssl_context=..., http_client_factory=...): give the TLS settings to the client your "
+                    "factory makes (httpx: AsyncClient(verify=ssl_context)), not to the LM"
+                )
+        if not isinstance(max_response_bytes, int) or isinstance(max_response_bytes, bool) or max_response_bytes < 1:
+            raise ValueError(f"LM(max_response_bytes={max_response_bytes!r}): use an int >= 1 (bytes)")
         for reserved in ("stream", "messages", "model"):
             if reserved in default_params:
                 raise TypeError(f"LM(..., {reserved}=...) is not a default parameter; see LM's arguments")
@@ -231,7 +261,19 @@ class LM(SyncCallable):
         self.model_name = name
         self.base_url = (base_url or DEFAULT_BASE_URL).rstrip("/")
         self._url = self.base_url + "/chat/completions"
+        try:
+            check_url(self._url)
+        except ValueError as exc:
+            raise ValueError(f"LM(base_url=...): {exc}") from None
         self._key = _Secret(api_key if api_key is not None else os.environ.get("OPENAI_API_KEY"))
+        if self._key.value:
+            try:
+                check_header_value("Authorization", self._key.value)
+            except ValueError:
+                raise ValueError(
+                    "the API key contains a control character (a stray newline from a file or an environment "
+                    "variable?): strip it"
+                ) from None
         self.cache = cache
         self.max_retries = max_retries
         self.timeout = timeout
@@ -239,6 +281,8 @@ class LM(SyncCallable):
         self.rpm = rpm
         self.tpm = tpm
         self.http_client_factory = http_client_factory
+        self.ssl_context = ssl_context
+        self.max_response_bytes = max_response_bytes
         self.backoff_base = 0.5
         self.backoff_max = 8.0
         params = {"temperature": temperature, "max_tokens": max_tokens, **default_params}
@@ -256,6 +300,10 @@ class LM(SyncCallable):
             from ._transports import transport_factory
 
             self._transport_factory = transport_factory(http_client_factory)
+        elif ssl_context is not None:
+            from ._transports import ssl_transport_factory
+
+            self._transport_factory = ssl_transport_factory(ssl_context)
 
     def _make_headers(self) -> _Headers:
         headers = _Headers({"content-type": "application/json", "accept": "application/json"})
@@ -454,8 +502,9 @@ class LM(SyncCallable):
         transport = get_transport(self._transport_factory)
         estimate = self._estimate_tokens(data, body) if self._tpm is not None else 0.0
         limiter = self._concurrency
-        # our transports take the deadline themselves; around any other, a cancel scope
-        native_deadline = deadline is not None and getattr(transport, "accepts_deadline", False)
+        # our transports take the deadline and the body limit themselves; around any other, a
+        # cancel scope and a size check after the fact
+        limits = getattr(transport, "accepts_call_limits", False)
         while True:
             if self._rpm is None and self._paused_until:
                 await _wait_until(deadline, self._wait_pause())
@@ -472,22 +521,39 @@ class LM(SyncCallable):
                 attempts.count += 1
                 response: Any
                 try:
-                    if stream:
-                        response = await _wait_until(deadline, transport.post_stream(self._url, data, self._headers))
-                    elif native_deadline:
-                        response = await cast(DeadlineTransport, transport).post(
-                            self._url, data, self._headers, deadline=deadline
+                    if not limits:
+                        response = await _wait_until(
+                            deadline,
+                            transport.post_stream(self._url, data, self._headers)
+                            if stream
+                            else transport.post(self._url, data, self._headers),
+                        )
+                        if not stream and len(response.body) > self.max_response_bytes:
+                            raise ResponseTooLarge(self.max_response_bytes)
+                    elif stream:
+                        response = await _wait_until(
+                            deadline,
+                            cast(LimitingTransport, transport).post_stream(
+                                self._url, data, self._headers, max_response_bytes=self.max_response_bytes
+                            ),
                         )
                     else:
-                        response = await _wait_until(deadline, transport.post(self._url, data, self._headers))
+                        response = await cast(LimitingTransport, transport).post(
+                            self._url,
+                            data,
+                            self._headers,
+                            deadline=deadline,
+                            max_response_bytes=self.max_response_bytes,
+                        )
                 except DeadlineExceeded:
                     raise TimeoutError from None  # the call's deadline, not this attempt's: no retry
                 except TransportTimeout as exc:
-                    error = LMTimeoutError(f"{self._url} timed out ({self._describe_exc(exc)})", model=self.model_name)
+                    error = LMTimeoutError(self._transport_message(exc, "timed out"), model=self.model_name)
+                except ResponseTooLarge as exc:
+                    error = ResponseTooLargeError(self._transport_message(exc, "failed"), model=self.model_name)
+                    retryable = False
                 except TransportError as exc:
-                    error = LMConnectionError(
-                        f"connection to {self._url} failed: {self._describe_exc(exc)}", model=self.model_name
-                    )
+                    error = LMConnectionError(self._transport_message(exc, "failed"), model=self.model_name)
                 else:
                     status = response.status
                     if stream:
@@ -562,6 +628,15 @@ class LM(SyncCallable):
         text = str(exc) or type(exc).__name__
         if self._key.value:
             text = text.replace(self._key.value, "***")
+        return text
+
+    def _transport_message(self, exc: TransportError, verb: str) -> str:
+        """One line naming the URL once, what failed and why, with a hint where one helps."""
+        text = self._describe_exc(exc)
+        if self.base_url not in text and "://" not in text:  # a transport that did not say where
+            text = f"{self._url} {verb}: {text}"
+        if getattr(exc, "phase", None) in ("DNS", "connect"):
+            text += f" (is base_url={self.base_url!r} right, and the server up?)"
         return text
 
     def _deadline_error(self, timeout: float | None, attempts: _Attempts) -> LMTimeoutError:
@@ -681,6 +756,10 @@ class LM(SyncCallable):
                     break
                 except TimeoutError:
                     raise self._deadline_error(timeout, attempts) from None
+                except ResponseTooLarge as exc:
+                    raise ResponseTooLargeError(
+                        f"the stream from {self._url}: {self._describe_exc(exc)}", model=self.model_name
+                    ) from None
                 except TransportError as exc:
                     raise LMConnectionError(
                         f"the stream from {self._url} broke: {self._describe_exc(exc)}", model=self.model_name

@@ -19,6 +19,7 @@ __all__ = [
     "LMError",
     "LMTimeoutError",
     "RateLimitError",
+    "ResponseTooLargeError",
     "ServerError",
     "error_for_status",
 ]
@@ -83,6 +84,13 @@ class ServerError(LMError):
 
 class LMConnectionError(LMError):
     """The connection failed (refused, reset, closed mid-response), after the retries."""
+
+
+class ResponseTooLargeError(LMError):
+    """The response body (after decompression) was larger than ``LM(max_response_bytes=...)``.
+
+    Never retried: the same request would most likely get the same answer. Reading stopped at
+    the limit, so memory stays bounded whatever the server sends."""
 
 
 class LMTimeoutError(LMError, TimeoutError):

@@ -12,42 +12,68 @@ first use, closed when the loop's run ends, never shared with another loop or ba
 from __future__ import annotations
 
 import os
+import ssl
+import threading
 import urllib.request
 import warnings
+import weakref
 from collections.abc import Callable
 from typing import Any
 
 from ...runtime import loop_resource
 from ...runtime._backends import running_loop_name
 from ._aiohttp import AiohttpTransport
-from ._base import DeadlineExceeded, Response, StreamingResponse, Transport, TransportError, TransportTimeout
-from ._http11 import HTTP11Transport
+from ._base import (
+    DeadlineExceeded,
+    Response,
+    ResponseTooLarge,
+    StreamingResponse,
+    Transport,
+    TransportError,
+    TransportTimeout,
+)
+from ._http11 import DEFAULT_MAX_RESPONSE_BYTES, HTTP11Transport
 from ._httpx import HttpxTransport
+from ._ssl import default_ssl_context
+from ._urls import Target, check_header_value
 
 __all__ = [
+    "DEFAULT_MAX_RESPONSE_BYTES",
     "AiohttpTransport",
     "DeadlineExceeded",
     "HTTP11Transport",
     "HttpxTransport",
     "Response",
+    "ResponseTooLarge",
     "StreamingResponse",
     "Transport",
     "TransportError",
     "TransportTimeout",
+    "check_header_value",
+    "check_url",
+    "default_ssl_context",
     "default_transport",
     "get_transport",
+    "ssl_transport_factory",
     "transport_factory",
 ]
 
 _DEFAULT = "asynclm.lm.transport:default"
 
 
-def default_transport() -> Transport:
+def check_url(url: str) -> None:
+    """Raise ``ValueError`` (saying what is wrong) if ``url`` cannot be requested."""
+    Target(url)
+
+
+def default_transport(ssl_context: ssl.SSLContext | None = None) -> Transport:
     """The transport asynclm uses when none is configured, for the running loop.
 
     :class:`HTTP11Transport`, unless ``ASYNCLM_HTTP_TRANSPORT`` says ``aiohttp`` / ``httpx``, or
     proxy environment variables (``HTTPS_PROXY``, ``HTTP_PROXY``, ``ALL_PROXY``) are set: our
-    client does not speak to proxies, so then an ``httpx.AsyncClient`` honouring them is used.
+    client does not speak to proxies, so then an ``httpx.AsyncClient`` honouring them is used —
+    with the same TLS context (``ssl_context``, default :func:`default_ssl_context`: the
+    operating system's trust store), so trust never changes with a proxy.
     """
     choice = os.environ.get("ASYNCLM_HTTP_TRANSPORT", "").strip().lower()
     if choice == "aiohttp":
@@ -70,13 +96,39 @@ def default_transport() -> Transport:
             return HttpxTransport(
                 httpx.AsyncClient(
                     trust_env=True,
+                    verify=ssl_context or default_ssl_context(),
                     timeout=httpx.Timeout(connect=10.0, read=None, write=None, pool=None),
                     limits=httpx.Limits(max_connections=None, max_keepalive_connections=None),
                 )
             )
     elif choice not in ("", "http11", "default"):
         raise ValueError(f"ASYNCLM_HTTP_TRANSPORT={choice!r} is not one of: http11 (default), aiohttp, httpx")
-    return HTTP11Transport()
+    return HTTP11Transport(ssl_context=ssl_context)
+
+
+_ssl_factories: weakref.WeakKeyDictionary[ssl.SSLContext, Callable[[], Transport]] = weakref.WeakKeyDictionary()
+_ssl_factories_lock = threading.Lock()
+
+
+def ssl_transport_factory(ssl_context: ssl.SSLContext) -> Callable[[], Transport]:
+    """The transport factory for ``LM(ssl_context=...)``: the default transport with that context.
+
+    One factory per context object, so every LM given the same context shares each loop's
+    connection pool (the factory is the per-loop cache key).
+    """
+    with _ssl_factories_lock:
+        factory = _ssl_factories.get(ssl_context)
+        if factory is None:
+            ref = weakref.ref(ssl_context)
+
+            def factory() -> Transport:
+                ctx = ref()
+                if ctx is None:  # pragma: no cover - the LM holding it keeps it alive
+                    raise RuntimeError("the LM's ssl_context was garbage-collected")
+                return default_transport(ctx)
+
+            _ssl_factories[ssl_context] = factory
+        return factory
 
 
 def _proxies_configured() -> bool:

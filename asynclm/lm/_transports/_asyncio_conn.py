@@ -3,52 +3,38 @@
 Why: on asyncio, anyio's ``SocketStream`` puts a stream object, a read queue, two
 ``asyncio.Event`` objects and a future per ``receive`` on top of asyncio's own transport and
 protocol; with 10 000 calls in flight that is several KB and tens of µs per call. Here a
-connection appends what arrives to the buffer the response parser in ``_http11`` reads, and a
+connection appends what arrives to ``buf``, which ``_http11`` feeds to the response parser, and a
 read waits on one future. The same object is what ``_http11`` pools. Two kinds:
 
 * :class:`SocketConnection` — plain TCP: a non-blocking socket registered with the loop's
   selector (``add_reader``), no asyncio transport at all (the lightest; see its docstring);
 * :class:`ProtocolConnection` — TLS, or a loop without ``add_reader``: its own
-  ``asyncio.Protocol`` on an asyncio transport.
+  ``asyncio.Protocol`` on an asyncio transport (asyncio's TLS decrypts every record as it
+  arrives, so nothing the server sent stays hidden from ``buf``).
 
-Trio keeps the anyio stream path (``_http11._Connection``). The interface mirrors it: ``buf``,
-``received``, ``reused``, ``expires``, ``closed``, ``origin``, ``looks_alive()``, ``fill()``,
-``send()``, ``aclose()``. ``fill`` raises ``anyio.EndOfStream`` on a clean EOF and an ``OSError``
-(or ``anyio.BrokenResourceError``) when the connection broke, exactly as the anyio stream does, so
-the parser's error handling is shared. Waiting is a plain ``await`` on an asyncio future, so anyio
-cancel scopes (timeouts, caller cancellation) apply as to any asyncio await; the caller's whole
-deadline is one timer (``arm``/``disarm``).
+The interface is the one ``_http11`` uses on trio too (``_trio_conn``): ``buf``, ``reused``,
+``expires``, ``closed``, ``origin``, ``parser``, ``looks_alive()``, ``fill()``, ``send()``,
+``send_more()``, ``close()``. ``fill`` raises ``anyio.EndOfStream`` on a clean EOF and an
+``OSError`` (or ``anyio.BrokenResourceError``) when the connection broke. Waiting is a plain
+``await`` on an asyncio future, so anyio cancel scopes (timeouts, caller cancellation) apply as to
+any asyncio await; the caller's whole deadline is one timer (``arm``/``disarm``).
 """
 from __future__ import annotations
 
 import asyncio
 import contextvars
-import ipaddress
-import select
 import socket
 import ssl
 from typing import Any, NoReturn
 
 import anyio
 
-from ._base import DeadlineExceeded
+from ._base import DeadlineExceeded, TransportError
+from ._connect import connect_socket, readable
+from ._parser import ResponseParser
+from ._ssl import describe_tls_error
 
-__all__ = ["AsyncioConnection", "ProtocolConnection", "SocketConnection", "open_connection", "readable"]
-
-if hasattr(select, "poll"):
-
-    def readable(fd: int) -> bool:
-        """Whether ``fd`` has something to read (data, EOF or an error), without waiting."""
-        poller = select.poll()
-        poller.register(fd, select.POLLIN)
-        return bool(poller.poll(0))
-
-else:  # pragma: no cover - Windows
-
-    def readable(fd: int) -> bool:
-        """Whether ``fd`` has something to read (data, EOF or an error), without waiting."""
-        return bool(select.select([fd], [], [], 0)[0])
-
+__all__ = ["AsyncioConnection", "ProtocolConnection", "SocketConnection", "open_connection"]
 
 # Stop reading from the socket while this much response data waits unread (a slow stream reader).
 _HIGH_WATER = 256 * 1024
@@ -59,7 +45,7 @@ class AsyncioConnection:
     """What both asyncio connection kinds share: the buffer, waiting, EOF and deadline handling.
 
     Subclasses provide the I/O: ``_pause_reading``, ``_resume_reading``, ``_closing``,
-    ``_write`` and ``aclose``.
+    ``_write`` and ``close``.
     """
 
     __slots__ = (
@@ -78,7 +64,7 @@ class AsyncioConnection:
         "closed",
         "expires",
         "origin",
-        "received",
+        "parser",
         "reused",
     )
 
@@ -86,9 +72,9 @@ class AsyncioConnection:
         self.origin = origin
         self.buf = bytearray()
         self.reused = False
-        self.received = False  # any byte of the current response arrived
         self.expires = 0.0
         self.closed = False
+        self.parser = ResponseParser()
         self._loop = loop
         self._waiter: asyncio.Future[None] | None = None  # a pending fill()
         self._drain: asyncio.Future[None] | None = None  # a send() waiting for the write buffer
@@ -120,18 +106,18 @@ class AsyncioConnection:
         """Write without waiting; sets ``_write_paused`` while too much is buffered."""
         raise NotImplementedError
 
-    async def aclose(self) -> None:
+    def close(self) -> None:
         raise NotImplementedError
 
     # -- events ----------------------------------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
         self.buf += data
-        self.received = True
         if len(self.buf) > _HIGH_WATER and not self._reading_paused:
             self._reading_paused = True
             self._pause_reading()
         self._wake()
+        self._wake_drain()  # a response that arrives during the upload ends the wait for it
 
     def _lost(self, exc: BaseException | None) -> None:
         """The connection ended: EOF (``exc`` None) or broke."""
@@ -218,20 +204,27 @@ class AsyncioConnection:
         if scope is not None and timeout is not None:
             scope.deadline = anyio.current_time() + timeout
 
-    async def send(self, head: bytes, body: bytes) -> None:
-        """Write the request; waits only while the kernel and our buffers are full."""
+    async def send(self, head: bytes, body: bytes) -> bool:
+        """Write the request. Returns ``False`` if response bytes arrived before all of it was
+        written (``send_more`` waits on), ``True`` once the kernel has taken all of it."""
         if self._eof or self._closing():
             self._raise_eof_on_send()
         # One write, one syscall: the joined copy is short-lived (only what the kernel did not
         # take is kept).
         self._write(head + body if body else head)
+        return await self.send_more()
+
+    async def send_more(self) -> bool:
         while self._write_paused:
             if self._expired:
                 raise DeadlineExceeded("no complete response before the call's deadline")
+            if self.buf:
+                return False
             if self._eof:
                 self._raise_eof_on_send()
             drain = self._drain = self._loop.create_future()
             await drain
+        return True
 
     def _raise_eof_on_send(self) -> NoReturn:
         if self._exc is not None:
@@ -261,6 +254,7 @@ class ProtocolConnection(AsyncioConnection, asyncio.Protocol):
     def eof_received(self) -> bool:
         self._eof = True
         self._wake()
+        self._wake_drain()
         return False  # let the transport close itself
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -290,7 +284,7 @@ class ProtocolConnection(AsyncioConnection, asyncio.Protocol):
         assert self._transport is not None
         self._transport.write(data)
 
-    async def aclose(self) -> None:
+    def close(self) -> None:
         """Close now. Unsent data (a half-written request) is dropped: the peer sees a reset."""
         self.disarm()
         transport = self._transport
@@ -396,18 +390,10 @@ class SocketConnection(AsyncioConnection):
             self._write_paused = True
             self._context.run(self._loop.add_writer, self._fd, self._on_writable)
 
-    async def aclose(self) -> None:
+    def close(self) -> None:
         """Close now; unsent data is dropped."""
         self.disarm()
         self._shut(None)
-
-
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
 
 
 async def open_connection(
@@ -415,85 +401,42 @@ async def open_connection(
     port: int,
     origin: tuple[str, str, int],
     ssl_context: ssl.SSLContext | None,
+    where: str,
 ) -> AsyncioConnection:
     """Connect (and TLS-handshake when ``ssl_context`` is given) on the running asyncio loop.
 
     Plain TCP on a loop with ``add_reader`` gives a :class:`SocketConnection`; TLS (or a proactor
-    loop) a :class:`ProtocolConnection`. A host name may resolve to several addresses: they are
-    raced Happy-Eyeballs style (RFC 8305, 250 ms apart), as anyio's ``connect_tcp`` does.
+    loop) a :class:`ProtocolConnection` on the socket connected here. ``where`` names the
+    destination in error messages.
     """
     loop = asyncio.get_running_loop()
-    if ssl_context is None and not _is_proactor(loop):
-        return SocketConnection(loop, origin, await _connect_socket(loop, host, port))
+    if _is_proactor(loop):  # pragma: no cover - Windows: no add_reader, asyncio connects
+        kwargs: dict[str, Any] = {"ssl": ssl_context, "server_hostname": host} if ssl_context is not None else {}
+        conn = ProtocolConnection(loop, origin)
+        try:
+            await loop.create_connection(lambda: conn, host, port, **kwargs)
+        except OSError as exc:
+            raise TransportError(f"{where}: connect failed: {describe_tls_error(exc)}", phase="connect") from exc
+        return conn
+    sock = await connect_socket(host, port, where)
+    if ssl_context is None:
+        return SocketConnection(loop, origin, sock)
     conn = ProtocolConnection(loop, origin)
-    kwargs: dict[str, Any] = {}
-    if ssl_context is not None:
-        kwargs["ssl"] = ssl_context
-        kwargs["server_hostname"] = host
-    if not _is_ip(host):
-        kwargs["happy_eyeballs_delay"] = _HAPPY_EYEBALLS_DELAY
-    await loop.create_connection(lambda: conn, host, port, **kwargs)
+    try:
+        await loop.create_connection(lambda: conn, sock=sock, ssl=ssl_context, server_hostname=host)
+    except (OSError, EOFError) as exc:  # ssl.SSLError is an OSError
+        sock.close()
+        raise TransportError(
+            f"{where}: TLS handshake failed: {describe_tls_error(exc)}", phase="TLS handshake"
+        ) from exc
+    except BaseException:
+        sock.close()
+        raise
     return conn
 
 
-_HAPPY_EYEBALLS_DELAY = 0.25
 _PROACTOR = getattr(asyncio, "ProactorEventLoop", None)
 
 
 def _is_proactor(loop: asyncio.AbstractEventLoop) -> bool:
     return _PROACTOR is not None and isinstance(loop, _PROACTOR)
-
-
-async def _connect_socket(loop: asyncio.AbstractEventLoop, host: str, port: int) -> socket.socket:
-    """A connected non-blocking TCP socket to ``host``; several addresses are raced."""
-    if _is_ip(host):
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        return await _connect_one(loop, family, (host, port))
-    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)
-    if not infos:  # pragma: no cover - getaddrinfo raises instead
-        raise OSError(f"{host!r} resolved to no address")
-    if len(infos) == 1:
-        return await _connect_one(loop, infos[0][0], infos[0][4])
-    winner: socket.socket | None = None
-    errors: list[OSError] = []
-
-    async def attempt(family: int, address: Any, failed: anyio.Event) -> None:
-        nonlocal winner
-        try:
-            sock = await _connect_one(loop, family, address)
-        except OSError as exc:
-            errors.append(exc)
-            failed.set()  # start the next address now
-            return
-        if winner is None:
-            winner = sock
-            tg.cancel_scope.cancel()
-        else:  # pragma: no cover - two connects finished in the same loop iteration
-            sock.close()
-
-    try:
-        async with anyio.create_task_group() as tg:
-            for family, _, _, _, address in infos:
-                failed = anyio.Event()
-                tg.start_soon(attempt, family, address, failed)
-                with anyio.move_on_after(_HAPPY_EYEBALLS_DELAY):
-                    await failed.wait()
-    except BaseException:
-        if winner is not None:  # won, but the caller was cancelled meanwhile
-            winner.close()
-        raise
-    if winner is None:
-        raise OSError(f"cannot connect to {host}:{port}: " + "; ".join(map(str, errors)))
-    return winner
-
-
-async def _connect_one(loop: asyncio.AbstractEventLoop, family: int, address: Any) -> socket.socket:
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    try:
-        sock.setblocking(False)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # as asyncio's transports do
-        await loop.sock_connect(sock, address)
-    except BaseException:
-        sock.close()
-        raise
-    return sock

@@ -20,11 +20,30 @@ else:  # pragma: no cover
 
 
 class TransportError(Exception):
-    """A connection-level failure (refused, reset, closed mid-response, malformed HTTP)."""
+    """A connection-level failure (refused, reset, closed mid-response, malformed HTTP).
+
+    ``phase`` says where it happened when the transport knows: ``"DNS"``, ``"connect"``,
+    ``"TLS handshake"``, ``"send"`` or ``"receive"``.
+    """
+
+    def __init__(self, message: str, *, phase: str | None = None) -> None:
+        super().__init__(message)
+        self.phase = phase
 
 
 class TransportTimeout(TransportError, TimeoutError):
     """A connect/read/write operation timed out (per operation; whole-call deadlines are the LM's)."""
+
+
+class ResponseTooLarge(TransportError):
+    """The response body (after decompression) is larger than the caller allows; never retried."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(
+            f"the response body is larger than {limit} bytes (max_response_bytes) and was not read further",
+            phase="receive",
+        )
+        self.limit = limit
 
 
 class DeadlineExceeded(TransportTimeout):
@@ -87,16 +106,18 @@ class Transport(Protocol):
 
         Cancelling the caller closes the connection (the server sees the disconnect).
 
-        A transport whose ``accepts_deadline`` attribute is true also takes ``deadline=`` (an
-        ``anyio.current_time()`` value, or ``None``) and raises :class:`DeadlineExceeded` when it
-        passes; the LM client then needs no cancel scope around the call. Without the attribute
-        the client wraps ``post`` in one."""
+        A transport whose ``accepts_call_limits`` attribute is true also takes ``deadline=`` (an
+        ``anyio.current_time()`` value, or ``None``), raising :class:`DeadlineExceeded` when it
+        passes, and ``max_response_bytes=``, raising :class:`ResponseTooLarge` as soon as the
+        (decoded) body grows beyond it. Around any other transport the LM client puts a cancel
+        scope and checks the body's size once it has arrived."""
         ...
 
     async def post_stream(
         self, url: str, body: bytes, headers: Mapping[str, str], *, timeout: float | None = None
     ) -> StreamingResponse:
-        """POST and return once the status line and headers are read; the caller must aclose()."""
+        """POST and return once the status line and headers are read; the caller must aclose().
+        With ``accepts_call_limits``, also takes ``max_response_bytes=`` (the whole stream)."""
         ...
 
     async def aclose(self) -> None:
@@ -104,10 +125,11 @@ class Transport(Protocol):
         ...
 
 
-class DeadlineTransport(Transport, Protocol):
-    """A :class:`Transport` that enforces a whole-call deadline itself (``accepts_deadline = True``)."""
+class LimitingTransport(Transport, Protocol):
+    """A :class:`Transport` that enforces the call's deadline and body-size limit itself
+    (``accepts_call_limits = True``)."""
 
-    accepts_deadline: bool
+    accepts_call_limits: bool
 
     async def post(
         self,
@@ -117,7 +139,18 @@ class DeadlineTransport(Transport, Protocol):
         *,
         timeout: float | None = None,
         deadline: float | None = None,
+        max_response_bytes: int | None = None,
     ) -> Response: ...
+
+    async def post_stream(
+        self,
+        url: str,
+        body: bytes,
+        headers: Mapping[str, str],
+        *,
+        timeout: float | None = None,
+        max_response_bytes: int | None = None,
+    ) -> StreamingResponse: ...
 
 
 class ClosingStreamMixin:

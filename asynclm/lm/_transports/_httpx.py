@@ -7,10 +7,12 @@ event loop, and this adapter owns and closes it. Exceptions are translated by cl
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import Any, NoReturn
 
-from ._base import ClosingStreamMixin, Response, TransportError, TransportTimeout
+import anyio
+
+from ._base import ClosingStreamMixin, DeadlineExceeded, Response, ResponseTooLarge, TransportError, TransportTimeout
 
 __all__ = ["HttpxTransport"]
 
@@ -32,6 +34,8 @@ _TRANSPORT_ERRORS = frozenset(
 
 
 def _raise_translated(exc: BaseException, url: str) -> NoReturn:
+    if isinstance(exc, TransportError):  # ours (ResponseTooLarge): already typed
+        raise exc
     names = {cls.__name__ for cls in type(exc).__mro__}
     where = url.split("?", 1)[0]  # the query may carry a key
     if "TimeoutException" in names:
@@ -49,16 +53,27 @@ def _headers(raw: Any) -> dict[str, str]:
     return headers
 
 
+async def _capped(chunks: AsyncIterator[bytes], limit: int | None) -> AsyncIterator[bytes]:
+    """``chunks`` (decoded by httpx), raising ResponseTooLarge once they add up to more than ``limit``."""
+    size = 0
+    async for chunk in chunks:
+        size += len(chunk)
+        if limit is not None and size > limit:
+            raise ResponseTooLarge(limit)
+        yield chunk
+
+
 class _HttpxStreamingResponse(ClosingStreamMixin):
-    def __init__(self, response: Any, url: str) -> None:
+    def __init__(self, response: Any, url: str, limit: int | None) -> None:
         self._response = response
         self._url = url
+        self._limit = limit
         self.status: int = response.status_code
         self.headers: Mapping[str, str] = _headers(response.headers)
 
     async def _iter(self) -> Any:
         try:
-            async for chunk in self._response.aiter_bytes():
+            async for chunk in _capped(self._response.aiter_bytes(), self._limit):
                 yield chunk
         except Exception as exc:
             await self._response.aclose()
@@ -68,11 +83,7 @@ class _HttpxStreamingResponse(ClosingStreamMixin):
         return self._iter()
 
     async def aread(self) -> bytes:
-        try:
-            return bytes(await self._response.aread())
-        except Exception as exc:
-            await self._response.aclose()
-            _raise_translated(exc, self._url)
+        return b"".join([chunk async for chunk in self._iter()])
 
     async def aclose(self) -> None:
         await self._response.aclose()
@@ -82,8 +93,12 @@ class HttpxTransport:
     """A :class:`Transport` over an httpx-compatible ``AsyncClient``, which it owns and closes.
 
     Per-call ``timeout`` is passed to httpx as its (per-operation) timeout; ``None`` keeps the
-    client's own. The client must have been created in the event loop that uses it.
+    client's own. ``deadline`` bounds the whole call; ``max_response_bytes`` is checked as httpx
+    hands over the decoded body, chunk by chunk. The client must have been created in the event
+    loop that uses it.
     """
+
+    accepts_call_limits = True
 
     def __init__(self, client: Any) -> None:
         for attr in ("post", "build_request", "send", "aclose"):
@@ -98,17 +113,39 @@ class HttpxTransport:
         return f"<HttpxTransport {type(self.client).__module__}.{type(self.client).__name__}>"
 
     async def post(
-        self, url: str, body: bytes, headers: Mapping[str, str], *, timeout: float | None = None
+        self,
+        url: str,
+        body: bytes,
+        headers: Mapping[str, str],
+        *,
+        timeout: float | None = None,
+        deadline: float | None = None,
+        max_response_bytes: int | None = None,
     ) -> Response:
-        kwargs = {} if timeout is None else {"timeout": timeout}
+        if deadline is None:
+            return await self._post(url, body, headers, timeout, max_response_bytes)
+        with anyio.CancelScope(deadline=deadline):
+            return await self._post(url, body, headers, timeout, max_response_bytes)
+        raise DeadlineExceeded(f"{url.split('?', 1)[0]}: no complete response before the call's deadline")
+
+    async def _post(
+        self, url: str, body: bytes, headers: Mapping[str, str], timeout: float | None, limit: int | None
+    ) -> Response:
+        response = await self.post_stream(url, body, headers, timeout=timeout, max_response_bytes=limit)
         try:
-            response = await self.client.post(url, content=body, headers=headers, **kwargs)
-        except Exception as exc:
-            _raise_translated(exc, url)
-        return Response(response.status_code, _headers(response.headers), bytes(response.content))
+            content = await response.aread()
+        finally:
+            await response.aclose()
+        return Response(response.status, response.headers, content)
 
     async def post_stream(
-        self, url: str, body: bytes, headers: Mapping[str, str], *, timeout: float | None = None
+        self,
+        url: str,
+        body: bytes,
+        headers: Mapping[str, str],
+        *,
+        timeout: float | None = None,
+        max_response_bytes: int | None = None,
     ) -> _HttpxStreamingResponse:
         kwargs = {} if timeout is None else {"timeout": timeout}
         try:
@@ -116,7 +153,7 @@ class HttpxTransport:
             response = await self.client.send(request, stream=True)
         except Exception as exc:
             _raise_translated(exc, url)
-        return _HttpxStreamingResponse(response, url)
+        return _HttpxStreamingResponse(response, url, max_response_bytes)
 
     async def aclose(self) -> None:
         await self.client.aclose()

@@ -1,0 +1,251 @@
+"""HTTP/1.1 connections on trio: a bare non-blocking socket waited on with ``trio.lowlevel``
+(the trio side of ``_http11``, as ``_asyncio_conn`` is the asyncio side).
+
+Why not anyio's (or trio's) socket stream: with 10 000 calls in flight every layer is held once
+per call — anyio's stream wrapper, trio's ``SocketStream``, its ``SocketType`` — and every read goes
+through all of them. Here a read is ``sock.recv`` and, only when nothing is there yet,
+``wait_readable``.
+
+TLS is a ``ssl.SSLObject`` on memory buffers driven here, not a TLS stream: every decrypted byte
+is moved to ``buf`` as soon as its record arrives, so bytes the server sent beyond its response
+are seen (an unsolicited response cannot hide, still encrypted, inside a TLS layer and be read as
+the answer to the next request).
+
+The interface is the one ``_http11`` uses on asyncio too: ``buf``, ``reused``, ``expires``,
+``closed``, ``origin``, ``parser``, ``looks_alive()``, ``fill()``, ``send()``, ``send_more()``,
+``close()``. ``fill`` raises ``anyio.EndOfStream`` at the end of the connection and ``OSError``
+when it broke.
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+
+import anyio
+import trio
+
+from ._base import TransportError
+from ._connect import connect_socket, readable
+from ._parser import ResponseParser
+from ._ssl import describe_tls_error
+
+__all__ = ["TrioConnection", "open_connection"]
+
+_RECV = 65536  # bytes asked of the kernel per read
+_wait_readable = trio.lowlevel.wait_readable
+_wait_writable = trio.lowlevel.wait_writable
+_checkpoint_if_cancelled = trio.lowlevel.checkpoint_if_cancelled
+
+
+class TrioConnection:
+    __slots__ = (
+        "_eof",
+        "_in",
+        "_out",
+        "_pending",
+        "_sock",
+        "_tls",
+        "buf",
+        "closed",
+        "expires",
+        "origin",
+        "parser",
+        "reused",
+    )
+
+    def __init__(self, sock: socket.socket, origin: tuple[str, str, int], tls: ssl.SSLObject | None = None,
+                 incoming: ssl.MemoryBIO | None = None, outgoing: ssl.MemoryBIO | None = None) -> None:
+        self._sock = sock
+        self._tls = tls
+        self._in = incoming
+        self._out = outgoing
+        self._pending = memoryview(b"")  # request bytes not yet taken by the kernel
+        self._eof = False
+        self.origin = origin
+        self.buf = bytearray()
+        self.reused = False
+        self.expires = 0.0
+        self.closed = False
+        self.parser = ResponseParser()
+
+    def looks_alive(self) -> bool:
+        """False when the idle peer has closed, reset, or sent anything (TLS records included)."""
+        if self.buf or self._eof:
+            return False
+        if self._in is not None and (self._in.pending or self._tls.pending()):  # type: ignore[union-attr]
+            return False
+        try:
+            return not readable(self._sock.fileno())
+        except (OSError, ValueError):
+            return False
+
+    async def fill(self, scope: anyio.CancelScope | None, timeout: float | None) -> None:
+        """Wait until at least one more response byte is in ``buf``."""
+        sock = self._sock
+        buf = self.buf
+        n = len(buf)
+        waited = False
+        while len(buf) == n:
+            if self._eof:
+                raise anyio.EndOfStream
+            try:
+                data = sock.recv(_RECV)
+            except (BlockingIOError, InterruptedError):
+                await _wait_readable(sock)
+                waited = True
+                continue
+            if not data:
+                self._eof = True
+                if self._in is not None:
+                    self._in.write_eof()
+                    self._decrypt()
+                continue
+            if self._tls is None:
+                buf += data
+            else:
+                self._in.write(data)  # type: ignore[union-attr]
+                self._decrypt()
+        if not waited:
+            await _checkpoint_if_cancelled()  # data was already there: still honour cancellation
+        if scope is not None and timeout is not None:
+            scope.deadline = anyio.current_time() + timeout
+
+    def _decrypt(self) -> None:
+        """Move every complete TLS record's plaintext into ``buf``."""
+        tls = self._tls
+        assert tls is not None
+        buf = self.buf
+        try:
+            while True:
+                chunk = tls.read(_RECV)
+                if not chunk:
+                    break
+                buf += chunk
+        except ssl.SSLWantReadError:
+            pass
+        except (ssl.SSLZeroReturnError, ssl.SSLEOFError):  # close_notify, or a ragged EOF
+            self._eof = True
+        out = self._out
+        if out is not None and out.pending:  # a post-handshake reply (key update): best effort
+            try:
+                self._sock.send(out.read())
+            except OSError:
+                pass
+
+    async def send(self, head: bytes, body: bytes) -> bool:
+        """Write the request. Returns ``False`` if response bytes arrived before all of it was
+        written (``send_more`` continues), ``True`` once the kernel has taken all of it."""
+        data = head + body if body else head
+        if self._tls is not None:
+            self._tls.write(data)
+            data = self._out.read()  # type: ignore[union-attr]
+        self._pending = memoryview(data)
+        return await self.send_more()
+
+    async def send_more(self) -> bool:
+        sock = self._sock
+        while self._pending:
+            try:
+                n = sock.send(self._pending)
+            except (BlockingIOError, InterruptedError):
+                if await self._wait_writable_or_readable():
+                    self._receive_nowait()
+                    if self.buf or self._eof:
+                        return False
+                continue
+            self._pending = self._pending[n:]
+        return True
+
+    async def _wait_writable_or_readable(self) -> bool:
+        """Wait until the socket can take more, or has something to read (``True``)."""
+        sock = self._sock
+        got_data = False
+        async with trio.open_nursery() as nursery:
+
+            async def watch_reads() -> None:
+                nonlocal got_data
+                await _wait_readable(sock)
+                got_data = True
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(watch_reads)
+            await _wait_writable(sock)
+            nursery.cancel_scope.cancel()
+        return got_data
+
+    def _receive_nowait(self) -> None:
+        try:
+            data = self._sock.recv(_RECV)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            return  # the next send or read reports it
+        if not data:
+            self._eof = True
+        elif self._tls is None:
+            self.buf += data
+        else:
+            self._in.write(data)  # type: ignore[union-attr]
+            self._decrypt()
+
+    def close(self) -> None:
+        """Close now; unsent data is dropped."""
+        if self._sock.fileno() >= 0:
+            trio.lowlevel.notify_closing(self._sock)
+            self._sock.close()
+        self._eof = True
+
+
+async def _send_all(sock: socket.socket, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        try:
+            n = sock.send(view)
+        except (BlockingIOError, InterruptedError):
+            await _wait_writable(sock)
+            continue
+        view = view[n:]
+
+
+async def _recv(sock: socket.socket) -> bytes:
+    while True:
+        try:
+            return sock.recv(_RECV)
+        except (BlockingIOError, InterruptedError):
+            await _wait_readable(sock)
+
+
+async def open_connection(
+    host: str, port: int, origin: tuple[str, str, int], ssl_context: ssl.SSLContext | None, where: str
+) -> TrioConnection:
+    """Connect (and TLS-handshake when ``ssl_context`` is given) on the running trio loop."""
+    sock = await connect_socket(host, port, where)
+    if ssl_context is None:
+        return TrioConnection(sock, origin)
+    try:
+        incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        tls = ssl_context.wrap_bio(incoming, outgoing, server_side=False, server_hostname=host)
+        while True:
+            try:
+                tls.do_handshake()
+                done = True
+            except ssl.SSLWantReadError:
+                done = False
+            if outgoing.pending:
+                await _send_all(sock, outgoing.read())
+            if done:
+                break
+            data = await _recv(sock)
+            if data:
+                incoming.write(data)
+            else:
+                incoming.write_eof()
+    except (OSError, EOFError) as exc:  # ssl.SSLError is an OSError
+        sock.close()
+        reason = describe_tls_error(exc)
+        raise TransportError(f"{where}: TLS handshake failed: {reason}", phase="TLS handshake") from exc
+    except BaseException:
+        sock.close()
+        raise
+    return TrioConnection(sock, origin, tls, incoming, outgoing)
