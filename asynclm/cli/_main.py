@@ -167,10 +167,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args))
     except CLIError as exc:
         print(f"asynclm {args.command}: error: {_one_line(exc)}", file=sys.stderr)
-    except LMConnectionError as exc:
-        hint = f" (is the server at {args.base_url} running?)" if args.base_url else ""
-        print(f"asynclm {args.command}: error: {_one_line(exc)}{hint}", file=sys.stderr)
-    except (LMTimeoutError, AuthenticationError) as exc:
+    except (LMConnectionError, LMTimeoutError, AuthenticationError) as exc:  # the LM's message has the hint
         print(f"asynclm {args.command}: error: {_one_line(exc)}", file=sys.stderr)
     except NoLMError:
         print(

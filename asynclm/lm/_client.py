@@ -635,8 +635,11 @@ class LM(SyncCallable):
         text = self._describe_exc(exc)
         if self.base_url not in text and "://" not in text:  # a transport that did not say where
             text = f"{self._url} {verb}: {text}"
-        if getattr(exc, "phase", None) in ("DNS", "connect"):
-            text += f" (is base_url={self.base_url!r} right, and the server up?)"
+        phase = getattr(exc, "phase", None)
+        if phase == "connect" and not isinstance(exc, TransportTimeout):
+            text += " (is the server running?)"
+        elif phase == "DNS":
+            text += " (is the host name in base_url right?)"
         return text
 
     def _deadline_error(self, timeout: float | None, attempts: _Attempts) -> LMTimeoutError:
