@@ -40,6 +40,7 @@ Semantics:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import re
 import ssl
@@ -87,6 +88,7 @@ _NETWORK_ERRORS = (
 )
 
 _Conn = Union[AsyncioConnection, "TrioConnection"]
+_NO_SCOPE = contextlib.nullcontext()
 
 
 class _Stale(Exception):
@@ -291,9 +293,7 @@ class HTTP11Transport:
         """
         target, head, connect_t, read_t = self._prepare(url, body, headers, timeout)
         limit = self.max_response_bytes if max_response_bytes is None else max_response_bytes
-        if deadline is None or (self._asyncio and read_t is None):
-            return self._post(target, head, body, connect_t, read_t, deadline, limit, False)
-        return self._post_scoped(target, head, body, connect_t, read_t, deadline, limit)
+        return self._post(target, head, body, connect_t, read_t, deadline, limit, False)
 
     async def post_stream(
         self,
@@ -320,20 +320,6 @@ class HTTP11Transport:
 
     # -- internals ---------------------------------------------------------------------------
 
-    async def _post_scoped(
-        self,
-        target: Target,
-        head: bytes,
-        body: bytes,
-        connect_t: float | None,
-        read_t: float | None,
-        deadline: float,
-        limit: int,
-    ) -> Response:
-        with anyio.CancelScope(deadline=deadline):
-            return cast(Response, await self._post(target, head, body, connect_t, read_t, None, limit, False))
-        raise DeadlineExceeded(f"{target.safe_url}: no complete response before the call's deadline")
-
     async def _post(
         self,
         target: Target,
@@ -345,21 +331,35 @@ class HTTP11Transport:
         limit: int,
         stream: bool,
     ) -> Any:
-        """The request on a pooled or new connection; ``deadline`` only on the asyncio timer path."""
-        for attempt in (0, 1):
-            conn = await self._acquire(target, connect_t, deadline, fresh=bool(attempt))
-            try:
-                if read_t is None:
-                    return await self._exchange(conn, target, head, body, None, None, deadline, limit, stream)
-                with anyio.CancelScope(deadline=anyio.current_time() + read_t) as scope:
-                    return await self._exchange(conn, target, head, body, scope, read_t, None, limit, stream)
-                what = "response headers" if stream else "response data"
-                raise TransportTimeout(
-                    f"{target.safe_url}: no {what} for {read_t:g} s (read timeout)", phase="receive"
-                )
-            except _Stale:
-                continue  # closed already; nothing reached the server: once more on a fresh one
-        raise AssertionError("unreachable")  # pragma: no cover
+        """The request on a pooled or new connection, within ``deadline``.
+
+        On asyncio (without a read timeout) the connection's timer enforces the deadline; elsewhere
+        one cancel scope per call does, and serves as the connect timeout too (trio keeps a
+        deadline scope referenced until its deadline passes, so a second one per call would
+        hold memory long after the call)."""
+        scope = None
+        if deadline is not None and not (self._asyncio and read_t is None):
+            scope = anyio.CancelScope(deadline=deadline)
+        with scope or _NO_SCOPE:
+            for attempt in (0, 1):
+                conn = await self._acquire(target, connect_t, deadline, scope, fresh=bool(attempt))
+                try:
+                    if read_t is None:
+                        return await self._exchange(
+                            conn, target, head, body, None, None, None if scope else deadline, limit, stream
+                        )
+                    with anyio.CancelScope(deadline=anyio.current_time() + read_t) as read_scope:
+                        return await self._exchange(conn, target, head, body, read_scope, read_t, None, limit, stream)
+                    what = "response headers" if stream else "response data"
+                    raise TransportTimeout(
+                        f"{target.safe_url}: no {what} for {read_t:g} s (read timeout)", phase="receive"
+                    )
+                except _Stale:
+                    continue  # closed already; nothing reached the server: once more on a fresh one
+        assert scope is not None and deadline is not None  # only a deadline scope gets here
+        if anyio.current_time() < deadline:  # the scope's deadline was the connect timeout's
+            raise TransportTimeout(f"{target.safe_url}: connect timed out after {connect_t} s", phase="connect")
+        raise DeadlineExceeded(f"{target.safe_url}: no complete response before the call's deadline")
 
     def _prepare(
         self, url: str, body: bytes, headers: Mapping[str, str], timeout: float | None
@@ -411,7 +411,15 @@ class HTTP11Transport:
             return target, encoded, self.connect_timeout, self.read_timeout
         return target, encoded, timeout, timeout
 
-    async def _acquire(self, target: Target, connect_t: float | None, deadline: float | None, *, fresh: bool) -> _Conn:
+    async def _acquire(
+        self,
+        target: Target,
+        connect_t: float | None,
+        deadline: float | None,
+        scope: anyio.CancelScope | None,
+        *,
+        fresh: bool,
+    ) -> _Conn:
         now = time.monotonic()
         if now >= self._next_prune:
             self._prune(now)
@@ -426,7 +434,7 @@ class HTTP11Transport:
                     self._discard(conn)
             if self.max_connections is None or self._open < self.max_connections:
                 break
-            if deadline is None:
+            if deadline is None or scope is not None:
                 await self._wait_for_slot()
             else:
                 with anyio.CancelScope(deadline=deadline) as scope:
@@ -435,7 +443,7 @@ class HTTP11Transport:
                     raise DeadlineExceeded(f"{target.safe_url}: no free connection before the call's deadline")
         self._open += 1
         try:
-            return await self._connect(target, connect_t, deadline)
+            return await self._connect(target, connect_t, deadline, scope)
         except BaseException:
             self._open -= 1
             self._wake_one()
@@ -483,7 +491,11 @@ class HTTP11Transport:
             self._wake_one()
             conn.close()
 
-    async def _connect(self, target: Target, connect_t: float | None, deadline: float | None) -> _Conn:
+    async def _connect(
+        self, target: Target, connect_t: float | None, deadline: float | None, scope: anyio.CancelScope | None
+    ) -> _Conn:
+        """A new connection within the connect timeout. ``scope``: the call's deadline scope, which
+        then also enforces the connect timeout (``_post`` tells which one expired)."""
         limit = math.inf if connect_t is None else anyio.current_time() + connect_t
         if deadline is not None and deadline < limit:
             limit = deadline
@@ -492,18 +504,27 @@ class HTTP11Transport:
             ctx = self._ssl_context
             if ctx is None:
                 ctx = self._ssl_context = default_ssl_context()
+        if scope is not None:
+            scope.deadline = limit
+            try:
+                return await self._open_connection(target, ctx)
+            finally:
+                scope.deadline = cast(float, deadline)
         try:
             with anyio.fail_after(max(0.0, limit - anyio.current_time()) if limit != math.inf else None):
-                if self._asyncio:
-                    return await open_asyncio_connection(target.host, target.port, target.origin, ctx, target.safe_url)
-                from ._trio_conn import open_connection as open_trio_connection
-
-                return await open_trio_connection(target.host, target.port, target.origin, ctx, target.safe_url)
+                return await self._open_connection(target, ctx)
         except TimeoutError as exc:
             if deadline is not None and limit == deadline:
                 raise DeadlineExceeded(f"cannot connect to {target.safe_url} before the call's deadline") from exc
             after = f" after {connect_t:g} s" if connect_t is not None else ""
             raise TransportTimeout(f"{target.safe_url}: connect timed out{after}", phase="connect") from exc
+
+    def _open_connection(self, target: Target, ctx: ssl.SSLContext | None) -> Coroutine[Any, Any, _Conn]:
+        if self._asyncio:
+            return open_asyncio_connection(target.host, target.port, target.origin, ctx, target.safe_url)
+        from ._trio_conn import open_connection as open_trio_connection
+
+        return open_trio_connection(target.host, target.port, target.origin, ctx, target.safe_url)
 
     async def _exchange(
         self,

@@ -22,7 +22,9 @@ No I/O and no event loop here: :class:`ResponseParser` is fed what the connectio
 from __future__ import annotations
 
 import re
+import threading
 import zlib
+from typing import Any
 
 import httptools
 
@@ -92,6 +94,7 @@ class ResponseParser:
     """
 
     __slots__ = (
+        "_callbacks",
         "_decoder",
         "_head_bytes",
         "_llhttp",
@@ -108,7 +111,8 @@ class ResponseParser:
     )
 
     def __init__(self) -> None:
-        self._llhttp = httptools.HttpResponseParser(self)
+        self._callbacks = _thread_callbacks()
+        self._llhttp = httptools.HttpResponseParser(self._callbacks)
         self.max_body = 0
         self.start(0)
 
@@ -136,6 +140,8 @@ class ResponseParser:
             return
         if not self.head_done:
             self._head_bytes += len(data)
+        callbacks = self._callbacks
+        callbacks.target = self
         try:
             self._llhttp.feed_data(data)
         except httptools.HttpParserCallbackError as exc:
@@ -156,6 +162,8 @@ class ResponseParser:
                 self.extra = True
                 return
             raise TransportError(f"malformed HTTP response: {exc}") from None
+        finally:
+            callbacks.target = None
         if not self.head_done and self._head_bytes > _MAX_HEAD:
             raise TransportError(f"the response headers exceed {_MAX_HEAD} bytes")
 
@@ -170,7 +178,7 @@ class ResponseParser:
             self.body.append(self._decoder.flush())
         self.done = True
 
-    # -- llhttp callbacks --------------------------------------------------------------------------
+    # -- llhttp callbacks (through _Callbacks) -------------------------------------------------------
 
     def on_message_begin(self) -> None:
         if self.head_done:  # a second response began while we read the first
@@ -242,6 +250,53 @@ class ResponseParser:
             if tail:
                 self.body.append(tail)
         self.done = True
+
+
+class _Callbacks:
+    """What llhttp calls, shared by every parser of one thread, relayed to the parser being fed.
+
+    httptools looks each callback up on its protocol object once per parser: on the parser itself
+    they would be five bound-method objects (~0.4 KB) held by every connection. These plain
+    functions are made once per thread; :meth:`ResponseParser.feed` points ``target`` at itself
+    while it feeds (feeding is synchronous, and a thread feeds one parser at a time).
+    """
+
+    __slots__ = ("on_body", "on_header", "on_headers_complete", "on_message_begin", "on_message_complete", "target")
+
+    def __init__(self) -> None:
+        self.target: Any = None
+
+        def on_message_begin() -> None:
+            self.target.on_message_begin()
+
+        def on_header(name: bytes, value: bytes) -> None:
+            self.target.on_header(name, value)
+
+        def on_headers_complete() -> None:
+            self.target.on_headers_complete()
+
+        def on_body(data: bytes) -> None:
+            self.target.on_body(data)
+
+        def on_message_complete() -> None:
+            self.target.on_message_complete()
+
+        self.on_message_begin = on_message_begin
+        self.on_header = on_header
+        self.on_headers_complete = on_headers_complete
+        self.on_body = on_body
+        self.on_message_complete = on_message_complete
+
+
+_local = threading.local()
+
+
+def _thread_callbacks() -> _Callbacks:
+    try:
+        callbacks: _Callbacks = _local.callbacks
+    except AttributeError:
+        callbacks = _local.callbacks = _Callbacks()
+    return callbacks
 
 
 def keep_alive_timeout(headers: dict[str, str]) -> float | None:

@@ -33,6 +33,7 @@ from ._ssl import describe_tls_error
 __all__ = ["TrioConnection", "open_connection"]
 
 _RECV = 65536  # bytes asked of the kernel per read
+_NOTHING = memoryview(b"")
 _wait_readable = trio.lowlevel.wait_readable
 _wait_writable = trio.lowlevel.wait_writable
 _checkpoint_if_cancelled = trio.lowlevel.checkpoint_if_cancelled
@@ -60,7 +61,7 @@ class TrioConnection:
         self._tls = tls
         self._in = incoming
         self._out = outgoing
-        self._pending = memoryview(b"")  # request bytes not yet taken by the kernel
+        self._pending = _NOTHING  # request bytes not yet taken by the kernel
         self._eof = False
         self.origin = origin
         self.buf = bytearray()
@@ -92,6 +93,8 @@ class TrioConnection:
             try:
                 data = sock.recv(_RECV)
             except (BlockingIOError, InterruptedError):
+                data = None  # wait outside the except block: it would hold the exception meanwhile
+            if data is None:
                 await _wait_readable(sock)
                 waited = True
                 continue
@@ -145,16 +148,20 @@ class TrioConnection:
 
     async def send_more(self) -> bool:
         sock = self._sock
-        while self._pending:
+        pending = self._pending
+        while pending:
             try:
-                n = sock.send(self._pending)
+                n = sock.send(pending)
             except (BlockingIOError, InterruptedError):
+                n = -1  # wait outside the except block: it would hold the exception meanwhile
+            if n < 0:
                 if await self._wait_writable_or_readable():
                     self._receive_nowait()
                     if self.buf or self._eof:
                         return False
                 continue
-            self._pending = self._pending[n:]
+            pending = self._pending = pending[n:]
+        self._pending = _NOTHING  # an empty slice still holds the whole request
         return True
 
     async def _wait_writable_or_readable(self) -> bool:
@@ -203,9 +210,11 @@ async def _send_all(sock: socket.socket, data: bytes) -> None:
         try:
             n = sock.send(view)
         except (BlockingIOError, InterruptedError):
+            n = -1
+        if n < 0:
             await _wait_writable(sock)
-            continue
-        view = view[n:]
+        else:
+            view = view[n:]
 
 
 async def _recv(sock: socket.socket) -> bytes:
@@ -213,7 +222,8 @@ async def _recv(sock: socket.socket) -> bytes:
         try:
             return sock.recv(_RECV)
         except (BlockingIOError, InterruptedError):
-            await _wait_readable(sock)
+            pass
+        await _wait_readable(sock)
 
 
 async def open_connection(
