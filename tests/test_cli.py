@@ -298,7 +298,8 @@ def test_unreachable_endpoint(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["demo", "--model", "openai/x", "--base-url", url, "--questions", "1"]) == 2
     line = _error_line(capsys)
     # the URL once, what failed and why, one hint
-    assert line == f"asynclm demo: error: {url}/chat/completions: connect failed: Connection refused (is the server running?)"
+    reason = "connect failed: Connection refused (is the server running?)"
+    assert line == f"asynclm demo: error: {url}/chat/completions: {reason}"
 
 
 def test_program_without_an_lm(programs: Path, capsys: pytest.CaptureFixture[str]) -> None:

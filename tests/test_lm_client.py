@@ -362,7 +362,8 @@ async def test_connection_refused_is_lm_connection_error() -> None:
     with pytest.raises(LMConnectionError) as info:
         await lm("hi")
     # the URL once, the phase, the OS's reason, one hint (was: the URL three times)
-    assert str(info.value) == f"{base_url}/chat/completions: connect failed: Connection refused (is the server running?)"
+    reason = "connect failed: Connection refused (is the server running?)"
+    assert str(info.value) == f"{base_url}/chat/completions: {reason}"
 
 
 # -- secrets ---------------------------------------------------------------------------------------

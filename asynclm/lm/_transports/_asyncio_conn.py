@@ -353,6 +353,8 @@ class SocketConnection(AsyncioConnection):
         """Unregister and close the socket; then it counts as lost (EOF when ``exc`` is None)."""
         sock, self._sock = self._sock, None
         if sock is not None:
+            if exc is not None:  # broke while writing: keep what the peer sent before (a 413)
+                _read_what_is_left(sock, self.buf)
             fd = self._fd
             self._loop.remove_reader(fd)
             if self._wbuf:
@@ -383,8 +385,9 @@ class SocketConnection(AsyncioConnection):
         except (BlockingIOError, InterruptedError):
             n = 0
         except OSError as exc:
+            self._write_paused = True  # send_more reports it, or the response that came first
             self._shut(exc)
-            self._raise_eof_on_send()
+            return
         if n < len(data):
             self._wbuf += memoryview(data)[n:]
             self._write_paused = True
@@ -394,6 +397,18 @@ class SocketConnection(AsyncioConnection):
         """Close now; unsent data is dropped."""
         self.disarm()
         self._shut(None)
+
+
+def _read_what_is_left(sock: socket.socket, buf: bytearray) -> None:
+    """Append what the kernel still holds for ``sock`` (it is readable before a reset's error)."""
+    while True:
+        try:
+            data = sock.recv(_RECV)
+        except OSError:
+            return
+        if not data:
+            return
+        buf += data
 
 
 async def open_connection(

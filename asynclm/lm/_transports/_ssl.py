@@ -42,7 +42,7 @@ def describe_tls_error(exc: BaseException) -> str:
     """A one-line reason for a failed TLS handshake."""
     if isinstance(exc, ssl.SSLCertVerificationError):
         return f"certificate verification failed: {exc.verify_message or exc.reason or exc}"
-    if isinstance(exc, (ssl.SSLEOFError, EOFError, ssl.SSLZeroReturnError)) or type(exc).__name__ == "EndOfStream":
+    if isinstance(exc, (ssl.SSLEOFError, EOFError, ssl.SSLZeroReturnError, ConnectionError)):
         return (
             "the server closed the connection during the handshake (is this port TLS? does the server "
             "accept TLS 1.2 or later?)"

@@ -154,6 +154,15 @@ class TrioConnection:
                 n = sock.send(pending)
             except (BlockingIOError, InterruptedError):
                 n = -1  # wait outside the except block: it would hold the exception meanwhile
+            except OSError:
+                # the peer may have answered before it closed (a 413 before the upload ended)
+                while self._receive_nowait():
+                    pass
+                if not self.buf:
+                    raise
+                self._pending = _NOTHING
+                self._eof = True
+                return False
             if n < 0:
                 if await self._wait_writable_or_readable():
                     self._receive_nowait()
@@ -181,20 +190,22 @@ class TrioConnection:
             nursery.cancel_scope.cancel()
         return got_data
 
-    def _receive_nowait(self) -> None:
+    def _receive_nowait(self) -> bool:
+        """Move what is readable now into ``buf``; ``False`` if there was nothing (or an error:
+        the next send or read reports it)."""
         try:
             data = self._sock.recv(_RECV)
-        except (BlockingIOError, InterruptedError):
-            return
         except OSError:
-            return  # the next send or read reports it
+            return False
         if not data:
             self._eof = True
-        elif self._tls is None:
+            return False
+        if self._tls is None:
             self.buf += data
         else:
             self._in.write(data)  # type: ignore[union-attr]
             self._decrypt()
+        return True
 
     def close(self) -> None:
         """Close now; unsent data is dropped."""

@@ -1,10 +1,10 @@
 """Request URLs and header values, checked and encoded before anything goes on the wire (sans-I/O).
 
-URLs are percent-encoded as httpx does: characters outside RFC 3986's allowed set (non-ASCII,
-spaces, quotes…) become UTF-8 ``%XX`` escapes, existing valid ``%XX`` escapes are kept, and a
-``%`` that starts no escape becomes ``%25``. Control characters (C0, DEL) are refused with a
-``ValueError`` rather than silently dropped or sent: a CR/LF in a URL or header is how requests
-are smuggled.
+URLs are percent-encoded as httpx does (the WHATWG URL standard's percent-encode sets): non-ASCII
+characters become UTF-8 ``%XX`` escapes, as do a space, ``"``, ``#``, ``<`` and ``>`` (and in the
+path ``?``, `````, ``{`` and ``}``); everything else, ``%`` included, is sent as written. Control
+characters (C0, DEL) are refused with a ``ValueError`` rather than silently dropped or sent: a
+CR/LF in a URL or header is how requests are smuggled.
 """
 
 from __future__ import annotations
@@ -14,24 +14,10 @@ from urllib.parse import quote, urlsplit
 
 __all__ = ["Target", "check_header_value"]
 
-_SUB_DELIMS = "!$&'()*+,;="
-_PATH_SAFE = _SUB_DELIMS + ":/[]@"
-_QUERY_SAFE = _SUB_DELIMS + ":/?[]@"
-_ESCAPE = re.compile(r"%[0-9A-Fa-f]{2}")
+_QUERY_SAFE = "".join(chr(i) for i in range(0x21, 0x7F) if chr(i) not in '"#<>')
+_PATH_SAFE = "".join(c for c in _QUERY_SAFE if c not in "?`{}")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _CONTROL_IN_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # a tab is allowed in a header value
-
-
-def _percent_encode(text: str, safe: str) -> str:
-    """Percent-encode ``text``, keeping its valid ``%XX`` escapes as they are."""
-    out = []
-    pos = 0
-    for m in _ESCAPE.finditer(text):
-        out.append(quote(text[pos : m.start()], safe=safe))
-        out.append(m.group())
-        pos = m.end()
-    out.append(quote(text[pos:], safe=safe))
-    return "".join(out)
 
 
 def _describe_control(text: str, what: str) -> str:
@@ -88,10 +74,10 @@ class Target:
                 raise ValueError(f"invalid host name {host!r} in {url!r}: {exc}") from None
         default_port = 443 if scheme == "https" else 80
         port = port or default_port
-        path = _percent_encode(parts.path, _PATH_SAFE) or "/"
+        path = quote(parts.path, safe=_PATH_SAFE) or "/"
         target = path
         if parts.query:
-            target += "?" + _percent_encode(parts.query, _QUERY_SAFE)
+            target += "?" + quote(parts.query, safe=_QUERY_SAFE)
         host_header = f"[{host}]" if ":" in host else host
         if port != default_port:
             host_header += f":{port}"
