@@ -394,7 +394,8 @@ class HTTP11Transport:
                 raise TypeError(f"HTTP header {name!r} must be a str, not {type(value).__name__}")
             if name not in _VALID_NAMES and not _valid_name(name):
                 raise ValueError(f"invalid HTTP header name {name!r}: names must be tokens (letters, digits, -)")
-            check_header_value(name, value)
+            if not value.isprintable():  # the usual value is: one C call instead of a regex search
+                check_header_value(name, value)
             head.append(f"{name}: {value}\r\n")
         if ua:
             head.append(self._user_agent)
