@@ -1,7 +1,10 @@
 """HTTP transports: the seam between the LM client and HTTP libraries.
 
-* :class:`HTTP11Transport` — the default: asynclm's own HTTP/1.1 keep-alive client on anyio,
-  same code on asyncio and trio.
+* :class:`HTTP11Transport` — the default: asynclm's own HTTP/1.1 keep-alive client, one pool on
+  asyncio and trio. Its parts: ``_parser`` (responses, parsed by llhttp through ``httptools``;
+  sans-I/O), ``_urls`` (URL encoding and header checks; sans-I/O), ``_ssl`` (the one default TLS
+  context: the system trust store), ``_connect`` (DNS and TCP connect on either backend), and one
+  connection module per backend, ``_asyncio_conn`` and ``_trio_conn``.
 * :class:`AiohttpTransport` — aiohttp (asyncio only, ``asynclm[fast]``).
 * :class:`HttpxTransport` — wraps any httpx-compatible ``AsyncClient`` (proxies, mTLS, custom CA).
 

@@ -46,7 +46,7 @@ import re
 import ssl
 import time
 from collections import deque
-from collections.abc import Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from typing import TYPE_CHECKING, Any, Union, cast
 
 import anyio
@@ -109,7 +109,8 @@ def _located(exc: TransportError, target: Target, phase: str) -> TransportError:
     """``exc`` with the URL and phase it happened in (errors from the parser know neither)."""
     if exc.phase is None:
         exc.phase = phase
-    exc.args = (f"{target.safe_url}: {exc}",)
+    if not str(exc).startswith(target.safe_url):
+        exc.args = (f"{target.safe_url}: {exc}",)
     return exc
 
 
@@ -259,6 +260,7 @@ class HTTP11Transport:
         self._targets: dict[str, Target] = {}
         self._loop: Any = None
         self._asyncio = False  # the loop is asyncio's: use AsyncioConnection
+        self._deadline_scope: Callable[..., Any] = anyio.CancelScope
         self._closed = False
         self.max_connections = max_connections
         self._open = 0  # connections open or being opened
@@ -339,7 +341,7 @@ class HTTP11Transport:
         hold memory long after the call)."""
         scope = None
         if deadline is not None and not (self._asyncio and read_t is None):
-            scope = anyio.CancelScope(deadline=deadline)
+            scope = self._deadline_scope(deadline=deadline)
         with scope or _NO_SCOPE:
             for attempt in (0, 1):
                 conn = await self._acquire(target, connect_t, deadline, scope, fresh=bool(attempt))
@@ -376,6 +378,10 @@ class HTTP11Transport:
                 )
             self._loop = loop
             self._asyncio = isinstance(loop, asyncio.AbstractEventLoop)
+            if not self._asyncio:
+                from ._trio_conn import deadline_scope
+
+                self._deadline_scope = deadline_scope
         target = self._targets.get(url)
         if target is None:
             target = Target(url)
