@@ -500,13 +500,16 @@ def goals(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
         # the transport issue's bar: llhttp parsing and the audit's fixes cost no speed
         add(f"{g}: asynclm / raw aiohttp ≥ 1.0 (asyncio)", ours / aio if ours and aio else None, 1.0, True)
         add(f"{g}: asynclm on trio / raw aiohttp ≥ 1.0", ours_trio / aio if ours_trio and aio else None, 1.0, True)
+        aio_cpu = _median(_find(conc, "raw aiohttp", "asyncio", g), "cpu_ms_per_call")
         for backend in ("asyncio", "trio"):
+            cpu_ms = _median(_find(conc, "asynclm Predict", backend, g), "cpu_ms_per_call")
+            add(f"{g}: client CPU per Predict ≤ 0.25 ms ({backend})", cpu_ms, 0.25, False, "{:.3f} ms")
+            # the same bar, machine-independent: 0.25 ms was ~1.1x a raw aiohttp POST when it was set
             add(
-                f"{g}: client CPU per Predict ≤ 0.25 ms ({backend})",
-                _median(_find(conc, "asynclm Predict", backend, g), "cpu_ms_per_call"),
-                0.25,
+                f"{g}: client CPU per Predict ÷ a raw aiohttp POST's ≤ 1.0 ({backend})",
+                cpu_ms / aio_cpu if cpu_ms and aio_cpu else None,
+                1.0,
                 False,
-                "{:.3f} ms",
             )
         add(f"{g}: asynclm / DSPy's best mode ≥ 7", ours / dspy_best if ours and dspy_best else None, 7, True)
         ours_cpu = _median(_find(conc, "asynclm Predict", "asyncio", g), "cpu_ms_per_call")

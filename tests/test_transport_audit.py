@@ -143,21 +143,24 @@ async def test_a_request_the_server_received_is_never_re_sent_by_the_transport(
 
 
 @contextlib.contextmanager
-def closes_on_accept() -> Iterator[int]:
-    """A TCP port whose server closes every connection at once (a TLS peer that gives up)."""
+def tcp_server(handle: Any) -> Iterator[int]:
+    """A TCP port on 127.0.0.1 whose server thread calls ``handle(conn)`` for each connection, then
+    closes it."""
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen(16)
+    listener.settimeout(0.1)
     stop = threading.Event()
 
     def run() -> None:
-        listener.settimeout(0.1)
         while not stop.is_set():
             try:
                 conn, _ = listener.accept()
             except OSError:
                 continue
-            conn.close()
+            with conn, contextlib.suppress(OSError):
+                conn.settimeout(5)
+                handle(conn)
 
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
@@ -167,6 +170,21 @@ def closes_on_accept() -> Iterator[int]:
         stop.set()
         thread.join(5)
         listener.close()
+
+
+def closes_on_accept() -> contextlib.AbstractContextManager[int]:
+    """A server that closes every connection at once (a TLS peer that gives up)."""
+    return tcp_server(lambda conn: None)
+
+
+def answers_in_plain_http() -> contextlib.AbstractContextManager[int]:
+    """A server that answers whatever arrives with a plain-HTTP 400 (TLS on the wrong port)."""
+
+    def handle(conn: socket.socket) -> None:
+        conn.recv(65536)
+        conn.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+
+    return tcp_server(handle)
 
 
 async def test_tls_handshake_closed_by_the_peer_is_a_typed_error() -> None:
@@ -183,37 +201,6 @@ async def test_tls_handshake_closed_by_the_peer_is_a_typed_error() -> None:
         lm = LM("openai/m", base_url=f"https://127.0.0.1:{port}/v1", api_key="sk-test", cache=False, max_retries=0)
         with anyio.fail_after(10), pytest.raises(LMConnectionError, match="TLS handshake failed"):
             await lm("hi")
-
-
-@contextlib.contextmanager
-def answers_in_plain_http() -> Iterator[int]:
-    """A TCP port whose server answers whatever arrives with a plain-HTTP 400 (TLS on the wrong port)."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(16)
-    stop = threading.Event()
-
-    def run() -> None:
-        listener.settimeout(0.1)
-        while not stop.is_set():
-            try:
-                conn, _ = listener.accept()
-            except OSError:
-                continue
-            with conn:
-                conn.settimeout(5)
-                with contextlib.suppress(OSError):
-                    conn.recv(65536)
-                    conn.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    try:
-        yield listener.getsockname()[1]
-    finally:
-        stop.set()
-        thread.join(5)
-        listener.close()
 
 
 async def test_tls_handshake_with_a_plain_http_server_names_the_tls_reason() -> None:

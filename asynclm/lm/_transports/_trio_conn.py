@@ -43,6 +43,9 @@ deadline_scope = trio.CancelScope
 
 
 class TrioConnection:
+    """One HTTP/1.1 connection on trio: a non-blocking socket, with TLS on memory buffers when
+    ``tls`` is given (its handshake already done by :func:`open_connection`)."""
+
     __slots__ = (
         "_eof",
         "_in",
@@ -59,8 +62,14 @@ class TrioConnection:
         "reused",
     )
 
-    def __init__(self, sock: socket.socket, origin: tuple[str, str, int], tls: ssl.SSLObject | None = None,
-                 incoming: ssl.MemoryBIO | None = None, outgoing: ssl.MemoryBIO | None = None) -> None:
+    def __init__(
+        self,
+        sock: socket.socket,
+        origin: tuple[str, str, int],
+        tls: ssl.SSLObject | None = None,
+        incoming: ssl.MemoryBIO | None = None,
+        outgoing: ssl.MemoryBIO | None = None,
+    ) -> None:
         self._sock = sock
         self._tls = tls
         self._in = incoming
