@@ -215,6 +215,23 @@ async def test_tls_handshake_with_a_plain_http_server_names_the_tls_reason() -> 
     assert str(info.value).startswith(f"https://127.0.0.1:{port}/v1: TLS handshake failed: WRONG_VERSION_NUMBER")
 
 
+async def test_a_broken_stream_names_the_url_once_the_phase_and_the_reason(server: RawServer) -> None:
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+    event = b'data: {"choices": [{"index": 0, "delta": {"content": "hi"}}]}\n\n'
+    server.routes["/v1/chat/completions"] = static(head + b"%x\r\n%s\r\n" % (len(event), event), keep=False)
+    lm = lm_for(server.url, max_retries=0)
+    got = []
+    with pytest.raises(LMConnectionError) as info:
+        async for delta in lm.stream("hi"):
+            got.append(delta.text)
+    assert got == ["hi"]
+    url = f"{server.url}/v1/chat/completions"
+    assert str(info.value).count(url) == 1
+    assert str(info.value) == (
+        f"{url}: the server closed the connection before the response was complete (the stream broke)"
+    )
+
+
 # -- 4. malformed responses are rejected, as h11 and aiohttp reject them ----------------------------
 
 

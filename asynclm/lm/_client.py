@@ -761,11 +761,11 @@ class LM(SyncCallable):
                     raise self._deadline_error(timeout, attempts) from None
                 except ResponseTooLarge as exc:
                     raise ResponseTooLargeError(
-                        f"the stream from {self._url}: {self._describe_exc(exc)}", model=self.model_name
+                        f"{self._transport_message(exc, 'failed')} (streaming)", model=self.model_name
                     ) from None
                 except TransportError as exc:
                     raise LMConnectionError(
-                        f"the stream from {self._url} broke: {self._describe_exc(exc)}", model=self.model_name
+                        f"{self._transport_message(exc, 'failed')} (the stream broke)", model=self.model_name
                     ) from None
                 for event in decoder.feed(chunk):
                     if event == "[DONE]":
