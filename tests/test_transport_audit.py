@@ -299,6 +299,20 @@ async def test_an_early_response_to_a_large_upload_is_returned(server: RawServer
     assert len(server.requests) == 1
 
 
+async def test_an_early_response_over_tls_is_returned(tls_server: tuple[RawServer, ssl.SSLContext]) -> None:
+    server, ctx = tls_server
+    server.before_body["/upload"] = TOO_LARGE
+    t = HTTP11Transport(ssl_context=ctx)
+    try:
+        for _ in range(3):
+            with anyio.fail_after(20):
+                resp = await t.post(server.url + "/upload", b"x" * (8 * 1024 * 1024), {})
+            assert (resp.status, resp.body) == (413, b"request too large")
+    finally:
+        await t.aclose()
+    assert len(server.requests) == 3
+
+
 async def test_an_early_413_reaches_the_lm_caller_and_the_upload_is_not_retried(server: RawServer) -> None:
     server.before_body["/v1/chat/completions"] = TOO_LARGE
     lm = lm_for(server.url)
