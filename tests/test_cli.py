@@ -348,3 +348,12 @@ def test_run_on_the_embedded_model(programs: Path, capsys: pytest.CaptureFixture
     assert code == 0, captured.err
     result = json.loads(captured.out)
     assert list(result) == ["answer"] and isinstance(result["answer"], str)
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    import asynclm
+
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"asynclm {asynclm.__version__}"

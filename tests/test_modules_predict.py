@@ -478,3 +478,10 @@ async def test_parallel_accepts_module_with_example_or_dict() -> None:
     example = alm.Example(question="from example", answer="gold").with_inputs("question")
     preds = await alm.Parallel(concurrency=2)([(qa, example), (qa, {"question": "from dict"})])
     assert [p.answer for p in preds] == ["A:from example", "A:from dict"]
+
+
+def test_scripted_lm_takes_model_as_a_keyword() -> None:
+    """Its docstring documents ``model=``; LM.__new__ took it twice."""
+    lm = ScriptedLM({"answer": "x"}, model="m")
+    assert lm.model_name == "m"
+    assert alm.Predict("question -> answer", lm=lm).sync(question="q").answer == "x"

@@ -46,6 +46,18 @@ def test_configure_unknown_key_raises_type_error_listing_known_keys() -> None:
     assert settings.lm != "x"  # nothing was applied
 
 
+@pytest.mark.parametrize("setter", [configure, context])
+def test_an_lm_that_is_not_an_lm_is_refused_at_once(setter: object) -> None:
+    """DSPy refuses a non-LM at configure(); a model name here used to fail later, deep in a call."""
+    with pytest.raises(TypeError, match=r"needs an LM object, such as asynclm\.LM\('openai/gpt-4o-mini'\), not a str"):
+        if setter is configure:
+            configure(lm="openai/gpt-4o-mini")
+        else:
+            with context(lm="openai/gpt-4o-mini"):
+                pass
+    assert current_settings().lm is None or callable(current_settings().lm)
+
+
 def test_context_unknown_key_raises_type_error() -> None:
     with pytest.raises(TypeError, match="known settings are"), context(nope=1):
         pass

@@ -67,6 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run language-model programs from the shell.",
         epilog="Docs: docs/cli.md. Exit codes: 0 ok, 1 program error, 2 usage/setup error.",
     )
+    from asynclm import __version__
+
+    parser.add_argument("--version", action="version", version=f"asynclm {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="{demo,run}")
 
     demo = sub.add_parser(

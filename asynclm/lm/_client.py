@@ -194,9 +194,11 @@ class LM(SyncCallable):
             doubling up to 8, jittered), used when the server sends no ``Retry-After``.
     """
 
-    def __new__(cls, model: Any = None, *args: Any, **kwargs: Any) -> LM:
+    def __new__(cls, *args: Any, **kwargs: Any) -> LM:
         # LM("local/...") is the embedded local model: build a LocalLM (its own module, loaded
-        # only here, so that plain LMs never import it).
+        # only here, so that plain LMs never import it). (No named `model` parameter here: a
+        # subclass may take another first argument and `model=` as a keyword, as ScriptedLM does.)
+        model = args[0] if args else kwargs.get("model")
         if cls is LM and isinstance(model, str) and model.startswith("local/"):
             from ._local import LocalLM
 

@@ -19,7 +19,7 @@ class Progress:
         try:
             from tqdm.auto import tqdm
         except ImportError as exc:  # pragma: no cover - tqdm is a core dependency
-            raise ImportError("progress bars need tqdm: pip install 'asynclm[progress]'") from exc
+            raise ImportError("progress bars need tqdm, a dependency of asynclm: pip install tqdm") from exc
         self.done = 0
         self.failed = 0
         self._bar: Any = tqdm(total=total, desc=desc, file=sys.stderr, disable=None, dynamic_ncols=True)

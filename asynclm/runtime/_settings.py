@@ -65,6 +65,10 @@ def _check(kwargs: Mapping[str, Any], what: str) -> dict[str, Any]:
         raise ValueError(f"{what}(backend={backend!r}): the backend must be one of {_BACKENDS}")
     if "callbacks" in checked:
         checked["callbacks"] = tuple(checked["callbacks"] or ())
+    lm = checked.get("lm")
+    if lm is not None and not callable(lm):  # an LM is an async callable; runtime knows no more of it
+        hint = f"asynclm.LM({lm!r})" if isinstance(lm, str) else "asynclm.LM('openai/gpt-4o-mini')"
+        raise TypeError(f"{what}(lm=...) needs an LM object, such as {hint}, not a {type(lm).__name__}")
     return checked
 
 
