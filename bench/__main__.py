@@ -27,6 +27,7 @@ baseline that cannot be installed or fails is shown as skipped, with the reason)
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import subprocess
@@ -358,6 +359,8 @@ def run_scenario(
             row["skipped"] = dspy_reason
         elif row["backend"] == "trio" and row["spec"].get("client") in ("aiohttp", "asynclm-aiohttp"):
             row["skipped"] = "aiohttp runs on asyncio only"
+        elif row["spec"].get("client") == "httpx2" and importlib.util.find_spec("httpx2") is None:
+            row["skipped"] = "httpx2 is not installed (it needs Python >= 3.11)"
     server = servers.get(latency) if latency is not None and not fresh else None
     if latency is not None and not fresh and server is None:
         server = servers[latency] = spawn_server(latency)

@@ -136,3 +136,21 @@ def test_prediction_json_round_trip() -> None:
     assert back.completions == multi.completions
     single = Prediction(answer="x")
     assert Prediction.from_json_dict(single.to_json_dict()) == single
+
+
+def test_base_as_a_keyword_copies_its_fields_as_in_dspy() -> None:
+    other = Example(a=1, b=2).with_inputs("a")
+    ex = Example(base=other, c=3)
+    assert dict(ex.items()) == {"a": 1, "b": 2, "c": 3} and ex.input_keys == {"a"}
+    assert dict(Example(base={"a": 1}, c=3).items()) == {"a": 1, "c": 3}
+    assert Example(base=2, exponent=8)["base"] == 2  # a field that happens to be named base
+
+
+def test_dspy_bookkeeping_keys_are_hidden_unless_asked_for() -> None:
+    ex = Example(question="q", answer="a", dspy_uuid="123", dspy_split="train")
+    assert len(ex) == 2
+    assert list(ex.keys()) == ["question", "answer"]
+    assert list(ex.values()) == ["q", "a"]
+    assert dict(ex.items()) == {"question": "q", "answer": "a"}
+    assert set(ex.keys(include_dspy=True)) == {"question", "answer", "dspy_uuid", "dspy_split"}
+    assert ex.dspy_uuid == "123" and ex["dspy_split"] == "train"  # still reachable by name

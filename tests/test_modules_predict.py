@@ -322,6 +322,37 @@ def test_load_mismatched_file_is_a_clear_error(tmp_path: Any) -> None:
         alm.Predict("q -> a").load(other)
 
 
+def test_demos_may_be_plain_dicts_when_saving(tmp_path: Any) -> None:
+    """As in DSPy (docs/modules.md says demos may be dicts): they are saved as Examples."""
+    qa = alm.Predict("question -> answer")
+    qa.demos = [{"question": "2+2?", "answer": "4"}]
+    path = tmp_path / "qa.json"
+    qa.save(path)
+    fresh = alm.Predict("question -> answer").load(path)
+    assert fresh.demos == [alm.Example(question="2+2?", answer="4")]
+
+
+class TwoSteps(alm.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.first = alm.Predict("question -> draft")
+        self.second = alm.Predict("draft -> answer")
+
+
+def test_load_state_is_all_or_nothing() -> None:
+    """A malformed second predictor leaves the first one as it was (it used to be half-loaded)."""
+    source = TwoSteps()
+    source.first.signature = source.first.signature.with_instructions("NEW")
+    source.first.demos = [alm.Example(question="q", draft="d")]
+    state = source.dump_state()
+    state["predictors"]["second"]["demos"] = [{"not": "a demo"}]
+    target = TwoSteps()
+    before = target.dump_state()
+    with pytest.raises(ProgramFileError, match="predictor 'second'"):
+        target.load_state(state)
+    assert target.dump_state() == before
+
+
 # -- streaming --------------------------------------------------------------------------------
 
 

@@ -196,13 +196,22 @@ class Module(SyncCallable):
                 f"the saved program has predictors {sorted(saved)} but {type(self).__name__} has "
                 f"{sorted(mine)}: load it into the same program class it was saved from"
             )
-        for name, predictor in mine.items():
-            try:
-                predictor.load_predictor_state(saved[name], custom_types=custom_types)
-            except ProgramFileError:
-                raise
-            except Exception as exc:
-                raise ProgramFileError(f"predictor {name!r}: cannot load its saved state: {exc}") from exc
+        # All or nothing: a bad value in one predictor leaves every predictor as it was.
+        backup = {name: predictor.dump_predictor_state() for name, predictor in mine.items()}
+        loaded: list[str] = []
+        try:
+            for name, predictor in mine.items():
+                try:
+                    predictor.load_predictor_state(saved[name], custom_types=custom_types)
+                except ProgramFileError:
+                    raise
+                except Exception as exc:
+                    raise ProgramFileError(f"predictor {name!r}: cannot load its saved state: {exc}") from exc
+                loaded.append(name)
+        except BaseException:
+            for name in loaded:
+                mine[name].load_predictor_state(backup[name], custom_types=custom_types)
+            raise
         return self
 
     def save(self, path: str | os.PathLike[str]) -> None:

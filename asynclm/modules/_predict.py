@@ -93,7 +93,8 @@ class Predict(Module):
         """This predictor's learnable state: signature (with instructions) and demos."""
         return {
             "signature": self.signature.to_dict(),
-            "demos": [demo.to_json_dict() for demo in self.demos],
+            # demos may be plain dicts (as in DSPy): saved as Examples
+            "demos": [(demo if isinstance(demo, Example) else Example(demo)).to_json_dict() for demo in self.demos],
         }
 
     def load_predictor_state(

@@ -16,6 +16,12 @@ class Example:
     (``ex.question``; use item access for names that clash with methods, such as ``items``).
     ``**ex.inputs()`` unpacks as keyword arguments. Equality compares the fields only (as in DSPy),
     not the input keys. Mutable, hence unhashable.
+
+    As in DSPy: ``Example(other, c=3)`` and ``Example(base=other, c=3)`` copy ``other``'s fields
+    (an ``Example`` or a mapping; any other ``base=`` value is a field named ``base``), and fields
+    whose names start with ``dspy_`` (the bookkeeping DSPy's data loaders add, such as
+    ``dspy_uuid``) are reachable by name but left out of ``len()``, ``keys()``, ``values()`` and
+    ``items()`` unless ``include_dspy=True``.
     """
 
     __slots__ = ("_input_keys", "_store")
@@ -26,6 +32,8 @@ class Example:
     def __init__(self, base: Example | Mapping[str, Any] | None = None, /, **fields: Any) -> None:
         store: dict[str, Any] = {}
         input_keys: frozenset[str] | None = None
+        if base is None and isinstance(fields.get("base"), (Example, Mapping)):  # DSPy's Example(base=...)
+            base = fields.pop("base")
         if isinstance(base, Example):
             store.update(base._store)
             input_keys = base._input_keys
@@ -104,16 +112,22 @@ class Example:
         return iter(self._store)
 
     def __len__(self) -> int:
-        return len(self._store)
+        return sum(1 for k in self._store if not k.startswith("dspy_"))
 
-    def keys(self) -> Iterable[str]:
-        return self._store.keys()
+    def keys(self, include_dspy: bool = False) -> Iterable[str]:
+        if include_dspy:
+            return self._store.keys()
+        return [k for k in self._store if not k.startswith("dspy_")]
 
-    def values(self) -> Iterable[Any]:
-        return self._store.values()
+    def values(self, include_dspy: bool = False) -> Iterable[Any]:
+        if include_dspy:
+            return self._store.values()
+        return [v for k, v in self._store.items() if not k.startswith("dspy_")]
 
-    def items(self) -> Iterable[tuple[str, Any]]:
-        return self._store.items()
+    def items(self, include_dspy: bool = False) -> Iterable[tuple[str, Any]]:
+        if include_dspy:
+            return self._store.items()
+        return [(k, v) for k, v in self._store.items() if not k.startswith("dspy_")]
 
     def get(self, key: str, default: Any = None) -> Any:
         return self._store.get(key, default)
