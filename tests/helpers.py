@@ -21,3 +21,11 @@ class InFlight:
     def __exit__(self, *exc: object) -> None:
         with self.lock:
             self.now -= 1
+
+
+class StubLM(str):
+    """A stand-in for an LM in runtime tests: callable like one (``configure`` refuses what is not),
+    equal to its name so tests can say which one they see."""
+
+    async def __call__(self, *args: object, **kwargs: object) -> None:
+        raise AssertionError(f"StubLM {str(self)!r} is a marker, not a model")

@@ -357,3 +357,16 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
         main(["--version"])
     assert info.value.code == 0
     assert capsys.readouterr().out.strip() == f"asynclm {asynclm.__version__}"
+
+
+def test_a_missing_trio_is_one_line_naming_the_extra() -> None:
+    """docs/cli.md promises one line and exit code 2 (it was a 49-line traceback from anyio)."""
+    code = (
+        "import sys; sys.modules['trio'] = None\n"  # as if trio were not installed
+        "from asynclm.cli import main\n"
+        "raise SystemExit(main(['demo', '--model', 'openai/x', '--base-url', 'http://127.0.0.1:9/v1', "
+        "'--backend', 'trio']))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr == "asynclm demo: error: the trio backend needs trio: pip install 'asynclm[trio]'\n"

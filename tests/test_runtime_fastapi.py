@@ -15,7 +15,7 @@ httpx = pytest.importorskip("httpx")
 
 from asynclm.runtime import SyncInAsyncContextError, context, settings, sync_twin  # noqa: E402
 
-from .helpers import InFlight  # noqa: E402
+from .helpers import InFlight, StubLM  # noqa: E402
 
 gauge = InFlight()
 
@@ -32,7 +32,7 @@ def make_app() -> Any:
 
     @app.get("/def/{i}")
     def sync_route(i: int) -> dict[str, Any]:
-        with context(lm=f"def-{i}"):
+        with context(lm=StubLM(f"def-{i}")):
             out = handle.sync(i)
         out["route_thread"] = threading.get_ident()
         return out
@@ -45,7 +45,7 @@ def make_app() -> Any:
             error = str(exc)
         else:  # pragma: no cover - the test fails on this
             error = ""
-        with context(lm=f"async-{i}"):
+        with context(lm=StubLM(f"async-{i}")):
             out = await handle(i)
         out["route_thread"] = threading.get_ident()
         out["sync_error"] = error

@@ -14,7 +14,7 @@ import pytest
 
 from asynclm.runtime import Parallel, context, run_items, settings, sync_twin
 
-from .helpers import InFlight
+from .helpers import InFlight, StubLM
 
 
 class Boom(Exception):
@@ -264,7 +264,7 @@ async def test_sync_callables_run_in_worker_threads_with_the_context() -> None:
     def blocking(i: int) -> tuple[int, bool, Any]:
         return i, threading.get_ident() != host, settings.lm
 
-    with context(lm="ctx"):
+    with context(lm=StubLM("ctx")):
         out = await Parallel(concurrency=4)([(blocking, (i,)) for i in range(8)])
     assert out == [(i, True, "ctx") for i in range(8)]
 

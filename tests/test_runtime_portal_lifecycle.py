@@ -282,3 +282,46 @@ def test_pending_portal_call_runs_its_finally_at_interpreter_exit(backend: str) 
     lines = [line for line in proc.stdout.splitlines() if line != "caller got PortalClosedError"]
     assert lines[:3] == ["main exiting", "finally ran", "resource closed"], (proc.stdout, proc.stderr)
     assert elapsed < 20  # the exit did not wait for the 60 s sleep
+
+
+def test_configure_backend_trio_without_trio_names_the_extra() -> None:
+    code = (
+        "import sys; sys.modules['trio'] = None\n"
+        "import asynclm\n"
+        "try:\n"
+        "    asynclm.configure(backend='trio')\n"
+        "except ImportError as exc:\n"
+        "    print(exc)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "the trio backend needs trio: pip install 'asynclm[trio]'", out.stderr
+
+
+FIRST_TRIO_PORTALS = """
+import threading, asynclm
+from asynclm.testing import ScriptedLM
+asynclm.configure(backend="trio")
+qa = asynclm.Predict("question -> answer", lm=ScriptedLM({"answer": "ok"}))
+barrier = threading.Barrier(64)
+failures = []
+def first_call():
+    barrier.wait()
+    try:
+        assert qa.sync(question="q").answer == "ok"
+    except BaseException as exc:
+        failures.append(repr(exc))
+threads = [threading.Thread(target=first_call) for _ in range(64)]
+for t in threads: t.start()
+for t in threads: t.join()
+print(len(failures), failures[:2])
+"""
+
+
+@pytest.mark.parametrize("run", range(3))
+def test_64_threads_starting_their_first_trio_portal_at_once(run: int) -> None:
+    """In a fresh interpreter, 64 threads each make their first ``.sync()`` on trio at the same
+    moment: trio and anyio's trio backend are imported once, under a lock (1-2 of 64 used to fail
+    with "partially initialized module 'trio._threads'")."""
+    out = subprocess.run([sys.executable, "-c", FIRST_TRIO_PORTALS], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "0 []"

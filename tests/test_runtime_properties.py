@@ -35,8 +35,10 @@ from hypothesis import HealthCheck, given, settings as hypothesis_settings, stra
 
 from asynclm.runtime import Settings, asyncify, configure, context, current_settings, syncify
 
+from .helpers import StubLM
+
 KEYS = ("lm", "adapter", "cache_dir")
-DEFAULTS = {"lm": "default-lm", "adapter": "default-adapter", "cache_dir": "default-cache"}
+DEFAULTS = {"lm": StubLM("default-lm"), "adapter": "default-adapter", "cache_dir": "default-cache"}
 ASYNC_EDGES = ("task", "asyncify", "thread", "bare_thread")
 SYNC_EDGES = ("sync", "thread", "bare_thread")
 CHILD_IS_ASYNC = {"task": True, "sync": True, "asyncify": False, "thread": False, "bare_thread": False}
@@ -67,7 +69,7 @@ def trees(draw: st.DrawFn, root_is_async: bool) -> Node:
         blocks = []
         for b in range(draw(st.integers(0, 2))):
             keys = draw(st.lists(st.sampled_from(KEYS), min_size=1, max_size=3, unique=True))
-            blocks.append({k: f"n{nid}.b{b}.{k}" for k in keys})
+            blocks.append({k: (StubLM if k == "lm" else str)(f"n{nid}.b{b}.{k}") for k in keys})
         children: list[tuple[str, Node]] = []
         if depth < MAX_DEPTH:
             for _ in range(draw(st.integers(0, 3 if depth == 0 else 2))):
@@ -200,6 +202,6 @@ def test_context_flows_down_a_tree_rooted_in_sync_code(root: Node, backend: str)
 async def test_context_flows_down_a_tree_rooted_in_async_code(anyio_backend: str, root: Node) -> None:
     recorder = Recorder()
     run_async_node, _ = run_tree(recorder)
-    with context(lm="test-lm"):
+    with context(lm=StubLM("test-lm")):
         await run_async_node(root)
     check(root, recorder, {**DEFAULTS, "lm": "test-lm"})

@@ -11,6 +11,8 @@ import pytest
 import asynclm
 from asynclm.runtime import Settings, configure, context, current_settings, settings
 
+from .helpers import StubLM
+
 
 def test_public_names_are_exported() -> None:
     assert asynclm.configure is configure
@@ -19,7 +21,7 @@ def test_public_names_are_exported() -> None:
 
 
 def test_configure_sets_process_defaults_seen_by_other_threads() -> None:
-    configure(lm="model-a", max_parse_retries=3)
+    configure(lm=StubLM("model-a"), max_parse_retries=3)
     seen: list[object] = []
     thread = threading.Thread(target=lambda: seen.append((settings.lm, settings.max_parse_retries)))
     thread.start()
@@ -29,8 +31,8 @@ def test_configure_sets_process_defaults_seen_by_other_threads() -> None:
 
 def test_configure_from_another_thread_is_allowed_and_seen_by_main() -> None:
     # No owner-thread rule: a thread that did not configure first may still configure.
-    configure(lm="from-main")
-    thread = threading.Thread(target=configure, kwargs={"lm": "from-thread"})
+    configure(lm=StubLM("from-main"))
+    thread = threading.Thread(target=configure, kwargs={"lm": StubLM("from-thread")})
     thread.start()
     thread.join()
     assert settings.lm == "from-thread"
@@ -38,7 +40,7 @@ def test_configure_from_another_thread_is_allowed_and_seen_by_main() -> None:
 
 def test_configure_unknown_key_raises_type_error_listing_known_keys() -> None:
     with pytest.raises(TypeError) as info:
-        configure(lm="x", temprature=0.5)
+        configure(lm=StubLM("x"), temprature=0.5)
     message = str(info.value)
     assert "'temprature'" in message
     for name in ("adapter", "backend", "lm", "max_parse_retries"):
@@ -78,13 +80,13 @@ def test_settings_view_is_read_only_and_rejects_unknown_names() -> None:
 
 
 def test_context_nests_and_restores() -> None:
-    configure(lm="default", adapter="default-adapter")
-    with context(lm="outer") as outer:
+    configure(lm=StubLM("default"), adapter="default-adapter")
+    with context(lm=StubLM("outer")) as outer:
         assert outer.lm == "outer"
         with context(adapter="inner") as inner:
             assert (inner.lm, inner.adapter) == ("outer", "inner")
             assert (settings.lm, settings.adapter) == ("outer", "inner")
-            with context(lm="innermost"):
+            with context(lm=StubLM("innermost")):
                 assert (settings.lm, settings.adapter) == ("innermost", "inner")
             assert settings.lm == "outer"
         assert (settings.lm, settings.adapter) == ("outer", "default-adapter")
@@ -92,28 +94,28 @@ def test_context_nests_and_restores() -> None:
 
 
 def test_context_restores_after_an_exception() -> None:
-    configure(lm="default")
-    with pytest.raises(ZeroDivisionError), context(lm="temp"):
+    configure(lm=StubLM("default"))
+    with pytest.raises(ZeroDivisionError), context(lm=StubLM("temp")):
         1 / 0  # noqa: B018
     assert settings.lm == "default"
 
 
 def test_configure_inside_context_updates_keys_the_block_did_not_override() -> None:
-    configure(lm="default", adapter="a0")
-    with context(lm="overridden"):
-        configure(adapter="a1", lm="ignored-here")
+    configure(lm=StubLM("default"), adapter="a0")
+    with context(lm=StubLM("overridden")):
+        configure(adapter="a1", lm=StubLM("ignored-here"))
         assert (settings.lm, settings.adapter) == ("overridden", "a1")
     assert (settings.lm, settings.adapter) == ("ignored-here", "a1")
 
 
 def test_context_in_one_thread_is_invisible_to_another() -> None:
-    configure(lm="default")
+    configure(lm=StubLM("default"))
     inside = threading.Event()
     release = threading.Event()
     seen: list[object] = []
 
     def holder() -> None:
-        with context(lm="private"):
+        with context(lm=StubLM("private")):
             inside.set()
             release.wait(5)
 
@@ -137,11 +139,11 @@ def test_callbacks_are_stored_as_a_tuple() -> None:
 
 def _check_consistent(snapshot: Settings) -> None:
     # Writers always set lm and adapter to the same number in one configure() call.
-    assert snapshot.lm == snapshot.adapter, snapshot
+    assert snapshot.lm == str(snapshot.adapter), snapshot
 
 
 def test_configure_from_16_threads_readers_always_see_complete_snapshots() -> None:
-    configure(lm=-1, adapter=-1)
+    configure(lm=StubLM("-1"), adapter=-1)
     stop = threading.Event()
     errors: list[BaseException] = []
     reads = [0]
@@ -159,7 +161,7 @@ def test_configure_from_16_threads_readers_always_see_complete_snapshots() -> No
     def writer(k: int) -> None:
         for i in range(300):
             value = k * 1000 + i
-            configure(lm=value, adapter=value)
+            configure(lm=StubLM(str(value)), adapter=value)
 
     readers = [threading.Thread(target=reader) for _ in range(4)]
     for thread in readers:
@@ -173,17 +175,17 @@ def test_configure_from_16_threads_readers_always_see_complete_snapshots() -> No
     assert reads[0] > 0
     final = current_settings()
     _check_consistent(final)
-    assert final.lm % 1000 == 299  # the last write of some writer, never a torn one
+    assert int(final.lm) % 1000 == 299  # the last write of some writer, never a torn one
 
 
 async def test_configure_from_sibling_tasks_readers_always_see_complete_snapshots() -> None:
-    configure(lm=-1, adapter=-1)
+    configure(lm=StubLM("-1"), adapter=-1)
     done = anyio.Event()
     checks = [0]
 
     async def writer(k: int) -> None:
         for i in range(200):
-            configure(lm=k * 1000 + i, adapter=k * 1000 + i)
+            configure(lm=StubLM(str(k * 1000 + i)), adapter=k * 1000 + i)
             await anyio.lowlevel.checkpoint()
 
     async def reader() -> None:
@@ -208,7 +210,7 @@ async def test_configure_from_sibling_tasks_readers_always_see_complete_snapshot
 
 
 async def test_context_in_a_task_is_invisible_to_siblings_and_seen_by_children() -> None:
-    configure(lm="default")
+    configure(lm=StubLM("default"))
     entered = anyio.Event()
     release = anyio.Event()
     seen: dict[str, object] = {}
@@ -217,7 +219,7 @@ async def test_context_in_a_task_is_invisible_to_siblings_and_seen_by_children()
         seen["child"] = settings.lm
 
     async def overrider() -> None:
-        with context(lm="private"):
+        with context(lm=StubLM("private")):
             async with anyio.create_task_group() as tg:
                 tg.start_soon(child)
             entered.set()
@@ -236,13 +238,13 @@ async def test_context_in_a_task_is_invisible_to_siblings_and_seen_by_children()
 
 
 async def test_child_task_context_does_not_flow_back_to_parent() -> None:
-    configure(lm="default")
+    configure(lm=StubLM("default"))
 
     async def child() -> None:
-        with context(lm="child"):
+        with context(lm=StubLM("child")):
             await anyio.lowlevel.checkpoint()
         # leave one active on purpose: the task ends inside its own context copy
-        context(lm="leaked").__enter__()
+        context(lm=StubLM("leaked")).__enter__()
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(child)

@@ -27,6 +27,8 @@ from asynclm.runtime import (
     syncify,
 )
 
+from .helpers import StubLM
+
 
 @dataclasses.dataclass
 class Where:
@@ -93,10 +95,10 @@ def test_sync_from_plain_threads_each_get_their_own_portal(portal_backend: str) 
 
 
 def test_sync_from_thread_pool_executor_32(portal_backend: str) -> None:
-    configure(lm="default")
+    configure(lm=StubLM("default"))
 
     def job(i: int) -> tuple[int, Any, str]:
-        with context(lm=f"lm-{i}"):
+        with context(lm=StubLM(f"lm-{i}")):
             got = where.sync(i, delay=0.001)
         return got.value, got.lm, got.library
 
@@ -112,19 +114,19 @@ def test_sync_propagates_the_original_exception_type(portal_backend: str) -> Non
 
 
 def test_context_is_visible_inside_and_nothing_flows_back(portal_backend: str) -> None:
-    configure(lm="default")
+    configure(lm=StubLM("default"))
     var: contextvars.ContextVar[str] = contextvars.ContextVar("var", default="unset")
 
     @sync_twin
     async def writes() -> tuple[Any, str]:
         seen = (settings.lm, var.get())
         var.set("written inside")
-        context(lm="entered inside").__enter__()  # never exited: must stay inside the call
+        context(lm=StubLM("entered inside")).__enter__()  # never exited: must stay inside the call
         return seen
 
     token = var.set("caller")
     try:
-        with context(lm="caller-lm"):
+        with context(lm=StubLM("caller-lm")):
             assert writes.sync() == ("caller-lm", "caller")
             assert settings.lm == "caller-lm"
         assert writes.sync() == ("default", "caller")
@@ -164,12 +166,25 @@ async def test_sync_variants_inside_a_running_loop_all_raise() -> None:
         asynclm.Parallel().sync([])
 
 
+async def test_the_error_names_the_object_the_user_called() -> None:
+    """Not ``Module.__call__.sync()``: the module as it prints, then ``.sync()`` / ``.batch.sync()``."""
+    qa = asynclm.Predict("question -> answer")
+    with pytest.raises(SyncInAsyncContextError) as info:
+        qa.sync(question="q")
+    spelled = "Predict(Signature('question -> answer'))"
+    assert f"{spelled}.sync() was called" in str(info.value)
+    assert f"Use `await {spelled}(...)`" in str(info.value)
+    with pytest.raises(SyncInAsyncContextError) as info:
+        qa.batch.sync([])
+    assert f"Use `await {spelled}.batch(...)`" in str(info.value)
+
+
 # -- routing: AnyIO / trio worker threads run on their host loop -------------------------------
 
 
 async def test_sync_from_anyio_worker_thread_runs_on_the_host_loop(anyio_backend: str) -> None:
     host = threading.get_ident()
-    with context(lm="host-ctx"):
+    with context(lm=StubLM("host-ctx")):
         got = await anyio.to_thread.run_sync(where.sync, 5)
     assert got.thread == host
     assert got.library == anyio_backend
@@ -183,13 +198,13 @@ async def test_sync_from_many_anyio_worker_threads_concurrently() -> None:
     results: list[Where] = []
 
     async def one(i: int) -> None:
-        with context(lm=i):
+        with context(lm=StubLM(str(i))):
             results.append(await anyio.to_thread.run_sync(where.sync, i, 0.01))
 
     async with anyio.create_task_group() as tg:
         for i in range(32):
             tg.start_soon(one, i)
-    assert sorted((r.value, r.lm) for r in results) == [(i, i) for i in range(32)]
+    assert sorted((r.value, r.lm) for r in results) == [(i, str(i)) for i in range(32)]
     assert {r.thread for r in results} == {host}
 
 
@@ -197,7 +212,7 @@ def test_sync_from_a_trio_to_thread_worker_runs_on_the_trio_host() -> None:
     import trio
 
     async def main() -> Where:
-        with context(lm="trio-host"):
+        with context(lm=StubLM("trio-host")):
             return await trio.to_thread.run_sync(where.sync, 9)
 
     host_thread = threading.get_ident()
@@ -326,7 +341,7 @@ async def test_asyncify_runs_in_a_worker_thread_with_the_callers_context(anyio_b
 
     token = var.set("caller")
     try:
-        with context(lm="ctx-lm"):
+        with context(lm=StubLM("ctx-lm")):
             x, lm, value, thread = await asyncify(blocking)(7)
         assert (x, lm, value) == (7, "ctx-lm", "caller")
         assert thread != host
@@ -341,7 +356,7 @@ async def test_sync_inside_asyncified_function_runs_on_the_host_loop(anyio_backe
     def blocking() -> Where:
         return where.sync(1)
 
-    with context(lm="outer"):
+    with context(lm=StubLM("outer")):
         got = await asyncify(blocking)()
     assert (got.thread, got.library, got.lm) == (host, anyio_backend, "outer")
 
@@ -349,7 +364,7 @@ async def test_sync_inside_asyncified_function_runs_on_the_host_loop(anyio_backe
 def test_asyncify_inside_sync_runs_nested_sync_on_the_portal(portal_backend: str) -> None:
     # main thread -> .sync() -> portal loop -> asyncify worker -> .sync() -> same portal loop
     def blocking() -> Where:
-        with context(lm="inner"):
+        with context(lm=StubLM("inner")):
             return where.sync(2)
 
     @sync_twin
@@ -389,7 +404,7 @@ def test_iterate_sync_yields_in_order_and_runs_finally(portal_backend: str) -> N
         finally:
             state.append("finally")
 
-    with context(lm="iter-ctx"):
+    with context(lm=StubLM("iter-ctx")):
         out = list(iterate_sync(lambda: numbers(5), buffer=2))
     assert out == [(i, portal_backend, "iter-ctx") for i in range(5)]
     assert state == ["finally"]

@@ -167,7 +167,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     from asynclm.modules import NoLMError
 
     try:
+        if getattr(args, "backend", None):
+            from asynclm.runtime._backends import import_backend
+
+            import_backend(args.backend)  # a missing trio is one line, not a traceback from deep in anyio
         return int(args.func(args))
+    except ImportError as exc:  # a missing extra: the message names it
+        print(f"asynclm {args.command}: error: {_one_line(exc)}", file=sys.stderr)
     except CLIError as exc:
         print(f"asynclm {args.command}: error: {_one_line(exc)}", file=sys.stderr)
     except (LMConnectionError, LMTimeoutError, AuthenticationError) as exc:  # the LM's message has the hint

@@ -6,14 +6,18 @@ Everything else in asynclm goes through anyio; only these primitives need the na
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import sys
+import threading
 from asyncio import _get_running_loop
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
 __all__ = [
+    "check_backend_installed",
     "current_loop_key",
     "current_waker",
+    "import_backend",
     "mark_async_library",
     "native_spawner",
     "running_loop_name",
@@ -24,6 +28,42 @@ try:
     import sniffio as _sniffio
 except ImportError:  # pragma: no cover - anyio then assumes asyncio
     _sniffio = None  # type: ignore[assignment]
+
+
+_TRIO_MISSING = "the trio backend needs trio: pip install 'asynclm[trio]'"
+_import_lock = threading.Lock()
+_trio_imported = False
+
+
+def check_backend_installed(name: str) -> None:
+    """Raise ``ImportError`` naming the extra if ``name``'s library is not installed (cheap: no import)."""
+    if name == "trio" and not _trio_imported and importlib.util.find_spec("trio") is None:
+        raise ImportError(_TRIO_MISSING)
+
+
+def import_backend(name: str) -> None:
+    """Import ``name``'s event-loop library, and anyio's backend for it, once, under a lock.
+
+    Call before starting a loop in a new thread: when many threads each start their first trio
+    loop at once, their concurrent first imports of trio's and anyio's modules can meet a
+    partially initialised module (``cannot import name ... from partially initialized module``,
+    or importlib's ``_DeadlockError``). Raises ``ImportError`` naming the extra when missing.
+    """
+    global _trio_imported
+    if name != "trio" or _trio_imported:
+        return
+    with _import_lock:
+        if _trio_imported:
+            return
+        try:
+            import trio
+        except ImportError as exc:
+            raise ImportError(_TRIO_MISSING) from exc
+        import anyio._backends._trio  # noqa: F401
+        import trio.from_thread
+        import trio.lowlevel  # noqa: F401
+
+        _trio_imported = True
 
 
 def mark_async_library(name: str) -> None:
@@ -117,12 +157,11 @@ def _trio_token(what: str) -> Any:
 
 def trio_host_token() -> Any:
     """In a thread started by ``trio.to_thread`` (not through anyio): its host's token, else None."""
-    trio = sys.modules.get("trio")
-    if trio is None:
-        return None
+    # Never imports: another thread may be importing trio right now, and importing one of its
+    # modules concurrently can meet it half-initialised. A to_thread worker exists only once
+    # trio._threads is fully imported.
+    threads = sys.modules.get("trio._threads")
     try:
-        from trio._threads import PARENT_TASK_DATA
-
-        return PARENT_TASK_DATA.token
-    except (ImportError, AttributeError):
+        return threads.PARENT_TASK_DATA.token  # type: ignore[union-attr]
+    except AttributeError:
         return None

@@ -25,7 +25,7 @@ from typing import Any
 
 import anyio
 
-from ._backends import current_waker, mark_async_library, native_spawner
+from ._backends import current_waker, import_backend, mark_async_library, native_spawner
 
 __all__ = ["Portal", "PortalClosedError", "portal_for_current_thread", "shutdown_portals"]
 
@@ -137,6 +137,7 @@ class Portal:
     """A daemon thread running one event loop and one task group, owned by one thread."""
 
     def __init__(self, backend: str, owner: threading.Thread | None) -> None:
+        import_backend(backend)  # here, under a lock: never concurrently in many new loop threads
         self.backend = backend
         self.owner = owner
         self.closed = False

@@ -22,6 +22,8 @@ from collections.abc import Iterator, Mapping
 from contextvars import ContextVar
 from typing import Any
 
+from ._backends import check_backend_installed
+
 __all__ = ["Settings", "configure", "context", "current_settings", "settings"]
 
 
@@ -63,6 +65,8 @@ def _check(kwargs: Mapping[str, Any], what: str) -> dict[str, Any]:
     backend = checked.get("backend")
     if backend is not None and backend not in _BACKENDS:
         raise ValueError(f"{what}(backend={backend!r}): the backend must be one of {_BACKENDS}")
+    if backend is not None:
+        check_backend_installed(backend)
     if "callbacks" in checked:
         checked["callbacks"] = tuple(checked["callbacks"] or ())
     lm = checked.get("lm")

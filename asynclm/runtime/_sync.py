@@ -64,6 +64,15 @@ class SyncInAsyncContextError(RuntimeError):
 
 
 def _describe(fn: Any) -> str:
+    """How the user spelled the call: ``Predict(Signature('question -> answer'))`` for a module's
+    ``__call__``, ``<that>.batch`` for another bound method, the qualified name otherwise."""
+    owner = getattr(fn, "__self__", None)
+    if owner is not None and not isinstance(owner, type):
+        text = repr(owner)
+        if len(text) > 80:
+            text = type(owner).__name__ + "(...)"
+        name = getattr(fn, "__name__", "")
+        return text if name == "__call__" else f"{text}.{name}"
     name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or type(fn).__name__
     return str(name)
 
@@ -176,7 +185,7 @@ class BoundSyncTwin:
 
     def sync(self, *args: Any, **kwargs: Any) -> Any:
         """Run the coroutine method to completion from synchronous code."""
-        return _run_sync(self.__func__, (self.__self__, *args), kwargs, None)
+        return _run_sync(self, args, kwargs, None)  # (self: errors then name obj.method as the user wrote it)
 
     @property
     def __name__(self) -> str:
