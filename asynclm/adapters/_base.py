@@ -114,10 +114,10 @@ class Adapter(ABC):
 
     @abstractmethod
     def parse(self, signature: SignatureLike, completion: str) -> dict[str, Any]:
-        """The typed output values in ``completion``; raises :class:`ParseError`."""
+        """The typed output values in ``completion``; raises ``ParseError``."""
 
     def format_completion(self, signature: SignatureLike, outputs: Mapping[str, Any]) -> str:
-        """The assistant text that :meth:`parse` reads back to ``outputs`` (every output field
+        """The assistant text that ``parse`` reads back to ``outputs`` (every output field
         is required): ``parse(sig, format_completion(sig, v)) == v``."""
         sig = Signature.ensure(signature)
         missing = [name for name in sig.output_fields if name not in outputs]
@@ -130,7 +130,7 @@ class Adapter(ABC):
         return None
 
     def format_feedback(self, signature: SignatureLike, completion: str, error: ParseError) -> list[Message]:
-        """Messages to append (after the ones from :meth:`format`) to re-ask the LM after
+        """Messages to append (after the ones from ``format``) to re-ask the LM after
         ``error``: the failed answer as an assistant turn, then a user turn saying what was
         wrong and restating the required output format."""
         sig = Signature.ensure(signature)

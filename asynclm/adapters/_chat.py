@@ -40,9 +40,9 @@ class ChatAdapter(Adapter):
     The system message lists the input and output fields with their types, shows the structure
     (``[[ ## name ## ]]`` followed by the value, ending with ``[[ ## completed ## ]]``) and the
     instructions; the last user turn repeats the output format and each output's expected type.
-    Non-string values are written as JSON. :meth:`parse` reads the first ``[[ ## name ## ]]``
+    Non-string values are written as JSON. ``parse`` reads the first ``[[ ## name ## ]]``
     section of each output field (a marker is a line that starts with it, after whitespace),
-    strips it and converts it to the field's type (see :func:`asynclm.adapters.parse_text`).
+    strips it and converts it to the field's type (see ``asynclm.adapters.parse_text``).
     """
 
     def format_field_structure(self, signature: Signature) -> str:
@@ -125,7 +125,7 @@ class ChatAdapter(Adapter):
     def stream_fields(self, signature: SignatureLike, partial: str) -> list[tuple[str, str]]:
         """Output fields begun in ``partial`` with their raw text so far (stripped). A last line
         that may still become a marker is held back, so each text only grows. Values written as
-        JSON string literals (see :func:`format_output_value`) are shown undecoded."""
+        JSON string literals (see ``format_output_value``) are shown undecoded."""
         sig = Signature.ensure(signature)
         limit = len(partial)
         line_start = partial.rfind("\n") + 1

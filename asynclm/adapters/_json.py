@@ -72,9 +72,9 @@ def _strictify(schema: Any) -> bool:
 class JSONAdapter(Adapter):
     """Asks for the outputs as one JSON object (DSPy's JSONAdapter prompt layout).
 
-    :meth:`response_format` gives the OpenAI ``{"type": "json_schema", ...}`` parameter built from
+    ``response_format`` gives the OpenAI ``{"type": "json_schema", ...}`` parameter built from
     a pydantic model of the output fields (``strict`` when the schema allows it), for servers that
-    constrain decoding to a schema. :meth:`parse` accepts the object bare, in a code fence, with
+    constrain decoding to a schema. ``parse`` accepts the object bare, in a code fence, with
     text around it, or slightly broken (repaired with ``json_repair``).
     """
 

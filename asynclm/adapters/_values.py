@@ -4,7 +4,7 @@ Rendering follows DSPy (strings as-is, lists/dicts/models as JSON, other scalars
 prompts migrate. Where DSPy's rendering would not read back to the same value (a string with
 surrounding whitespace or a line that looks like a ``[[ ## field ## ]]`` marker, the string
 ``"None"`` in an ``Optional[str]`` field, …) the value is written as a JSON string literal instead,
-and :func:`parse_text` decodes a field whose whole text is one JSON string literal.
+and ``parse_text`` decodes a field whose whole text is one JSON string literal.
 """
 
 from __future__ import annotations
@@ -86,7 +86,7 @@ def is_raw_safe(text: str) -> bool:
 
 
 def format_output_value(field: SignatureField, value: Any) -> str:
-    """An output value as the text that :func:`parse_text` reads back to an equal value."""
+    """An output value as the text that ``parse_text`` reads back to an equal value."""
     if field.annotation is str and isinstance(value, str):
         return value if is_raw_safe(value) else json.dumps(value, ensure_ascii=False)
     if isinstance(value, list) and field.annotation is str:

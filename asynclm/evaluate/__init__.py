@@ -1,6 +1,6 @@
-"""Evaluation: :class:`Evaluate` (concurrent, cancellable scoring of a program on a dev set) and
+"""Evaluation: ``Evaluate`` (concurrent, cancellable scoring of a program on a dev set) and
 metrics: exact match, token F1 and passage match (DSPy-compatible normalisation), and the LM-judged
-:class:`SemanticF1`."""
+``SemanticF1``."""
 
 from ._evaluate import Evaluate, EvaluationResult, call_metric, metric_score
 from ._metrics import (

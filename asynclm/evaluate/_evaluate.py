@@ -32,7 +32,7 @@ Metric = Callable[..., Any]
 
 def metric_score(value: Any, metric: Any = None) -> float:
     """A metric's result as a float: ``bool`` -> 0.0/1.0, numbers as they are, and an object with
-    a ``score`` (``Prediction(score=...)``, as :class:`SemanticF1` returns) -> that score."""
+    a ``score`` (``Prediction(score=...)``, as ``SemanticF1`` returns) -> that score."""
     if isinstance(value, (bool, int, float)):
         return float(value)
     score = getattr(value, "score", None) if not isinstance(value, str) else None
@@ -73,7 +73,7 @@ async def call_metric(metric: Metric, *args: Any) -> Any:
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class EvaluationResult:
-    """What :class:`Evaluate` returns.
+    """What ``Evaluate`` returns.
 
     Attributes:
         score: the mean metric score as a percentage (0–100), rounded to 2 decimals; failed
@@ -131,7 +131,7 @@ class Evaluate(SyncCallable):
 
     ``result = await Evaluate(devset=dev, metric=m)(program)`` (or ``.sync(program)``) calls
     ``program(**example.inputs())`` for each example, then ``metric(example, prediction)``, and
-    returns an :class:`EvaluationResult` whose ``score`` is the mean as a percentage.
+    returns an ``EvaluationResult`` whose ``score`` is the mean as a percentage.
 
     Args:
         devset: ``Example`` objects with input keys set.

@@ -1,6 +1,6 @@
 """String metrics, compatible with DSPy's ``dspy.evaluate.metrics``.
 
-Every comparison goes through :func:`normalize_text` (SQuAD-style normalisation), so
+Every comparison goes through ``normalize_text`` (SQuAD-style normalisation), so
 ``"The Eiffel Tower!"`` and ``"eiffel tower"`` are equal.
 """
 
@@ -42,7 +42,7 @@ def normalize_text(text: str) -> str:
 
 
 def em_score(prediction: str, ground_truth: str) -> bool:
-    """True when both strings are equal after :func:`normalize_text`."""
+    """True when both strings are equal after ``normalize_text``."""
     return normalize_text(prediction) == normalize_text(ground_truth)
 
 
@@ -89,7 +89,7 @@ def exact_match(prediction: str, answers: str | Sequence[str]) -> bool:
 
 
 def token_f1(prediction: str, answers: str | Sequence[str]) -> float:
-    """The best :func:`f1_score` of ``prediction`` against any of ``answers`` (DSPy's ``F1``)."""
+    """The best ``f1_score`` of ``prediction`` against any of ``answers`` (DSPy's ``F1``)."""
     return max(f1_score(prediction, a) for a in _references(answers, "token_f1"))
 
 

@@ -58,7 +58,7 @@ class SemanticF1(Module):
 
     ``await SemanticF1()(example, pred)`` returns ``Prediction(score=...)``: the F1 in [0, 1]
     when ``trace`` is ``None`` (evaluation), ``score >= threshold`` (a bool) when a trace is given
-    (bootstrapping), as in DSPy. :class:`asynclm.Evaluate` and the optimizers read ``.score``.
+    (bootstrapping), as in DSPy. ``asynclm.Evaluate`` and the optimizers read ``.score``.
     It uses the LM in the context unless one is set with ``set_lm``.
 
     Args:

@@ -2,7 +2,7 @@
 process-wide concurrency/rate limits, a persistent cache with single-flight, usage tracking,
 history and streaming. See ``docs/lm.md``.
 
-Errors (all subclasses of :class:`LMError`)::
+Errors (all subclasses of ``LMError``)::
 
     LMError
     ├── RateLimitError               429, after the retries

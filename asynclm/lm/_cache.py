@@ -10,7 +10,7 @@
   waits for disk. Queued writes are flushed at interpreter exit. An in-memory index of the keys in
   the file (64-bit prefixes, read once) lets a miss skip the worker-thread hop altogether.
 * Single-flight: identical requests in flight at once share one HTTP request. Each key in flight
-  has a :class:`Flight` whose one-slot process-wide ``ConcurrencyLimiter`` is held by the caller doing
+  has a ``Flight`` whose one-slot process-wide ``ConcurrencyLimiter`` is held by the caller doing
   the request; the others queue on it (on their own loops and threads) and find the value when
   they get the slot. If that caller is cancelled its slot passes to the next, which then makes the
   request itself: no waiter is stranded by a cancelled leader.
@@ -111,7 +111,7 @@ class DiskCache:
     def surely_absent(self, key: str) -> bool:
         """True when ``key`` is known not to be in the file, so a lookup (a thread hop) is skipped.
 
-        The index of keys (a 64-bit prefix of each) is read with the first :meth:`get` and kept up
+        The index of keys (a 64-bit prefix of each) is read with the first ``get`` and kept up
         to date with this process's writes. Entries written by *another* process after that are
         missed: a missed hit costs one request, and the write that follows is harmless.
         """
@@ -205,7 +205,7 @@ def default_cache_dir() -> str:
 
 
 def disk_cache(directory: str | None) -> DiskCache:
-    """The process's :class:`DiskCache` for ``directory`` (``None``: the user cache directory)."""
+    """The process's ``DiskCache`` for ``directory`` (``None``: the user cache directory)."""
     key = os.path.abspath(directory) if directory is not None else default_cache_dir()
     disk = _disks.get(key)
     if disk is None:

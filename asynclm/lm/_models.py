@@ -1,4 +1,4 @@
-"""Plain result objects: :class:`Usage`, :class:`LMResponse`, :class:`StreamDelta`.
+"""Plain result objects: ``Usage``, ``LMResponse``, ``StreamDelta``.
 
 Built once per call from the decoded JSON with no validation layer (the per-call budget is a few
 microseconds here); ``raw`` keeps the server's JSON dict for anything not surfaced as an attribute.

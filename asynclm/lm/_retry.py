@@ -57,7 +57,7 @@ def parse_retry_after(headers: Mapping[str, str]) -> float | None:
 def backoff_delay(attempt: int, base: float, maximum: float, retry_after: float | None) -> float:
     """The wait before retry number ``attempt`` (0 for the first retry).
 
-    The server's ``retry_after`` wins when given and at most :data:`MAX_RETRY_AFTER`; otherwise
+    The server's ``retry_after`` wins when given and at most ``MAX_RETRY_AFTER``; otherwise
     exponential backoff ``base * 2**attempt`` capped at ``maximum``, with up to 25% jitter
     subtracted so that callers failing together do not retry together.
     """

@@ -1,6 +1,6 @@
 """``track_usage()``: roll up token usage over everything run inside a block.
 
-The tracker lives in a :class:`~contextvars.ContextVar`. Child tasks, ``Parallel`` items,
+The tracker lives in a ``contextvars.ContextVar``. Child tasks, ``Parallel`` items,
 ``asyncify`` threads and ``.sync()`` portal calls all run in a *copy* of the caller's context; a
 copy holds the same tracker object, so every call made anywhere under the block adds to it. The
 tracker is thread-safe because those calls may run on other threads' loops at the same time.
@@ -23,7 +23,7 @@ _LOCK = threading.Lock()
 
 
 class UsageTracker:
-    """The running totals of a :func:`track_usage` block (read them any time, from any thread).
+    """The running totals of a ``track_usage`` block (read them any time, from any thread).
 
     Attributes:
         prompt_tokens, completion_tokens, total_tokens: summed over every call.
@@ -73,7 +73,7 @@ class UsageTracker:
 
     @property
     def usage(self) -> Usage:
-        """The totals as a :class:`Usage`."""
+        """The totals as a ``Usage``."""
         with _LOCK:
             return Usage(self.prompt_tokens, self.completion_tokens, self.total_tokens)
 
@@ -114,7 +114,7 @@ def track_usage() -> Iterator[UsageTracker]:
 
 
 def start_tracking() -> tuple[UsageTracker, Token[UsageTracker | None]]:
-    """Open a :func:`track_usage` block by hand; close it with ``stop_tracking(token)``.
+    """Open a ``track_usage`` block by hand; close it with ``stop_tracking(token)``.
 
     For the per-call path of ``Module.__call__``: a generator-based context manager keeps a
     generator frame and its manager alive for the whole call, which adds up with thousands of
@@ -125,7 +125,7 @@ def start_tracking() -> tuple[UsageTracker, Token[UsageTracker | None]]:
 
 
 def stop_tracking(token: Token[UsageTracker | None]) -> None:
-    """Close the block opened by the :func:`start_tracking` call that returned ``token``."""
+    """Close the block opened by the ``start_tracking`` call that returned ``token``."""
     _current.reset(token)
 
 

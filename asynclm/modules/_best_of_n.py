@@ -11,7 +11,7 @@ nested ``BestOfN``/``Refine`` still get distinct samples.
 
 Both are re-entrant: everything a call needs (the copies, the counts, the advice) is local to the
 call, so concurrent calls of one instance never interfere. Each attempt runs in its own
-:func:`asynclm.modules.trace_scope`; only the returned attempt's predictor calls are added to the
+``asynclm.modules.trace_scope``; only the returned attempt's predictor calls are added to the
 caller's trace, mapped back to the original predictors (so optimizers see the program's own
 predictors, never the copies). Token usage counts every attempt.
 """
@@ -150,7 +150,7 @@ class BestOfN(_Attempts):
 
     ``BestOfN(module, n, reward_fn, threshold, fail_count=None)``; ``N=`` is accepted for DSPy
     code. Every attempt is a distinct sample (its own ``rollout_id``, ``temperature=1.0``; see
-    :mod:`asynclm.modules._best_of_n`), all ``n`` start at once, and each prediction is scored
+    ``asynclm.modules._best_of_n``), all ``n`` start at once, and each prediction is scored
     with ``reward_fn(args, prediction)`` (``args`` is the dict of inputs; sync or async; a sync
     one runs in a worker thread). The first attempt to *finish* with ``reward >= threshold``
     is returned at once and the others are cancelled (their requests too); otherwise the
@@ -335,11 +335,11 @@ class Refine(_Attempts):
     ``Refine(module, n, reward_fn, threshold, fail_count=None)`` (``N=`` accepted for DSPy code).
     Each attempt is a distinct sample (own ``rollout_id``, ``temperature=1.0``) scored with
     ``reward_fn(args, prediction)``. The first attempt with ``reward >= threshold`` is returned;
-    otherwise, before the next attempt, an LM step (:class:`OfferFeedback`, DSPy's wording) reads
+    otherwise, before the next attempt, an LM step (``OfferFeedback``, DSPy's wording) reads
     the program's code, its predictors, the attempt's inputs, per-predictor trajectory, outputs,
     the reward function's code and the reward, and writes advice per predictor. In the next
     attempt each predictor gets its advice as an extra ``hint_`` input ("A hint to the module
-    from an earlier run"), through an adapter wrapper (:class:`HintAdapter`) on the attempt's
+    from an earlier run"), through an adapter wrapper (``HintAdapter``) on the attempt's
     copy; the module itself and its saved state never see it, and the trace records the inputs
     without it. After ``n`` attempts the best one is returned (ties: the earliest).
 

@@ -83,7 +83,7 @@ class Module(SyncCallable):
         """Run the program on many inputs concurrently; results in input order.
 
         ``examples`` are dicts of keyword inputs or ``Example`` objects (their ``inputs()``).
-        The other arguments are those of :class:`asynclm.Parallel`: at most ``concurrency`` in
+        The other arguments are those of ``asynclm.Parallel``: at most ``concurrency`` in
         flight; ``max_errors`` failures tolerated (``None`` in their slots), the next one raised
         with its original type after cancelling the rest; ``return_exceptions=True`` puts each
         failure in its slot instead; ``timeout`` is per item.
@@ -215,7 +215,7 @@ class Module(SyncCallable):
         return self
 
     def save(self, path: str | os.PathLike[str]) -> None:
-        """Write :meth:`dump_state` to ``path`` as JSON (atomically: a temporary file, then rename)."""
+        """Write ``dump_state`` to ``path`` as JSON (atomically: a temporary file, then rename)."""
         target = Path(path)
         data = json.dumps(self.dump_state(), indent=2, ensure_ascii=False, default=_json_default)
         tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
@@ -225,7 +225,7 @@ class Module(SyncCallable):
     def load(
         self, path: str | os.PathLike[str], *, custom_types: Mapping[str, Any] | None = None
     ) -> Module:
-        """Load state saved by :meth:`save` into this program; returns ``self``."""
+        """Load state saved by ``save`` into this program; returns ``self``."""
         try:
             state = json.loads(Path(path).read_text(encoding="utf-8"))
         except json.JSONDecodeError as exc:

@@ -22,7 +22,7 @@ class MultiChainComparison(Module):
     reasoning) then the signature's outputs; its instructions are the signature's own.
 
     ``await mcc(completions, **inputs)``: ``completions`` is a list of dicts (or a
-    :class:`Prediction`, whose ``completions`` are used), each with a ``reasoning`` (or
+    ``Prediction``, whose ``completions`` are used), each with a ``reasoning`` (or
     ``rationale``) and the signature's last output field. Each attempt is shown as
     ``«I'm trying to <first line of the reasoning> I'm not sure but my prediction is <first line
     of the answer>»``. Giving other than ``m`` attempts raises ``ValueError``.

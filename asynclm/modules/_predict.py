@@ -43,18 +43,18 @@ def _admits_none(annotation: Any) -> bool:
 class Predict(Module):
     """Ask an LM for a signature's outputs given its inputs.
 
-    ``await Predict("question -> answer")(question="...")`` returns a :class:`Prediction` with the
+    ``await Predict("question -> answer")(question="...")`` returns a ``Prediction`` with the
     output fields. Inputs are keyword-only; a missing or unknown input raises ``TypeError`` naming
     the expected fields.
 
     Args:
-        signature: a :class:`Signature` or its string form.
+        signature: a ``Signature`` or its string form.
         lm: the LM to use; default: ``asynclm.settings.lm`` at call time.
         adapter: the adapter; default: ``asynclm.settings.adapter``, else the LM's preferred
-            adapter, else :class:`ChatAdapter`.
+            adapter, else ``ChatAdapter``.
         demos: few-shot examples (``Example`` or dicts with input and output fields).
         max_parse_retries: re-asks after an unparsable answer (default: the setting, 1); after
-            them, one last try through :class:`JSONAdapter`; then :class:`ParseError`.
+            them, one last try through ``JSONAdapter``; then ``ParseError``.
         **config: LM request parameters (``temperature``, ``n``, ``max_tokens``, ``rollout_id``…);
             ``n > 1`` fills ``prediction.completions`` (asked concurrently when the server
             returns fewer choices than asked).

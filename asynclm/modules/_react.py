@@ -40,25 +40,25 @@ class ReAct(Module):
     migrate: the step predictor ``react`` has the signature's inputs plus ``trajectory`` and
     outputs ``next_thought``, ``next_tool_name`` (a ``Literal`` of the tool names and
     ``"finish"``), ``next_tool_args`` (``dict[str, Any]``); the extract predictor ``extract`` is
-    a :class:`ChainOfThought` over the inputs plus ``trajectory`` producing the outputs.
+    a ``ChainOfThought`` over the inputs plus ``trajectory`` producing the outputs.
 
     Args:
         signature: the task (``"question -> answer"``, a ``Signature``...).
-        tools: functions, coroutine functions, callables or :class:`Tool` objects (names must be
+        tools: functions, coroutine functions, callables or ``Tool`` objects (names must be
             distinct; ``finish`` is reserved).
         max_iters: the most tool steps before extracting the answer (per call: ``max_iters=``).
 
-    ``await react(**inputs)`` returns a :class:`Prediction` with the outputs (and the extract
+    ``await react(**inputs)`` returns a ``Prediction`` with the outputs (and the extract
     step's ``reasoning``) plus ``trajectory``: ``{"thought_0", "tool_name_0", "tool_args_0",
     "observation_0", "thought_1", ...}``. One tool runs per step, fully async (sync tools in
-    worker threads, see :class:`Tool`); many ReAct calls (``.batch``) run their tools
+    worker threads, see ``Tool``); many ReAct calls (``.batch``) run their tools
     concurrently. A tool that raises gives the observation ``"Execution error in <name>:
     <ExceptionType>: <message>"`` (invalid arguments included) and the loop goes on. When the
     LM answers with a step that cannot be parsed even after the predictor's re-asks, the loop
     ends and the answer is extracted from the trajectory so far. When the prompt exceeds the
-    model's context window (:class:`asynclm.ContextWindowExceededError`), the oldest step is
+    model's context window (``asynclm.ContextWindowExceededError``), the oldest step is
     dropped from the trajectory and the call retried, until it fits or no step is left (then
-    the error is raised; override :meth:`truncate_trajectory` to change the policy).
+    the error is raised; override ``truncate_trajectory`` to change the policy).
     """
 
     def __init__(

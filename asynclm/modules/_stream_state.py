@@ -1,6 +1,6 @@
 """The streaming sink of the enclosing ``streamify`` call, if any (a context variable).
 
-``Predict`` asks :func:`current_sink` whether its LM call should stream; ``streamify`` installs a
+``Predict`` asks ``current_sink`` whether its LM call should stream; ``streamify`` installs a
 sink for the program it runs. Kept apart from ``_streaming.py`` so ``Predict`` stays importable
 without it.
 """

@@ -74,7 +74,7 @@ class _Sink:
 
 
 class StreamingProgram:
-    """What :func:`streamify` returns: call it like the program, iterate what it yields."""
+    """What ``streamify`` returns: call it like the program, iterate what it yields."""
 
     def __init__(self, program: Any, buffer: int) -> None:
         self.program = program
@@ -84,7 +84,7 @@ class StreamingProgram:
         return f"streamify({self.program!r})"
 
     async def __call__(self, *args: Any, **kwargs: Any) -> AsyncGenerator[Any, None]:
-        """Yield :class:`StreamChunk` objects as output fields arrive, then the final prediction.
+        """Yield ``StreamChunk`` objects as output fields arrive, then the final prediction.
 
         The program runs in a child task. At most ``buffer`` chunks wait for the consumer; beyond
         that the program (and its HTTP stream) pauses. Closing the generator early (``break``
@@ -141,7 +141,7 @@ def _named_predictors(program: Any) -> list[tuple[str, Any]]:
 def streamify(program: Any, *, buffer: int = 16) -> StreamingProgram:
     """Stream a program's output fields: ``async for item in streamify(prog)(**inputs)``.
 
-    Yields :class:`StreamChunk` (predictor, field, text) for each piece of each output field as
+    Yields ``StreamChunk`` (predictor, field, text) for each piece of each output field as
     the LM writes it (ChatAdapter and JSONAdapter), then the program's final ``Prediction``.
     ``streamify(prog).sync(**inputs)`` gives the same items to a plain ``for`` loop. Concurrent
     streams never mix: the sink lives in the program task's context.

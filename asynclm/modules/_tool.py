@@ -1,6 +1,6 @@
 """``Tool``: a plain function or coroutine function the LM may call, with its JSON schema.
 
-Also :func:`run_blocking`, the one way modules run user-supplied *sync* callables (tools, reward
+Also ``run_blocking``, the one way modules run user-supplied *sync* callables (tools, reward
 functions): in a worker thread, on a thread limiter of their own.
 
 Why an own limiter, and one per nesting level: a sync tool often calls ``program.sync(...)``
@@ -143,9 +143,9 @@ class Tool(SyncCallable):
     ``await tool(**kwargs)`` (or ``tool.sync(**kwargs)``) first validates the arguments against
     the parameters' type hints, coercing where pydantic's lax mode does (``"3"`` -> ``3``, a dict
     -> a pydantic model); unknown names (unless ``fn`` takes ``**kwargs``), missing required
-    arguments and wrong types raise :class:`ToolArgumentError` listing every problem. Then a
+    arguments and wrong types raise ``ToolArgumentError`` listing every problem. Then a
     coroutine function is awaited; a sync function runs in a worker thread (see
-    :func:`run_blocking`), so it may block and may itself call ``program.sync(...)``. Callbacks
+    ``run_blocking``), so it may block and may itself call ``program.sync(...)``. Callbacks
     get ``on_tool_start``/``on_tool_end``.
 
     ``str(tool)`` is the line DSPy's ReAct puts in its instructions
@@ -219,7 +219,7 @@ class Tool(SyncCallable):
     # -- validation -----------------------------------------------------------------------------
 
     def validate_args(self, kwargs: Mapping[str, Any]) -> dict[str, Any]:
-        """The arguments converted to the parameters' types; :class:`ToolArgumentError` if they do not fit."""
+        """The arguments converted to the parameters' types; ``ToolArgumentError`` if they do not fit."""
         import pydantic
 
         problems: list[str] = []

@@ -1,6 +1,6 @@
 """The task-local trace: which predictors ran, with what inputs and outputs.
 
-Optimizers run each training example inside its own :func:`trace_scope`; every ``Predict`` call
+Optimizers run each training example inside its own ``trace_scope``; every ``Predict`` call
 made while running it (in child tasks too, since the list object is shared through the copied
 context) appends ``(predictor, inputs, prediction)``. Concurrent examples never share a list, so
 their demos can never mix — unlike a process-global trace.

@@ -1,5 +1,5 @@
-"""Few-shot optimizers: :class:`LabeledFewShot`, :class:`BootstrapFewShot` and
-:class:`BootstrapFewShotWithRandomSearch`. Each ``compile`` is a coroutine with a ``.sync`` twin and
+"""Few-shot optimizers: ``LabeledFewShot``, ``BootstrapFewShot`` and
+``BootstrapFewShotWithRandomSearch``. Each ``compile`` is a coroutine with a ``.sync`` twin and
 returns a new program, leaving the given one untouched."""
 
 from ._base import Optimizer, Teleprompter

@@ -15,7 +15,7 @@ __all__ = ["Optimizer", "Teleprompter", "check_trainset", "is_compiled", "mark_c
 
 
 class Teleprompter:
-    """Base class of optimizers (DSPy's name; :data:`Optimizer` is the same class).
+    """Base class of optimizers (DSPy's name; ``Optimizer`` is the same class).
 
     An optimizer's ``compile`` is a coroutine that returns a *new* program and never changes the
     one it is given: ``compiled = await opt.compile(program, trainset=...)``, or

@@ -49,7 +49,7 @@ class BootstrapFewShot(Teleprompter):
     1. The teacher is ``teacher`` (or a copy of ``program``); unless it was itself compiled, it is
        first given labelled demos with ``LabeledFewShot(k=max_labeled_demos)``.
     2. The teacher runs on the training examples (``concurrency`` at a time), each inside its own
-       task-local :func:`~asynclm.modules.trace_scope`, without the example itself among its
+       task-local ``asynclm.modules.trace_scope``, without the example itself among its
        demos. When ``metric(example, prediction, trace)`` passes (is truthy, or
        ``>= metric_threshold``), each traced predictor call becomes a demo
        ``Example(augmented=True, **inputs, **outputs)`` for the student predictor with the same

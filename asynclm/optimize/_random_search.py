@@ -80,23 +80,23 @@ class BootstrapFewShotWithRandomSearch(Teleprompter):
     The candidates are DSPy's, in this order (``seed`` in ``range(-3, num_candidate_programs)``):
 
     * ``-3``: the program with no demos (zero-shot);
-    * ``-2``: :class:`LabeledFewShot` with ``max_labeled_demos``;
-    * ``-1``: :class:`BootstrapFewShot` on the training set in order;
-    * ``s >= 0``: :class:`BootstrapFewShot` on the training set shuffled with
+    * ``-2``: ``LabeledFewShot`` with ``max_labeled_demos``;
+    * ``-1``: ``BootstrapFewShot`` on the training set in order;
+    * ``s >= 0``: ``BootstrapFewShot`` on the training set shuffled with
       ``random.Random(seed * 1_000_003 + s)``, with ``max_bootstrapped_demos`` drawn from
       ``1..max_bootstrapped_demos`` by the same generator seed. With ``seed=0`` these are the
       draws DSPy makes.
 
-    Each candidate is scored with :class:`asynclm.Evaluate` on ``valset`` (default: the
+    Each candidate is scored with ``asynclm.Evaluate`` on ``valset`` (default: the
     training set). Candidates are made and scored one after another, each running its examples
     concurrently, so the result depends on the seed and the data only, never on timing. The
     returned program is the first best-scoring candidate; its ``candidate_programs`` attribute
-    lists every :class:`Candidate`, best first.
+    lists every ``Candidate``, best first.
 
     Args:
-        metric: as for :class:`BootstrapFewShot` and :class:`Evaluate`.
+        metric: as for ``BootstrapFewShot`` and ``Evaluate``.
         teacher_settings, max_bootstrapped_demos, max_labeled_demos, max_rounds,
-            metric_threshold: passed to :class:`BootstrapFewShot`.
+            metric_threshold: passed to ``BootstrapFewShot``.
         num_candidate_programs: how many shuffled candidates (after the three fixed ones).
         num_threads: examples in flight at once, when bootstrapping and when evaluating (tasks,
             not threads; the name is DSPy's). ``None``: 16.

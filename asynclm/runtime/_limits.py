@@ -99,12 +99,12 @@ class RateLimiter:
     """A continuously refilled token bucket, process-wide.
 
     ``rate`` tokens per second, at most ``burst`` stored (default: one second's worth, at least
-    one). :meth:`acquire` takes ``cost`` tokens, sleeping on the caller's own loop until the bucket
+    one). ``acquire`` takes ``cost`` tokens, sleeping on the caller's own loop until the bucket
     has them; the balance may go negative, so a cost above ``burst`` waits rather than deadlocks.
 
-    :meth:`pause` (a 429 with ``Retry-After``) delays everyone by the pause: callers already
+    ``pause`` (a 429 with ``Retry-After``) delays everyone by the pause: callers already
     waiting are shifted by it, keeping their spacing, so the end of a pause is not a stampede.
-    :meth:`adjust` gives back or takes tokens once the real cost is known (tokens per minute).
+    ``adjust`` gives back or takes tokens once the real cost is known (tokens per minute).
     """
 
     def __init__(self, rate: float, burst: float | None = None) -> None:

@@ -120,7 +120,7 @@ async def run_items(
     progress: bool | Progress = False,
     on_result: Callable[[int, Any, BaseException | None], None] | None = None,
 ) -> list[Any]:
-    """The engine behind :class:`Parallel` (and module ``batch`` / ``Evaluate``).
+    """The engine behind ``Parallel`` (and module ``batch`` / ``Evaluate``).
 
     ``concurrency`` workers pull the next index from a shared counter: no task or semaphore per
     item, so 10 000 items cost 10 000 awaits and nothing more. ``on_result(index, value, error)``

@@ -2,7 +2,7 @@
 
 HTTP clients, locks and events are bound to the loop (and backend) that made them; sharing one
 across loops gives "attached to a different loop" errors or hangs on keep-alive connections. So
-each loop gets its own, looked up by :func:`loop_resource`.
+each loop gets its own, looked up by ``loop_resource``.
 
 Closing: the first resource made on a loop also starts a tiny async generator parked at its
 ``yield``. Both asyncio (``shutdown_asyncgens`` in ``asyncio.run``/``anyio.run``) and trio (at the

@@ -2,11 +2,11 @@
 
 Two layers, each an immutable value swapped atomically:
 
-* ``_defaults`` — one :class:`Settings` object for the process. :func:`configure` builds a new one
+* ``_defaults`` — one ``Settings`` object for the process. ``configure`` builds a new one
   under a lock and swaps the reference, so it may be called from any thread or task, any number of
   times; readers never see half of an update.
-* ``_overrides`` — a :class:`contextvars.ContextVar` holding the overrides of the enclosing
-  :func:`context` blocks. Context variables are copied into child tasks, into ``asyncify`` worker
+* ``_overrides`` — a ``contextvars.ContextVar`` holding the overrides of the enclosing
+  ``context`` blocks. Context variables are copied into child tasks, into ``asyncify`` worker
   threads and into ``.sync()`` portal calls, and nothing set there flows back to the caller.
 
 The effective settings are the defaults with the overrides applied on top, so a ``configure()``
@@ -118,7 +118,7 @@ def configure(**settings: Any) -> None:
 
     Callable from any thread or task, any number of times: there is no owner thread. The new
     defaults are visible at once everywhere, except for keys overridden by an enclosing
-    :func:`context` block. Unknown keys raise :class:`TypeError` listing the known ones.
+    ``context`` block. Unknown keys raise ``TypeError`` listing the known ones.
     """
     global _defaults
     checked = _check(settings, "configure")
@@ -163,7 +163,7 @@ class _SettingsView:
         )
 
     def snapshot(self) -> Settings:
-        """The complete effective :class:`Settings` object (one consistent snapshot)."""
+        """The complete effective ``Settings`` object (one consistent snapshot)."""
         return current_settings()
 
     def __repr__(self) -> str:

@@ -1,12 +1,12 @@
 """The ``.sync`` twin: one way to run asynclm coroutines from synchronous code.
 
-:func:`run_sync` is the single mechanism; :func:`sync_twin`, :func:`syncify` and
-:class:`SyncCallable` only attach it to functions, methods and callable objects.
+``run_sync`` is the single mechanism; ``sync_twin``, ``syncify`` and
+``SyncCallable`` only attach it to functions, methods and callable objects.
 
 Where the coroutine runs depends on the calling thread:
 
 1. a thread whose own event loop is running (inside ``async def``, Jupyter): nothing runs;
-   :class:`SyncInAsyncContextError` says to ``await`` instead. Blocking there would freeze the loop
+   ``SyncInAsyncContextError`` says to ``await`` instead. Blocking there would freeze the loop
    (or deadlock, if the coroutine needs that loop).
 2. an AnyIO or Trio worker thread (FastAPI/Starlette ``def`` routes, ``anyio.to_thread``,
    ``asyncify``): the coroutine runs on that thread's host loop, which is idle-waiting for it anyway.
@@ -142,7 +142,7 @@ def _spawn_marked(tg: anyio.abc.TaskGroup, library: str, call: Call) -> None:
 
 
 class SyncTwin(Generic[P, R]):
-    """A coroutine function with a ``.sync`` twin; see :func:`sync_twin`."""
+    """A coroutine function with a ``.sync`` twin; see ``sync_twin``."""
 
     _is_coroutine_marker = _COROUTINE_MARK
 
@@ -154,7 +154,7 @@ class SyncTwin(Generic[P, R]):
         return self.__wrapped__(*args, **kwargs)
 
     def sync(self, *args: P.args, **kwargs: P.kwargs) -> R:
-        """Run the coroutine to completion from synchronous code (see :func:`asynclm.syncify`)."""
+        """Run the coroutine to completion from synchronous code (see ``asynclm.syncify``)."""
         return _run_sync(self.__wrapped__, args, kwargs, None)
 
     @overload
@@ -214,7 +214,7 @@ def sync_twin(fn: Callable[P, Coroutine[Any, Any, R]]) -> SyncTwin[P, R]:
 
     ``await f(...)`` is unchanged; ``f.sync(...)`` (or ``obj.method.sync(...)``) takes the same
     parameters and runs it to completion from synchronous code, routed as described in
-    :mod:`asynclm.runtime._sync`.
+    ``asynclm.runtime._sync``.
     """
     if not inspect.iscoroutinefunction(fn):
         raise TypeError(f"sync_twin() needs a coroutine function (async def); got {fn!r}")

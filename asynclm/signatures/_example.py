@@ -177,7 +177,7 @@ class Example:
     toDict = to_dict  # DSPy's spelling
 
     def to_json_dict(self) -> dict[str, Any]:
-        """Fields and input keys, for saving; read back with :meth:`from_json_dict`."""
+        """Fields and input keys, for saving; read back with ``from_json_dict``."""
         return {
             "fields": self.to_dict(),
             "input_keys": None if self._input_keys is None else sorted(self._input_keys),

@@ -575,7 +575,7 @@ class Signature:
 
     @_sigmethod
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-able description. Types are written as text that :meth:`from_dict` reads back;
+        """A JSON-able description. Types are written as text that ``from_dict`` reads back;
         fields whose type is a user class (pydantic model, Enum) or carries ``Annotated``
         metadata are marked ``"round_trippable": false`` and include their JSON schema."""
         return {
@@ -586,7 +586,7 @@ class Signature:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, custom_types: Mapping[str, Any] | None = None) -> Signature:
-        """Rebuild a signature written by :meth:`to_dict`. User classes named in field types must
+        """Rebuild a signature written by ``to_dict``. User classes named in field types must
         be supplied through ``custom_types`` (``{"Address": Address}``)."""
         try:
             raw_fields = data["fields"]

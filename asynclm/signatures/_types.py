@@ -152,7 +152,7 @@ def is_union(tp: Any) -> bool:
 
 
 def type_to_str(tp: Any) -> str:
-    """Canonical text of a type, read back by :func:`parse_type` (given the same ``custom_types``
+    """Canonical text of a type, read back by ``parse_type`` (given the same ``custom_types``
     for user classes). ``Optional[X]`` and ``X | None`` are both written ``Optional[X]``."""
     tp = _unwrap_annotated(tp)
     if tp is None or tp is NoneType:

@@ -1,5 +1,5 @@
 """The asynclm testing kit: a real OpenAI-compatible server on loopback with fault injection
-(:class:`FakeOpenAIServer`), an in-process scripted LM (:class:`ScriptedLM`) and pytest fixtures
+(``FakeOpenAIServer``), an in-process scripted LM (``ScriptedLM``) and pytest fixtures
 (``asynclm.testing.pytest_plugin``, loaded automatically by pytest). See ``docs/testing.md``.
 """
 

@@ -163,7 +163,7 @@ class ServerCore:
 
     def on_loop_exception(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
         """An error escaped a callback on the server's loop (a bug): log it as usual, and keep it in
-        :attr:`errors` so that a test can see it."""
+        ``errors`` so that a test can see it."""
         exc = context.get("exception")
         self.errors.append(exc if isinstance(exc, BaseException) else RuntimeError(str(context.get("message"))))
         loop.default_exception_handler(context)

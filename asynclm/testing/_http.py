@@ -1,4 +1,4 @@
-"""A minimal HTTP/1.1 server protocol on :class:`asyncio.Protocol`: request parsing (keep-alive,
+"""A minimal HTTP/1.1 server protocol on ``asyncio.Protocol``: request parsing (keep-alive,
 ``Content-Length`` and chunked bodies, ``Expect: 100-continue``) and response writing."""
 
 from __future__ import annotations
@@ -158,7 +158,7 @@ class Exchange:
 
 class Connection(asyncio.Protocol):
     """One TCP connection: parses requests one at a time (a pipelined request waits in the buffer
-    until the previous response is complete) and hands each to :meth:`ServerCore.dispatch`."""
+    until the previous response is complete) and hands each to ``ServerCore.dispatch``."""
 
     __slots__ = (
         "buf",

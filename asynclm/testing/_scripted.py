@@ -1,6 +1,6 @@
 """``ScriptedLM``: an in-process LM that answers with given output-field values.
 
-For fast unit tests of modules: no server, no sockets. It is a real :class:`asynclm.LM` whose
+For fast unit tests of modules: no server, no sockets. It is a real ``asynclm.LM`` whose
 network step is replaced, so usage tracking, history, callbacks, caching (off by default) and
 ``.sync`` behave exactly as with a server.
 """
@@ -91,7 +91,7 @@ class ScriptedLM(LM):
             * a dict of output-field values, used for every request;
             * a list of dicts (or raw strings), consumed in order, one per completion (``n=3``
               takes three); running out raises ``IndexError`` unless ``cycle=True``;
-            * a function of :class:`ScriptedRequest` returning a dict or a raw string.
+            * a function of ``ScriptedRequest`` returning a dict or a raw string.
             Dicts are rendered in the format the request asks for: JSON when it carries a
             ``response_format``, otherwise the ChatAdapter's ``[[ ## field ## ]]`` sections. A raw
             string is sent as is (to test parse failures).
@@ -99,7 +99,7 @@ class ScriptedLM(LM):
         usage: ``(prompt_tokens, completion_tokens)`` reported per completion.
         cycle: restart the list when it runs out.
         model: the model name reported.
-        **lm_kwargs: other :class:`asynclm.LM` arguments (``cache`` defaults to ``False`` here).
+        **lm_kwargs: other ``asynclm.LM`` arguments (``cache`` defaults to ``False`` here).
 
     Attributes:
         requests: every request body received (JSON dicts), in order; thread-safe.

@@ -1,8 +1,8 @@
 """``FakeOpenAIServer``: a real OpenAI-compatible HTTP/1.1 server on loopback, for tests and benchmarks.
 
-It is deliberately small and fast: a raw :class:`asyncio.Protocol` with a minimal HTTP/1.1 parser
+It is deliberately small and fast: a raw ``asyncio.Protocol`` with a minimal HTTP/1.1 parser
 (keep-alive, ``Content-Length`` and chunked request bodies, no pipelining surprises), one event loop
-in a daemon thread (or the main thread of a separate process, see :mod:`asynclm.testing.server`).
+in a daemon thread (or the main thread of a separate process, see ``asynclm.testing.server``).
 Non-streaming responses are sent from timer callbacks, without a task per request, so that a
 benchmark can push thousands of requests per second through it on a small machine.
 
@@ -13,7 +13,7 @@ Endpoints (any path prefix is accepted, so ``base_url`` with or without ``/v1`` 
   ``data: [DONE]``).
 - ``GET .../models`` — the configured model list.
 - ``GET /_fake/stats`` — the counters and the server process's CPU time, as JSON (used by
-  :meth:`FakeOpenAIServer.spawn` handles; not counted as a request).
+  ``FakeOpenAIServer.spawn`` handles; not counted as a request).
 
 Layout: ``_types`` (requests, replies, faults), ``_http`` (the protocol), ``_core`` (routing,
 scripts, faults, counters on the server's loop), this module (the thread, the child process).
@@ -68,15 +68,15 @@ class FakeOpenAIServer:
     Args:
         responses: what successful chat completions answer. One of
 
-            - a ``str`` (every choice's text), a :class:`Reply` (text, usage, finish reason,
-              latency), a :class:`Fault`, or a ``dict`` sent verbatim as the JSON response (as the
+            - a ``str`` (every choice's text), a ``Reply`` (text, usage, finish reason,
+              latency), a ``Fault``, or a ``dict`` sent verbatim as the JSON response (as the
               single ``data:`` event of a stream);
             - a list of those, or an iterator (``itertools.cycle([...])``, a generator), consumed
               one per request in order (a request after the last one gets a 400 whose message says
               the script is exhausted);
-            - a function of the :class:`FakeRequest` returning one of those (or an awaitable of
+            - a function of the ``FakeRequest`` returning one of those (or an awaitable of
               one; it runs on the server's loop, so it must not block). If it raises, the client
-              gets a 500 and the exception is kept in :attr:`errors`.
+              gets a 500 and the exception is kept in ``errors``.
         latency: seconds before each response (and each stream's first event).
         chunk_delay: seconds between stream events (default: ``latency``).
         model: the model reported in responses when the request has none, and listed by
@@ -88,15 +88,15 @@ class FakeOpenAIServer:
             (``code: "invalid_api_key"``); by default any key, or none, is accepted.
         fault_rate: the fraction of chat requests (0..1) answered by a fault drawn from ``faults``
             instead of the script (faulted requests do not consume scripted responses).
-        faults: the faults to draw from (default :data:`DEFAULT_FAULTS`).
+        faults: the faults to draw from (default ``DEFAULT_FAULTS``).
         seed: seeds the fault draw, so a run with the same requests in the same order faults the
             same requests.
-        log_size: how many recent requests :attr:`request_log` keeps.
+        log_size: how many recent requests ``request_log`` keeps.
         host, port: where to listen (default 127.0.0.1, an ephemeral port).
 
     Counters (plain attributes, updated on the server's loop; read them from any thread):
-    :attr:`requests`, :attr:`in_flight`, :attr:`max_in_flight`, :attr:`client_disconnects`;
-    :meth:`reset_counters` zeroes them. Only chat-completion requests are counted.
+    ``requests``, ``in_flight``, ``max_in_flight``, ``client_disconnects``;
+    ``reset_counters`` zeroes them. Only chat-completion requests are counted.
     """
 
     def __init__(
@@ -244,8 +244,8 @@ class FakeOpenAIServer:
         self._call_on_loop(self._core.injected.extend, [fault] * times)
 
     def reset_counters(self) -> None:
-        """Zero :attr:`requests` and :attr:`client_disconnects`, set :attr:`max_in_flight` to the
-        current :attr:`in_flight`, and clear :attr:`request_log` and :attr:`errors`."""
+        """Zero ``requests`` and ``client_disconnects``, set ``max_in_flight`` to the
+        current ``in_flight``, and clear ``request_log`` and ``errors``."""
         self._call_on_loop(self._core.reset_counters)
 
     def _call_on_loop(self, fn: Callable[..., Any], *args: Any) -> None:
@@ -317,7 +317,7 @@ class FakeOpenAIServer:
 
     @property
     def max_in_flight(self) -> int:
-        """The largest :attr:`in_flight` seen: the client's effective concurrency.
+        """The largest ``in_flight`` seen: the client's effective concurrency.
 
         A request the client abandons (timeout, cancellation) stops counting when the server sees
         its connection close; that is always before the client's next request if the client closed
@@ -387,8 +387,8 @@ class FakeOpenAIServer:
         """Run a server in a separate Python process (``python -m asynclm.testing.server``), so a
         benchmark does not share its interpreter (and GIL) with the client under test.
 
-        Responses are the static ``text``; ``faults`` are specs as accepted by :meth:`Fault.parse`
-        (e.g. ``["429:0.05", "500", "reset"]``). Returns a :class:`SpawnedFakeServer` handle (also
+        Responses are the static ``text``; ``faults`` are specs as accepted by ``Fault.parse``
+        (e.g. ``["429:0.05", "500", "reset"]``). Returns a ``SpawnedFakeServer`` handle (also
         a context manager) once the server listens.
         """
         args = [
@@ -418,10 +418,10 @@ class FakeOpenAIServer:
 
 
 class SpawnedFakeServer:
-    """A :class:`FakeOpenAIServer` running in a child process (see :meth:`FakeOpenAIServer.spawn`).
+    """A ``FakeOpenAIServer`` running in a child process (see ``FakeOpenAIServer.spawn``).
 
-    Attributes: :attr:`port`, :attr:`url`, :attr:`base_url`, :attr:`pid`. :meth:`stats` fetches the
-    counters and the child's CPU time; :meth:`stop` ends the child and returns its last stats.
+    Attributes: ``port``, ``url``, ``base_url``, ``pid``. ``stats`` fetches the
+    counters and the child's CPU time; ``stop`` ends the child and returns its last stats.
     """
 
     def __init__(self, args: list[str], startup_timeout: float) -> None:
@@ -493,7 +493,7 @@ class SpawnedFakeServer:
 
     @property
     def cpu_time(self) -> float:
-        """Seconds of CPU used by the child process so far (or at :meth:`stop`). Take differences
+        """Seconds of CPU used by the child process so far (or at ``stop``). Take differences
         to measure a run: the total includes the child's start-up."""
         stats = self.stats()
         if "cpu_time" not in stats:
@@ -504,7 +504,7 @@ class SpawnedFakeServer:
         return float(stats["cpu_time"])
 
     def stop(self, timeout: float = 10.0) -> dict[str, Any]:
-        """Stop the child (SIGTERM, then SIGKILL after ``timeout``); returns its final :meth:`stats`."""
+        """Stop the child (SIGTERM, then SIGKILL after ``timeout``); returns its final ``stats``."""
         if self.final_stats is None:
             try:
                 self.final_stats = self.stats()

@@ -27,7 +27,7 @@ class Headers(Mapping[str, str]):
     """Request headers: a case-insensitive read-only mapping that keeps the raw header list.
 
     ``headers["authorization"]`` and ``headers["Authorization"]`` are the same; a repeated header
-    maps to its values joined by ``", "``. :attr:`raw` is the list of ``(name, value)`` pairs as
+    maps to its values joined by ``", "``. ``raw`` is the list of ``(name, value)`` pairs as
     received, in order, with their original spelling.
     """
 
@@ -72,12 +72,12 @@ class Headers(Mapping[str, str]):
 
 
 class FakeRequest:
-    """One request received by :class:`FakeOpenAIServer` (what response functions get and what
-    :attr:`FakeOpenAIServer.request_log` keeps). Read-only by convention.
+    """One request received by ``FakeOpenAIServer`` (what response functions get and what
+    ``FakeOpenAIServer.request_log`` keeps). Read-only by convention.
 
     Attributes:
         index: 1-based number of this chat-completion request since the server started (or since
-            :meth:`FakeOpenAIServer.reset_counters`).
+            ``FakeOpenAIServer.reset_counters``).
         method, path: from the request line (``path`` includes any query string).
         headers: every header as received, including ``Authorization`` (tests assert it was sent).
         body: the raw request body.
@@ -161,14 +161,14 @@ DEFAULT_ERRORS: dict[int, tuple[str, str | None, str]] = {
 class Fault:
     """A fault to inject instead of a normal response. Build one with the class methods.
 
-    - :meth:`error` / :meth:`rate_limit` / :meth:`server_error` / :meth:`context_window_exceeded`:
+    - ``error`` / ``rate_limit`` / ``server_error`` / ``context_window_exceeded``:
       an HTTP error status with an OpenAI-style body ``{"error": {"message", "type", "param",
       "code"}}`` and optional ``Retry-After`` / ``retry-after-ms`` headers.
-    - :meth:`connection_reset`: the connection is reset (TCP RST) without any response.
-    - :meth:`hang`: no (further) response at all, until the client disconnects or the server stops.
-    - :meth:`malformed_json`: status 200 with a body (or, when streaming, a first event) that is
+    - ``connection_reset``: the connection is reset (TCP RST) without any response.
+    - ``hang``: no (further) response at all, until the client disconnects or the server stops.
+    - ``malformed_json``: status 200 with a body (or, when streaming, a first event) that is
       not valid JSON.
-    - :meth:`truncated`: the body is cut mid-way: a stream stops after ``after_chunks`` events
+    - ``truncated``: the body is cut mid-way: a stream stops after ``after_chunks`` events
       without ``data: [DONE]``; a JSON body stops half-way through its declared length. The
       connection is then closed (``clean=True`` instead ends a stream's HTTP body properly, just
       without the final events and ``[DONE]``).
@@ -274,7 +274,7 @@ class Fault:
     @classmethod
     def hang(cls, *, after_chunks: int = 0) -> Fault:
         """Never respond (a stream: stall after ``after_chunks`` events), until the client
-        disconnects (counted in :attr:`FakeOpenAIServer.client_disconnects`) or the server stops."""
+        disconnects (counted in ``FakeOpenAIServer.client_disconnects``) or the server stops."""
         return cls("hang", after_chunks=after_chunks)
 
     @classmethod

@@ -3,7 +3,7 @@
 Fixtures:
 
 ``fake_openai_server``
-    A started :class:`asynclm.testing.FakeOpenAIServer` (function-scoped), stopped after the test.
+    A started ``asynclm.testing.FakeOpenAIServer`` (function-scoped), stopped after the test.
     Configure it per test with the ``fake_openai_server`` marker, whose keyword arguments are passed
     to the constructor::
 
@@ -37,7 +37,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
 @pytest.fixture
 def fake_openai_server(request: pytest.FixtureRequest) -> Iterator[FakeOpenAIServer]:
-    """A started :class:`~asynclm.testing.FakeOpenAIServer` on 127.0.0.1, stopped after the test."""
+    """A started ``asynclm.testing.FakeOpenAIServer`` on 127.0.0.1, stopped after the test."""
     # Imported here so that loading the plugin (in every pytest run) costs nothing.
     from asynclm.testing import FakeOpenAIServer
 

@@ -1,4 +1,4 @@
-"""Run a :class:`~asynclm.testing.FakeOpenAIServer` as a process::
+"""Run a ``asynclm.testing.FakeOpenAIServer`` as a process::
 
     python -m asynclm.testing.server --port 0 --latency 0.05 --text ok
 

@@ -1,14 +1,14 @@
 """HTTP transports: the seam between the LM client and HTTP libraries.
 
-* :class:`HTTP11Transport` — the default: asynclm's own HTTP/1.1 keep-alive client, one pool on
+* ``HTTP11Transport`` — the default: asynclm's own HTTP/1.1 keep-alive client, one pool on
   asyncio and trio. Its parts: ``_parser`` (responses, parsed by llhttp through ``httptools``;
   sans-I/O), ``_urls`` (URL encoding and header checks; sans-I/O), ``_ssl`` (the one default TLS
   context: the system trust store), ``_connect`` (DNS and TCP connect on either backend), and one
   connection module per backend, ``_asyncio_conn`` and ``_trio_conn``.
-* :class:`AiohttpTransport` — aiohttp (asyncio only, ``asynclm[fast]``).
-* :class:`HttpxTransport` — wraps any httpx-compatible ``AsyncClient`` (proxies, mTLS, custom CA).
+* ``AiohttpTransport`` — aiohttp (asyncio only, ``asynclm[fast]``).
+* ``HttpxTransport`` — wraps any httpx-compatible ``AsyncClient`` (proxies, mTLS, custom CA).
 
-:func:`get_transport` returns the running event loop's transport: created inside that loop on
+``get_transport`` returns the running event loop's transport: created inside that loop on
 first use, closed when the loop's run ends, never shared with another loop or backend.
 """
 
@@ -72,10 +72,10 @@ def check_url(url: str) -> None:
 def default_transport(ssl_context: ssl.SSLContext | None = None) -> Transport:
     """The transport asynclm uses when none is configured, for the running loop.
 
-    :class:`HTTP11Transport`, unless ``ASYNCLM_HTTP_TRANSPORT`` says ``aiohttp`` / ``httpx``, or
+    ``HTTP11Transport``, unless ``ASYNCLM_HTTP_TRANSPORT`` says ``aiohttp`` / ``httpx``, or
     proxy environment variables (``HTTPS_PROXY``, ``HTTP_PROXY``, ``ALL_PROXY``) are set: our
     client does not speak to proxies, so then an ``httpx.AsyncClient`` honouring them is used —
-    with the same TLS context (``ssl_context``, default :func:`default_ssl_context`: the
+    with the same TLS context (``ssl_context``, default ``default_ssl_context``: the
     operating system's trust store), so trust never changes with a proxy.
     """
     choice = os.environ.get("ASYNCLM_HTTP_TRANSPORT", "").strip().lower()
@@ -140,10 +140,10 @@ def _proxies_configured() -> bool:
 
 
 def transport_factory(http_client_factory: Callable[[], Any]) -> Callable[[], Transport]:
-    """Turn ``LM(http_client_factory=...)`` into a transport factory for :func:`get_transport`.
+    """Turn ``LM(http_client_factory=...)`` into a transport factory for ``get_transport``.
 
     The user's factory may return an httpx-compatible ``AsyncClient`` (wrapped in
-    :class:`HttpxTransport`, which then owns and closes it) or a :class:`Transport` itself.
+    ``HttpxTransport``, which then owns and closes it) or a ``Transport`` itself.
     Make this once per LM and pass the same object every time: it is the per-loop cache key.
     """
 
@@ -163,7 +163,7 @@ async def _aclose(transport: Transport) -> None:
 
 
 def get_transport(factory: Callable[[], Transport] | None = None) -> Transport:
-    """The running event loop's transport made by ``factory`` (default: :func:`default_transport`).
+    """The running event loop's transport made by ``factory`` (default: ``default_transport``).
 
     One transport per (loop, factory object): created by ``factory()`` inside the loop on first
     use, closed when that loop's run ends. Call from inside a running asyncio or trio loop.

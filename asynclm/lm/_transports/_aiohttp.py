@@ -68,9 +68,9 @@ def _translate(exc: BaseException, url: str, aiohttp: Any) -> None:
 
 
 class AiohttpTransport:
-    """A :class:`Transport` on an ``aiohttp.ClientSession`` (asyncio only).
+    """A ``Transport`` on an ``aiohttp.ClientSession`` (asyncio only).
 
-    Args mirror :class:`HTTP11Transport`: ``connect_timeout``/``read_timeout`` are the defaults for
+    Args mirror ``HTTP11Transport``: ``connect_timeout``/``read_timeout`` are the defaults for
     calls without ``timeout``; ``limit`` caps simultaneous connections (0: no cap — concurrency
     is the LM's to limit).
     """

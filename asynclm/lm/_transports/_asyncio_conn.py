@@ -6,9 +6,9 @@ protocol; with 10 000 calls in flight that is several KB and tens of µs per cal
 connection appends what arrives to ``buf``, which ``_http11`` feeds to the response parser, and a
 read waits on one future. The same object is what ``_http11`` pools. Two kinds:
 
-* :class:`SocketConnection` — plain TCP: a non-blocking socket registered with the loop's
+* ``SocketConnection`` — plain TCP: a non-blocking socket registered with the loop's
   selector (``add_reader``), no asyncio transport at all (the lightest; see its docstring);
-* :class:`ProtocolConnection` — TLS, or a loop without ``add_reader``: its own
+* ``ProtocolConnection`` — TLS, or a loop without ``add_reader``: its own
   ``asyncio.Protocol`` on an asyncio transport (asyncio's TLS decrypts every record as it
   arrives, so nothing the server sent stays hidden from ``buf``).
 
@@ -141,7 +141,7 @@ class AsyncioConnection:
     # -- the caller's deadline -------------------------------------------------------------------
 
     def arm(self, deadline: float) -> None:
-        """Until :meth:`disarm`, ``fill`` and ``send`` raise ``DeadlineExceeded`` once the loop's
+        """Until ``disarm``, ``fill`` and ``send`` raise ``DeadlineExceeded`` once the loop's
         clock reaches ``deadline``. One timer per request instead of a cancel scope: a scope costs
         ~1 KB per request in flight, this ~0.2 KB."""
         self._expired = False
@@ -420,8 +420,8 @@ async def open_connection(
 ) -> AsyncioConnection:
     """Connect (and TLS-handshake when ``ssl_context`` is given) on the running asyncio loop.
 
-    Plain TCP on a loop with ``add_reader`` gives a :class:`SocketConnection`; TLS (or a proactor
-    loop) a :class:`ProtocolConnection` on the socket connected here. ``where`` names the
+    Plain TCP on a loop with ``add_reader`` gives a ``SocketConnection``; TLS (or a proactor
+    loop) a ``ProtocolConnection`` on the socket connected here. ``where`` names the
     destination in error messages.
     """
     loop = asyncio.get_running_loop()

@@ -62,7 +62,7 @@ class Response:
 class StreamingResponse(Protocol):
     """An HTTP response whose body is read incrementally (server-sent events).
 
-    Use it as ``async with await transport.post_stream(...) as resp:`` or call :meth:`aclose`.
+    Use it as ``async with await transport.post_stream(...) as resp:`` or call ``aclose``.
     """
 
     status: int
@@ -95,7 +95,7 @@ class Transport(Protocol):
 
     ``timeout`` (seconds) bounds each operation — connecting, writing the request, each read —
     not the whole call; ``None`` keeps the transport's defaults. Errors are only
-    :class:`TransportError` / :class:`TransportTimeout` (and ``ValueError`` for a malformed
+    ``TransportError`` / ``TransportTimeout`` (and ``ValueError`` for a malformed
     URL or header). HTTP error statuses are *not* errors here: they come back as responses.
     """
 
@@ -107,8 +107,8 @@ class Transport(Protocol):
         Cancelling the caller closes the connection (the server sees the disconnect).
 
         A transport whose ``accepts_call_limits`` attribute is true also takes ``deadline=`` (an
-        ``anyio.current_time()`` value, or ``None``), raising :class:`DeadlineExceeded` when it
-        passes, and ``max_response_bytes=``, raising :class:`ResponseTooLarge` as soon as the
+        ``anyio.current_time()`` value, or ``None``), raising ``DeadlineExceeded`` when it
+        passes, and ``max_response_bytes=``, raising ``ResponseTooLarge`` as soon as the
         (decoded) body grows beyond it. Around any other transport the LM client puts a cancel
         scope and checks the body's size once it has arrived."""
         ...
@@ -126,7 +126,7 @@ class Transport(Protocol):
 
 
 class LimitingTransport(Transport, Protocol):
-    """A :class:`Transport` that enforces the call's deadline and body-size limit itself
+    """A ``Transport`` that enforces the call's deadline and body-size limit itself
     (``accepts_call_limits = True``)."""
 
     accepts_call_limits: bool

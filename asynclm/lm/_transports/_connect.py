@@ -2,7 +2,7 @@
 socket, racing a host's addresses Happy-Eyeballs style (RFC 8305, 250 ms apart) as anyio's
 ``connect_tcp`` does. Both asyncio's and trio's connections start from the socket made here.
 
-Errors are :class:`TransportError` with ``phase`` ``"DNS"`` or ``"connect"`` and the OS's reason.
+Errors are ``TransportError`` with ``phase`` ``"DNS"`` or ``"connect"`` and the OS's reason.
 """
 
 from __future__ import annotations

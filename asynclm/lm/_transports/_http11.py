@@ -228,7 +228,7 @@ class HTTP11Transport:
             ``ResponseTooLarge`` and the connection is closed.
         user_agent: the ``User-Agent`` sent unless the caller's headers give one.
 
-    Bound to the event loop of its first use; use :func:`get_transport` to get the running loop's.
+    Bound to the event loop of its first use; use ``get_transport`` to get the running loop's.
     """
 
     def __init__(
@@ -288,7 +288,7 @@ class HTTP11Transport:
         """POST and read the whole response (``await transport.post(...)``).
 
         ``deadline`` (``anyio.current_time()`` clock) bounds everything — waiting for a pooled
-        connection, connecting, sending, reading — and raises :class:`DeadlineExceeded`. On
+        connection, connecting, sending, reading — and raises ``DeadlineExceeded``. On
         asyncio one timer on the connection enforces it; elsewhere (or with a read timeout, which
         needs a scope anyway) a cancel scope does. A plain ``def`` returning the coroutine: no
         frame of its own stays alive while the response is awaited.

@@ -90,7 +90,7 @@ class _HttpxStreamingResponse(ClosingStreamMixin):
 
 
 class HttpxTransport:
-    """A :class:`Transport` over an httpx-compatible ``AsyncClient``, which it owns and closes.
+    """A ``Transport`` over an httpx-compatible ``AsyncClient``, which it owns and closes.
 
     Per-call ``timeout`` is passed to httpx as its (per-operation) timeout; ``None`` keeps the
     client's own. ``deadline`` bounds the whole call; ``max_response_bytes`` is checked as httpx

@@ -16,7 +16,7 @@ caller:
   reused, because those bytes would be read as the answer to the next request. (llhttp itself
   skips CR/LF between messages; they cannot be mistaken for a response, so they are ignored.)
 
-No I/O and no event loop here: :class:`ResponseParser` is fed what the connection received.
+No I/O and no event loop here: ``ResponseParser`` is fed what the connection received.
 """
 
 from __future__ import annotations
@@ -85,12 +85,12 @@ class _Decoder:
 class ResponseParser:
     """Parses the responses arriving on one connection, one request at a time.
 
-    Call :meth:`start` before each request, then :meth:`feed` what arrives (and :meth:`feed_eof`
+    Call ``start`` before each request, then ``feed`` what arrives (and ``feed_eof``
     at the end of the connection). The parsed response is in ``status``, ``headers`` (names
     lower-cased, repeats joined by ``", "``), and ``body`` — a list of decoded pieces that the
     caller takes as it goes. ``head_done`` is set once a final (>= 200) response's headers are
-    complete, ``done`` once its body is. Errors are :class:`TransportError` (a protocol
-    violation) or :class:`ResponseTooLarge`.
+    complete, ``done`` once its body is. Errors are ``TransportError`` (a protocol
+    violation) or ``ResponseTooLarge``.
     """
 
     __slots__ = (
@@ -169,7 +169,7 @@ class ResponseParser:
 
     def feed_eof(self) -> None:
         """The connection ended: completes a body delimited by the end of the connection; any other
-        incomplete response raises :class:`TransportError`."""
+        incomplete response raises ``TransportError``."""
         if self.done:
             return
         if not (self.head_done and self.until_close):
@@ -257,7 +257,7 @@ class _Callbacks:
 
     httptools looks each callback up on its protocol object once per parser: on the parser itself
     they would be five bound-method objects (~0.4 KB) held by every connection. These plain
-    functions are made once per thread; :meth:`ResponseParser.feed` points ``target`` at itself
+    functions are made once per thread; ``ResponseParser.feed`` points ``target`` at itself
     while it feeds (feeding is synchronous, and a thread feeds one parser at a time).
     """
 

@@ -44,7 +44,7 @@ deadline_scope = trio.CancelScope
 
 class TrioConnection:
     """One HTTP/1.1 connection on trio: a non-blocking socket, with TLS on memory buffers when
-    ``tls`` is given (its handshake already done by :func:`open_connection`)."""
+    ``tls`` is given (its handshake already done by ``open_connection``)."""
 
     __slots__ = (
         "_eof",
