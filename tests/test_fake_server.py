@@ -690,6 +690,16 @@ def test_spawn_in_a_separate_process() -> None:
     assert child.process.poll() is not None
 
 
+@pytest.mark.parametrize("run", range(3))
+def test_a_spawned_server_stops_cleanly(run: int) -> None:
+    """stop() ends the child with exit code 0 (it used to abort, -6: "could not acquire lock for
+    <stdin>", a thread still reading stdin at interpreter shutdown)."""
+    child = FakeOpenAIServer.spawn(text="x")
+    child.stop()
+    assert child.process.returncode == 0, child.stderr_output()[-2000:]
+    assert "Fatal Python error" not in child.stderr_output()
+
+
 def test_spawn_with_faults() -> None:
     with FakeOpenAIServer.spawn(fault_rate=1.0, faults=["429:0.25"], seed=3) as child:
         response = httpx.post(f"{child.base_url}/chat/completions", json=body())

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import signal
 import sys
 import threading
@@ -74,13 +75,30 @@ def main(argv: list[str] | None = None) -> int:
             with contextlib.suppress(NotImplementedError):  # Windows
                 loop.add_signal_handler(sig, stop.set)
         if args.exit_with_stdin:
-            # A daemon thread blocked on stdin: when the parent dies its end of the pipe closes.
-            def watch_stdin() -> None:
-                sys.stdin.buffer.read()
-                with contextlib.suppress(RuntimeError):  # the loop is already closed
-                    loop.call_soon_threadsafe(stop.set)
+            # When the parent dies its end of the pipe closes: stdin reaches EOF. Watched by the
+            # loop itself, not by a thread blocked in a read: such a thread still holds stdin's
+            # lock at interpreter shutdown, and Python then aborts ("could not acquire lock").
+            fd = sys.stdin.fileno()
 
-            threading.Thread(target=watch_stdin, name="stdin-watch", daemon=True).start()
+            def on_stdin() -> None:
+                try:
+                    data = os.read(fd, 65536)
+                except OSError:
+                    data = b""
+                if not data:
+                    loop.remove_reader(fd)
+                    stop.set()
+
+            try:
+                loop.add_reader(fd, on_stdin)
+            except NotImplementedError:  # pragma: no cover - Windows' proactor loop: a thread then
+
+                def watch_stdin() -> None:
+                    sys.stdin.buffer.read()
+                    with contextlib.suppress(RuntimeError):  # the loop is already closed
+                        loop.call_soon_threadsafe(stop.set)
+
+                threading.Thread(target=watch_stdin, name="stdin-watch", daemon=True).start()
         await serve(server, stop)
 
     asyncio.run(run())
