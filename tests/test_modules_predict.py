@@ -516,3 +516,33 @@ def test_scripted_lm_takes_model_as_a_keyword() -> None:
     lm = ScriptedLM({"answer": "x"}, model="m")
     assert lm.model_name == "m"
     assert alm.Predict("question -> answer", lm=lm).sync(question="q").answer == "x"
+
+
+class WithALock(alm.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lock = threading.Lock()  # cannot be deep-copied
+        self.notes = ["a"]
+        self.answer = alm.Predict("question -> answer")
+
+    async def forward(self, question: str) -> alm.Prediction:
+        with self.lock:
+            pass
+        return await self.answer(question=question)
+
+
+def test_deepcopy_shares_what_cannot_be_copied_as_dspy_does() -> None:
+    prog = WithALock()
+    prog.answer.demos = [alm.Example(question="q", answer="a")]
+    copied = prog.deepcopy()
+    assert copied.lock is prog.lock  # shared, not an error
+    assert copied.notes == ["a"] and copied.notes is not prog.notes  # the rest is copied
+    assert copied.answer is not prog.answer and copied.answer.demos == prog.answer.demos
+    assert copied.answer.demos is not prog.answer.demos
+
+
+async def test_best_of_n_works_on_a_module_holding_a_lock() -> None:
+    prog = WithALock()
+    prog.set_lm(ScriptedLM({"answer": "ok"}))
+    best = alm.BestOfN(prog, 2, lambda args, pred: 1.0, 1.0)
+    assert (await best(question="q")).answer == "ok"

@@ -166,6 +166,20 @@ class Module(SyncCallable):
                 memo[id(signature)] = signature
         return copy.deepcopy(self, memo)
 
+    def __deepcopy__(self, memo: dict[int, Any]) -> Module:
+        # Attribute by attribute, as DSPy does: what cannot be copied (a lock, an open client, a
+        # file) is shared by the copy instead of failing the whole copy (and BestOfN/Refine with it).
+        cls = type(self)
+        new = cls.__new__(cls)
+        memo[id(self)] = new
+        for name, value in self.__dict__.items():
+            try:
+                copied = copy.deepcopy(value, memo)
+            except Exception:
+                copied = value
+            object.__setattr__(new, name, copied)
+        return new
+
     def reset_copy(self) -> Module:
         """A deep copy with every predictor reset (demos cleared)."""
         new = self.deepcopy()
