@@ -407,3 +407,17 @@ def test_string_form_and_json_round_trip(fields: list[tuple[str, str | None]], n
         assert again.fields[name].annotation == f.annotation
     data = json.loads(json.dumps(sig.to_dict()))
     assert Signature.from_dict(data) == sig
+
+
+def test_class_fields_keep_declaration_order_with_or_without_annotations() -> None:
+    """DSPy keeps the class body's order; an unannotated field used to move to the end."""
+
+    class QA(Signature):
+        question: str = InputField()
+        context = InputField()
+        reasoning = OutputField()
+        answer: str = OutputField()
+
+    assert list(QA.input_fields) == ["question", "context"]
+    assert list(QA.output_fields) == ["reasoning", "answer"]
+    assert QA.signature == "question, context -> reasoning, answer"

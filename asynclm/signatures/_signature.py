@@ -391,8 +391,10 @@ class Signature:
         for klass in reversed(cls.__mro__):
             if klass is Signature or not issubclass(klass, Signature):
                 continue
-            names = list(inspect.get_annotations(klass))
-            names += [n for n, v in klass.__dict__.items() if isinstance(v, _FieldMarker) and n not in names]
+            # declaration order, annotated or not (the class body's order, as DSPy keeps it);
+            # annotations without a field marker come after, to be reported below
+            names = [n for n, v in klass.__dict__.items() if isinstance(v, _FieldMarker)]
+            names += [n for n in inspect.get_annotations(klass) if n not in names]
             for name in names:
                 if name.startswith("_"):
                     continue
