@@ -43,7 +43,16 @@ def echo_lm(**extra: Any) -> ScriptedLM:
 
 def test_named_predictors_walks_attributes_lists_and_dicts() -> None:
     names = [name for name, _ in RAG().named_predictors()]
-    assert names == ["rewrite", "answer", "extras[0]", "extras[1]['k']"]
+    assert names == ["rewrite", "answer", "extras[0]", "extras[1][k]"]  # as DSPy names them
+
+
+def test_named_sub_modules_are_named_as_in_dspy() -> None:
+    """``self``, ``self.sub``, ``self.items[key]``: code that walks DSPy programs by name works."""
+    prog = RAG()
+    names = [name for name, _ in prog.named_sub_modules()]
+    assert names == ["self", "self.rewrite", "self.answer", "self.extras[0]", "self.extras[1][k]"]
+    assert [n for n, _ in prog.named_sub_modules(alm.Predict)] == names[1:]
+    assert [n for n, _ in prog.named_sub_modules(include_self=False)] == names[1:]
 
 
 def test_predict_is_its_own_single_predictor() -> None:

@@ -104,9 +104,14 @@ class Module(SyncCallable):
 
     # -- structure ------------------------------------------------------------------------------
 
-    def named_sub_modules(self, *, include_self: bool = False) -> Iterator[tuple[str, Module]]:
-        """Every module reachable from this one (depth first, each once), with its attribute path."""
+    def named_sub_modules(
+        self, type_: type | None = None, *, include_self: bool = True
+    ) -> Iterator[tuple[str, Module]]:
+        """Every module reachable from this one (depth first, each once) with its path, named as
+        DSPy names them: ``"self"``, ``"self.answer"``, ``"self.steps[0]"``, ``"self.by_name[key]"``.
+        ``type_``: only modules of that class (default: all)."""
         seen: set[int] = set()
+        wanted = type_ or Module
 
         def walk(value: Any, path: str) -> Iterator[tuple[str, Module]]:
             if isinstance(value, Module):
@@ -117,24 +122,28 @@ class Module(SyncCallable):
                 for name, attr in value.__dict__.items():
                     if name.startswith("_") or name in ("callbacks", "lm", "adapter"):
                         continue
-                    yield from walk(attr, f"{path}.{name}" if path else name)
+                    yield from walk(attr, f"{path}.{name}")
             elif isinstance(value, (list, tuple)):
                 for i, item in enumerate(value):
                     yield from walk(item, f"{path}[{i}]")
             elif isinstance(value, Mapping):
                 for key, item in value.items():
-                    yield from walk(item, f"{path}[{key!r}]")
+                    yield from walk(item, f"{path}[{key}]")
 
-        for path, module in walk(self, ""):
-            if module is self and not include_self:
-                continue
-            yield (path or "self"), module
+        for path, module in walk(self, "self"):
+            if (module is not self or include_self) and isinstance(module, wanted):
+                yield path, module
 
     def named_predictors(self) -> list[tuple[str, Any]]:
-        """``[(path, predictor)]`` for every ``Predict`` in the program (this one included)."""
+        """``[(name, predictor)]`` for every ``Predict`` in the program, named as DSPy's
+        ``named_predictors()`` names them (and as saved programs key them): ``"answer"``,
+        ``"steps[0]"``; ``"self"`` for a program that is itself a ``Predict``."""
         from ._predict import Predict
 
-        return [(p, m) for p, m in self.named_sub_modules(include_self=True) if isinstance(m, Predict)]
+        return [
+            (path if path == "self" else path.removeprefix("self."), m)
+            for path, m in self.named_sub_modules(Predict)
+        ]
 
     def predictors(self) -> list[Any]:
         return [p for _, p in self.named_predictors()]
