@@ -245,6 +245,23 @@ def test_chat_history_expands_prior_turns() -> None:
     ]
 
 
+def test_a_dspy_style_format_conversation_history_override_works() -> None:
+    """DSPy's hook is ``(signature, history_field_name, inputs)`` and deletes the history from
+    ``inputs``: an adapter ported from DSPy runs unchanged, and the caller's inputs are untouched."""
+
+    class OneLine(ChatAdapter):
+        def format_conversation_history(self, signature, history_field_name, inputs):  # type: ignore[no-untyped-def]
+            turns = inputs[history_field_name].messages
+            del inputs[history_field_name]  # as DSPy's own implementation does
+            return [{"role": "user", "content": f"{len(turns)} earlier turns, fields {list(signature.input_fields)}"}]
+
+    inputs = {"history": History(messages=[{"question": "q1", "answer": "a1"}]), "question": "q2"}
+    messages = OneLine().format(Signature("history: History, question -> answer"), [], inputs)
+    assert messages[1] == {"role": "user", "content": "1 earlier turns, fields ['question']"}
+    assert messages[2]["content"].startswith("[[ ## question ## ]]\nq2")
+    assert "history" in inputs
+
+
 def test_list_given_to_str_input_is_a_numbered_list() -> None:
     messages = ChatAdapter().format("context -> answer", [], {"context": ["alpha", "two\nlines"]})
     assert messages[-1]["content"].startswith("[[ ## context ## ]]\n[1] «alpha»\n[2] «««\n    two\n    lines\n»»»")

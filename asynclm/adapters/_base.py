@@ -107,7 +107,9 @@ class Adapter(ABC):
         history_field = self._history_field(sig)
         if history_field is not None:
             sig_wo = sig.memo((type(self), "without-history"), lambda: sig.delete(history_field))
-            messages.extend(self.format_conversation_history(sig_wo, inputs.get(history_field)))
+            # DSPy's hook signature, so DSPy adapters' overrides work unchanged (they may delete
+            # the history from the inputs they get: a copy)
+            messages.extend(self.format_conversation_history(sig_wo, history_field, dict(inputs)))
             sig = sig_wo
         messages.append({"role": "user", "content": self.format_user_message_content(sig, inputs, main_request=True)})
         return messages
@@ -235,11 +237,15 @@ class Adapter(ABC):
             messages.append({"role": "assistant", "content": self.format_assistant_message_content(signature, demo)})
         return messages
 
-    def format_conversation_history(self, signature: Signature, history: Any) -> list[Message]:
-        """Prior turns: raw chat messages (``role``/``content``) pass through; dicts of field
-        values become a user turn (their inputs) and an assistant turn (their outputs)."""
+    def format_conversation_history(
+        self, signature: Signature, history_field_name: str, inputs: Mapping[str, Any]
+    ) -> list[Message]:
+        """Prior turns of the ``History`` input ``inputs[history_field_name]`` (``signature`` is the
+        call's signature without that field; DSPy's hook signature): raw chat messages
+        (``role``/``content``) pass through; dicts of field values become a user turn (their
+        inputs) and an assistant turn (their outputs)."""
         messages: list[Message] = []
-        for turn in _history_messages(history):
+        for turn in _history_messages(inputs.get(history_field_name)):
             if "role" in turn and "content" in turn and _PASS_THROUGH_KEYS.issuperset(turn):
                 messages.append(dict(turn))
                 continue
