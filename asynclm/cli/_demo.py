@@ -63,10 +63,13 @@ async def _demo(args: argparse.Namespace, lm: Any) -> int:
     started = time.perf_counter()
     print(f"asynclm demo on {lm.model} ({args.backend})", file=out)
     if isinstance(lm, LocalLM):
+        from asynclm.lm._local import model_dir
+
         c = lm.server.config
+        first = c.model_path is None and not any(model_dir().glob("*.gguf"))
         print(
-            f"Starting the embedded llama.cpp server ({c.threads} thread(s), {c.parallel} slots); "
-            "the first run also assembles the 253 MB model file...",
+            f"Starting the embedded llama.cpp server ({c.threads} thread(s), {c.parallel} slots)"
+            + ("; this first run also assembles the 253 MB model file..." if first else "..."),
             file=out,
             flush=True,
         )
