@@ -1011,3 +1011,50 @@ def test_iterator_scripts() -> None:
         server.set_responses(script)
         assert text() == "x"
         assert script == ["x"]  # the caller's list is not consumed
+
+
+# -- answering in a module's format (Fields) -----------------------------------------------------
+
+
+@pytest.mark.parametrize("adapter", ["chat", "json"])
+async def test_fields_answer_in_the_format_of_the_adapter_that_asked(adapter: str) -> None:
+    """A plain text reply breaks a module pointed at the fake server (ParseError); ``Fields``
+    answers in whichever format the request's adapter expects, from fixed values or from the
+    inputs."""
+    import asynclm as alm
+    from asynclm.testing import Fields
+
+    chosen = alm.ChatAdapter() if adapter == "chat" else alm.JSONAdapter()
+    with FakeOpenAIServer(Fields(answer="Paris", confidence=0.9)) as server:
+        lm = alm.LM("openai/m", base_url=server.base_url, api_key="k", cache=False)
+        qa = alm.Predict("question -> answer, confidence: float", lm=lm, adapter=chosen)
+        pred = await qa(question="Capital of France?")
+        assert (pred.answer, pred.confidence) == ("Paris", 0.9)
+        assert ("response_format" in server.request_log[-1].json) == (adapter == "json")
+
+        server.set_responses(Fields(lambda inputs: {"answer": inputs["question"].upper(), "confidence": 1}))
+        pred = await qa(question="two\n\nparagraphs")
+        assert (pred.answer, pred.confidence) == ("TWO\n\nPARAGRAPHS", 1.0)
+
+
+def test_fields_usage_errors() -> None:
+    from asynclm.testing import Fields
+
+    with pytest.raises(TypeError, match="not both"):
+        Fields({"a": 1}, b=2)
+    with pytest.raises(TypeError, match="dict of field values or a function"):
+        Fields(["answer"])  # type: ignore[arg-type]
+
+
+async def test_a_failing_fields_function_is_a_500_the_test_can_see() -> None:
+    from asynclm.testing import Fields
+
+    def broken(inputs: dict[str, str]) -> dict[str, str]:
+        raise KeyError("no such input")
+
+    with FakeOpenAIServer(Fields(broken)) as server:
+        async with httpx.AsyncClient() as client:
+            request = {"messages": [{"role": "user", "content": "x"}]}
+            r = await client.post(server.base_url + "/chat/completions", json=request)
+        assert r.status_code == 500
+        assert server.errors and isinstance(server.errors[0], KeyError)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from ._server import DEFAULT_FAULTS, FakeOpenAIServer, FakeRequest, Fault, Headers, Reply, SpawnedFakeServer
+from ._server import DEFAULT_FAULTS, FakeOpenAIServer, FakeRequest, Fault, Fields, Headers, Reply, SpawnedFakeServer
 
 if TYPE_CHECKING:
     from ._scripted import (  # type: ignore[import-not-found, unused-ignore]
@@ -32,6 +32,7 @@ __all__ = [
     "FakeOpenAIServer",
     "FakeRequest",
     "Fault",
+    "Fields",
     "Headers",
     "Reply",
     "ScriptedLM",

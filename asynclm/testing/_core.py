@@ -31,6 +31,7 @@ from ._types import (
     FAULT_REPLY,
     FakeRequest,
     Fault,
+    Fields,
     Reply,
     ResponseFunction,
     ResponseItem,
@@ -106,7 +107,7 @@ class ServerCore:
         function: ResponseFunction | None = None
         items: Iterator[ResponseItem] | None = None
         static: ResponseItem | None = None
-        if isinstance(responses, (str, Reply, Fault, dict)):
+        if isinstance(responses, (str, Reply, Fault, Fields, dict)):
             static = responses
         elif callable(responses):
             function = responses
@@ -116,7 +117,7 @@ class ServerCore:
             items = responses  # e.g. itertools.cycle([...]) or a generator
         else:
             raise TypeError(
-                "responses must be a str, Reply, Fault or response dict, a list or iterator of those "
+                "responses must be a str, Reply, Fields, Fault or response dict, a list or iterator of those "
                 f"(one per request, in order), or a function of the FakeRequest; got {type(responses).__name__}"
             )
         self.script_function = function
@@ -349,6 +350,12 @@ class ServerCore:
     def _respond(self, exchange: Exchange, request: FakeRequest, item: Any) -> None:
         if exchange.finished:
             return
+        if isinstance(item, Fields):
+            try:
+                item = Reply(item.render(request))
+            except Exception as exc:  # a Fields function that failed: a 500, kept for the test to see
+                self._function_failed(exchange, exc)
+                return
         if isinstance(item, str):
             item = Reply(item)
         if isinstance(item, Reply):
@@ -374,7 +381,7 @@ class ServerCore:
             self._function_failed(
                 exchange,
                 TypeError(
-                    "a scripted response must be a str, Reply, Fault or response dict (or an awaitable of "
+                    "a scripted response must be a str, Reply, Fields, Fault or response dict (or an awaitable of "
                     f"one), got {type(item).__name__}"
                 ),
             )

@@ -18,44 +18,11 @@ import anyio
 from asynclm.lm import LM
 from asynclm.lm._client import _wait_until
 
+from ._render import input_fields, render_chat, render_json
+
 __all__ = ["ScriptedLM", "ScriptedRequest", "render_chat", "render_json"]
 
 Answer = Mapping[str, Any] | str
-
-
-def _value_text(value: Any) -> str:
-    if isinstance(value, str):
-        return value
-    return json.dumps(_jsonable(value), ensure_ascii=False)
-
-
-def _jsonable(value: Any) -> Any:
-    dump = getattr(value, "model_dump", None)
-    if callable(dump):
-        return dump(mode="json")
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    iso = getattr(value, "isoformat", None)
-    if callable(iso):
-        return iso()
-    enum_value = getattr(value, "value", None)
-    if enum_value is not None and type(value).__module__ != "builtins":
-        return enum_value
-    return value
-
-
-def render_chat(outputs: Mapping[str, Any]) -> str:
-    """Output values in the ChatAdapter's format: ``[[ ## name ## ]]`` sections, then completed."""
-    parts = [f"[[ ## {name} ## ]]\n{_value_text(value)}" for name, value in outputs.items()]
-    parts.append("[[ ## completed ## ]]")
-    return "\n\n".join(parts)
-
-
-def render_json(outputs: Mapping[str, Any]) -> str:
-    """Output values as the JSON object the JSONAdapter reads."""
-    return json.dumps(_jsonable(dict(outputs)), ensure_ascii=False)
 
 
 class ScriptedRequest:
@@ -70,6 +37,11 @@ class ScriptedRequest:
     @property
     def wants_json(self) -> bool:
         return "response_format" in self.body
+
+    @property
+    def inputs(self) -> dict[str, str]:
+        """The input fields as the adapter rendered them in the last user message (texts)."""
+        return input_fields(self.messages)
 
     @property
     def last_user_message(self) -> str:

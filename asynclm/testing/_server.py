@@ -35,13 +35,14 @@ from typing import Any
 from asynclm.runtime import sync_twin
 
 from ._core import ServerCore
-from ._types import DEFAULT_FAULTS, FakeRequest, Fault, Headers, Reply, Responses
+from ._types import DEFAULT_FAULTS, FakeRequest, Fault, Fields, Headers, Reply, Responses
 
 __all__ = [
     "DEFAULT_FAULTS",
     "FakeOpenAIServer",
     "FakeRequest",
     "Fault",
+    "Fields",
     "Headers",
     "Reply",
     "SpawnedFakeServer",

@@ -144,6 +144,50 @@ class Reply:
     latency: float | None = None
 
 
+class Fields:
+    """A successful completion in the format of the adapter that made the request: the given
+    output-field values as a JSON object when the request carries ``response_format``
+    (``JSONAdapter``), otherwise as the ``ChatAdapter``'s ``[[ ## name ## ]]`` sections.
+
+    ``Fields(answer="Paris")``, ``Fields({"answer": "Paris"})``, or a function of the request's
+    input fields — a dict of the texts its last user message gives them, e.g.
+    ``Fields(lambda inputs: {"answer": inputs["question"].upper()})``. (A plain dict given to
+    ``FakeOpenAIServer`` is a whole raw response body instead; a dict given to ``ScriptedLM`` is
+    field values, like ``Fields``.)
+    """
+
+    __slots__ = ("_values",)
+
+    def __init__(
+        self,
+        values: Mapping[str, Any] | Callable[[dict[str, str]], Mapping[str, Any]] | None = None,
+        /,
+        **fields: Any,
+    ) -> None:
+        if values is not None and fields:
+            raise TypeError("Fields: give a dict or a function, or keyword values, not both")
+        if values is None:
+            values = fields
+        if not (isinstance(values, Mapping) or callable(values)):
+            raise TypeError(f"Fields: expected a dict of field values or a function, got {type(values).__name__}")
+        self._values = values
+
+    def render(self, request: FakeRequest) -> str:
+        """The assistant text for ``request``."""
+        from ._render import input_fields, render_chat, render_json
+
+        values = self._values
+        if not isinstance(values, Mapping):
+            values = values(input_fields(request.messages))
+            if not isinstance(values, Mapping):
+                raise TypeError(f"a Fields function must return a dict of field values, got {type(values).__name__}")
+        wants_json = isinstance(request.json, Mapping) and "response_format" in request.json
+        return render_json(values) if wants_json else render_chat(values)
+
+    def __repr__(self) -> str:
+        return f"Fields({self._values!r})"
+
+
 DEFAULT_ERRORS: dict[int, tuple[str, str | None, str]] = {
     # status: (type, code, message) modelled on OpenAI's error bodies
     400: ("invalid_request_error", None, "Bad request (injected by FakeOpenAIServer)."),
@@ -336,6 +380,6 @@ DEFAULT_FAULTS: tuple[Fault, ...] = (
 # What a faulty stream or body carries before it breaks: several words, so several stream events.
 FAULT_REPLY = Reply("this response is broken on purpose by FakeOpenAIServer")
 
-ResponseItem = Union[str, Reply, Fault, dict[str, Any]]
+ResponseItem = Union[str, Reply, Fault, Fields, dict[str, Any]]
 ResponseFunction = Callable[[FakeRequest], Union[ResponseItem, Awaitable[ResponseItem]]]
 Responses = Union[ResponseItem, Sequence[ResponseItem], Iterator[ResponseItem], ResponseFunction]
