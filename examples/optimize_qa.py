@@ -53,12 +53,16 @@ def make_lm(model: str, base_url: str | None) -> alm.LM:
 async def main(model: str, base_url: str | None, save: str | None) -> tuple[float, float]:
     alm.configure(lm=make_lm(model, base_url))
     program = alm.Predict("question -> answer")
-    evaluate = alm.Evaluate(devset=examples(DEV), metric=answer_exact_match, concurrency=8, display_table=5)
+    evaluate = alm.Evaluate(
+        devset=examples(DEV), metric=answer_exact_match, concurrency=8, display_table=5, progress=True
+    )
 
+    print(f"evaluating the zero-shot program on {len(DEV)} examples...", flush=True)
     before = await evaluate(program)
     print(f"zero-shot: {before.score:.1f}%")
 
     optimizer = alm.BootstrapFewShot(metric=answer_exact_match, max_bootstrapped_demos=3, max_labeled_demos=3)
+    print(f"bootstrapping few-shot demos from {len(TRAIN)} training examples...", flush=True)
     compiled = await optimizer.compile(program, trainset=examples(TRAIN))  # `program` itself is unchanged
     print(f"demos per predictor: {[len(p.demos) for p in compiled.predictors()]}")
 

@@ -66,6 +66,7 @@ def main(argv: list[str] | None = None) -> None:
         with alm.context(lm=lms[style]):
             return qa.sync(question=question).answer  # runs on this worker thread's portal
 
+    print(f"asking {len(QUESTIONS)} questions on {args.workers} threads...", flush=True)
     started = time.perf_counter()
     with ThreadPoolExecutor(max_workers=args.workers) as pool:
         answers = list(pool.map(work, QUESTIONS))
