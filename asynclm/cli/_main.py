@@ -65,7 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="asynclm",
         description="Run language-model programs from the shell.",
-        epilog="Docs: docs/cli.md. Exit codes: 0 ok, 1 program error, 2 usage/setup error.",
+        epilog="Each command's options: asynclm demo --help, asynclm run --help. Guide: 'The asynclm command "
+        "line' in the asynclm documentation. Exit codes: 0 ok, 1 program error, 2 usage/setup error.",
     )
     from asynclm import __version__
 
