@@ -43,7 +43,7 @@ def echo_lm(**extra: Any) -> ScriptedLM:
 
 def test_named_predictors_walks_attributes_lists_and_dicts() -> None:
     names = [name for name, _ in RAG().named_predictors()]
-    assert names == ["rewrite", "answer", "extras[0]", "extras[1][k]"]  # as DSPy names them
+    assert names == ["rewrite", "answer", "extras[0]", "extras[1]['k']"]  # as DSPy's named_predictors
 
 
 def test_named_sub_modules_are_named_as_in_dspy() -> None:

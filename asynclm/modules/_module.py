@@ -108,10 +108,26 @@ class Module(SyncCallable):
         self, type_: type | None = None, *, include_self: bool = True
     ) -> Iterator[tuple[str, Module]]:
         """Every module reachable from this one (depth first, each once) with its path, named as
-        DSPy names them: ``"self"``, ``"self.answer"``, ``"self.steps[0]"``, ``"self.by_name[key]"``.
-        ``type_``: only modules of that class (default: all)."""
-        seen: set[int] = set()
+        DSPy's ``named_sub_modules`` names them: ``"self"``, ``"self.answer"``, ``"self.steps[0]"``,
+        ``"self.by_name[key]"``. ``type_``: only modules of that class (default: all)."""
         wanted = type_ or Module
+        for path, module in self._walk("self", quote_keys=False):
+            if (module is not self or include_self) and isinstance(module, wanted):
+                yield path, module
+
+    def named_predictors(self) -> list[tuple[str, Any]]:
+        """``[(name, predictor)]`` for every ``Predict`` in the program, named as DSPy's
+        ``named_predictors()`` names them (and as saved programs key them): ``"answer"``,
+        ``"steps[0]"``, ``"by_name['key']"``; ``"self"`` for a program that is itself a ``Predict``."""
+        from ._predict import Predict
+
+        return [
+            (path or "self", module) for path, module in self._walk("", quote_keys=True) if isinstance(module, Predict)
+        ]
+
+    def _walk(self, root: str, *, quote_keys: bool) -> Iterator[tuple[str, Module]]:
+        """Depth first over attributes, lists, tuples and dicts; each module once."""
+        seen: set[int] = set()
 
         def walk(value: Any, path: str) -> Iterator[tuple[str, Module]]:
             if isinstance(value, Module):
@@ -122,28 +138,15 @@ class Module(SyncCallable):
                 for name, attr in value.__dict__.items():
                     if name.startswith("_") or name in ("callbacks", "lm", "adapter"):
                         continue
-                    yield from walk(attr, f"{path}.{name}")
+                    yield from walk(attr, f"{path}.{name}" if path else name)
             elif isinstance(value, (list, tuple)):
                 for i, item in enumerate(value):
                     yield from walk(item, f"{path}[{i}]")
             elif isinstance(value, Mapping):
                 for key, item in value.items():
-                    yield from walk(item, f"{path}[{key}]")
+                    yield from walk(item, f"{path}['{key}']" if quote_keys else f"{path}[{key}]")
 
-        for path, module in walk(self, "self"):
-            if (module is not self or include_self) and isinstance(module, wanted):
-                yield path, module
-
-    def named_predictors(self) -> list[tuple[str, Any]]:
-        """``[(name, predictor)]`` for every ``Predict`` in the program, named as DSPy's
-        ``named_predictors()`` names them (and as saved programs key them): ``"answer"``,
-        ``"steps[0]"``; ``"self"`` for a program that is itself a ``Predict``."""
-        from ._predict import Predict
-
-        return [
-            (path if path == "self" else path.removeprefix("self."), m)
-            for path, m in self.named_sub_modules(Predict)
-        ]
+        yield from walk(self, root)
 
     def predictors(self) -> list[Any]:
         return [p for _, p in self.named_predictors()]
