@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import threading
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -555,3 +556,71 @@ async def test_best_of_n_works_on_a_module_holding_a_lock() -> None:
     prog.set_lm(ScriptedLM({"answer": "ok"}))
     best = alm.BestOfN(prog, 2, lambda args, pred: 1.0, 1.0)
     assert (await best(question="q")).answer == "ok"
+
+
+# -- programs saved by DSPy ---------------------------------------------------------------------
+
+DATA = Path(__file__).parent / "data"
+
+
+class GenerateAnswer(alm.Signature):
+    """Answer questions with short factoid answers."""
+
+    context: str = alm.InputField(desc="may contain relevant facts")
+    question: str = alm.InputField()
+    answer: str = alm.OutputField(desc="often between 1 and 5 words")
+
+
+class DspyRAG(alm.Module):
+    """The program tests/data/dspy-*-rag.json was saved from, written for asynclm."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rewrite = alm.Predict("question -> search_query")
+        self.generate_answer = alm.ChainOfThought(GenerateAnswer)
+
+    async def forward(self, question: str) -> alm.Prediction:
+        query = (await self.rewrite(question=question)).search_query
+        return await self.generate_answer(context=query, question=question)
+
+
+@pytest.mark.parametrize("path", sorted(DATA.glob("dspy-*-rag.json")), ids=lambda p: p.name)
+def test_a_program_saved_by_dspy_loads_into_the_matching_program(path: Path) -> None:
+    """Files written by DSPy itself (tests/data, made with DSPy's own save()): instructions,
+    descriptions and demos arrive; DSPy's 'generate_answer.predict' is 'generate_answer' here."""
+    prog = DspyRAG().load(path)
+    assert prog.rewrite.signature.instructions == "Rewrite the question as a web search query."
+    assert prog.rewrite.demos == [alm.Example(question="Who wrote Hamlet?", search_query="Hamlet author")]
+    gen = prog.generate_answer
+    assert gen.signature.instructions == "Answer questions with short factoid answers."
+    assert gen.signature.fields["context"].desc == "may contain relevant facts"
+    assert gen.signature.fields["answer"].desc == "often between 1 and 5 words"
+    assert gen.demos[0] == alm.Example(
+        context="Paris is the capital of France.", question="Capital of France?", reasoning="The context says so.",
+        answer="Paris",
+    )  # "augmented" (DSPy's bookkeeping) is not a field
+    assert len(gen.demos) == 2
+    # and it runs: the demos are in the prompt
+    lm = ScriptedLM({"reasoning": "r", "answer": "a", "search_query": "q"})
+    prog.set_lm(lm)
+    assert prog.sync(question="Capital of Italy?").answer == "a"
+    assert "Capital of France?" in json.dumps(lm.requests[-1]["messages"])
+
+
+@pytest.mark.parametrize("path", sorted(DATA.glob("dspy-*-predict.json")), ids=lambda p: p.name)
+def test_a_dspy_predict_file_loads_into_a_predict(path: Path) -> None:
+    qa = alm.Predict("question -> answer").load(path)
+    assert qa.demos == [alm.Example(question="1+1?", answer="2")]
+
+
+def test_a_dspy_file_for_another_program_is_a_clear_error_and_changes_nothing() -> None:
+    path = next(DATA.glob("dspy-*-rag.json"))
+    qa = alm.Predict("question -> answer")
+    with pytest.raises(ProgramFileError, match=r"DSPy file has predictors \['generate_answer\.predict', 'rewrite'\]"):
+        qa.load(path)
+    other = DspyRAG()
+    other.generate_answer = alm.ChainOfThought("question -> answer")  # fewer fields than saved
+    with pytest.raises(ProgramFileError, match="the DSPy file has 4 fields"):
+        other.load(path)
+    assert other.rewrite.demos == []  # nothing was loaded
+    assert other.rewrite.signature.instructions != "Rewrite the question as a web search query."

@@ -251,11 +251,20 @@ class Module(SyncCallable):
     def load(
         self, path: str | os.PathLike[str], *, custom_types: Mapping[str, Any] | None = None
     ) -> Module:
-        """Load state saved by ``save`` into this program; returns ``self``."""
+        """Load state saved by ``save`` into this program; returns ``self``.
+
+        A program saved by DSPy 2.6/3.x (``program.save("p.json")``) loads too: instructions,
+        field descriptions and demos go to the matching predictors (DSPy's ``<name>.predict`` is
+        ``<name>`` here), all or nothing, with a ``ProgramFileError`` naming both sides on a
+        mismatch. Its LM state is ignored."""
         try:
             state = json.loads(Path(path).read_text(encoding="utf-8"))
         except json.JSONDecodeError as exc:
             raise ProgramFileError(f"{path}: not valid JSON ({exc})") from None
+        from ._dspy_state import from_dspy_state, is_dspy_state
+
+        if is_dspy_state(state):
+            state = from_dspy_state(self, state)
         return self.load_state(state, custom_types=custom_types)
 
     def __repr__(self) -> str:
