@@ -8,10 +8,12 @@ nox.options.sessions = ["lint", "types", "tests"]
 nox.options.reuse_existing_virtualenvs = True
 
 
-@nox.session
+@nox.session(python=["3.10", "3.11", "3.12"])
 def tests(session: nox.Session) -> None:
-    session.install("-e", ".[test]")
-    session.run("python", "-m", "pytest", *session.posargs)
+    """The README's test command on every supported Python found here (the oldest, 3.10, included:
+    every extra must install on it)."""
+    session.install("-e", ".[test,local]")
+    session.run("python", "-m", "pytest", "-q", *session.posargs)
 
 
 @nox.session
