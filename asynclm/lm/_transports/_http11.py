@@ -55,7 +55,7 @@ from ...runtime._backends import current_loop_key
 from ._asyncio_conn import AsyncioConnection, open_connection as open_asyncio_connection
 from ._base import ClosingStreamMixin, DeadlineExceeded, Response, TransportError, TransportTimeout
 from ._parser import ResponseParser, keep_alive_timeout
-from ._ssl import default_ssl_context
+from ._ssl import load_default_ssl_context
 from ._urls import Target, check_header_value
 
 if TYPE_CHECKING:  # trio is optional: _trio_conn is imported on first use
@@ -510,7 +510,7 @@ class HTTP11Transport:
         if target.tls:
             ctx = self._ssl_context
             if ctx is None:
-                ctx = self._ssl_context = default_ssl_context()
+                ctx = self._ssl_context = await load_default_ssl_context()
         if scope is not None:
             scope.deadline = limit
             try:

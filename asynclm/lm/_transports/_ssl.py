@@ -11,7 +11,7 @@ from __future__ import annotations
 import ssl
 import threading
 
-__all__ = ["default_ssl_context", "describe_tls_error"]
+__all__ = ["default_ssl_context", "describe_tls_error", "load_default_ssl_context"]
 
 _lock = threading.Lock()
 _default: ssl.SSLContext | None = None
@@ -36,6 +36,16 @@ def default_ssl_context() -> ssl.SSLContext:
                 _default = made
             ctx = _default
     return ctx
+
+
+async def load_default_ssl_context() -> ssl.SSLContext:
+    """:func:`default_ssl_context` from async code: the first time, the trust store is loaded in a
+    worker thread (tens of ms of file reading that would otherwise stall the event loop)."""
+    if _default is not None:
+        return _default
+    import anyio.to_thread
+
+    return await anyio.to_thread.run_sync(default_ssl_context)
 
 
 def describe_tls_error(exc: BaseException) -> str:
