@@ -15,6 +15,7 @@ Scenarios:
 4. ``parallel`` 10 000 trivial ``Parallel`` items vs an anyio task group, ``asyncio.gather``, DSPy
 5. ``import``   ``import asynclm`` (and first use of ``asynclm.Predict``) in a fresh interpreter
 6. ``rss``      peak RSS with 10 000 calls in flight
+7. ``cancel``   client CPU per call to cancel 2000 calls in flight (cancel() to the scope's exit)
 
 DSPy 3.4.1 is installed into ``bench/.venv-dspy`` on first use (``--skip-dspy`` to skip it; a
 baseline that cannot be installed or fails is shown as skipped, with the reason).
@@ -53,7 +54,7 @@ DSPY_VERSION = "3.4.1"
 DSPY_VENV = BENCH_DIR / ".venv-dspy"
 AWAITED = "asynclm Predict awaited (one task per thread, one loop)"
 SYNC_THREADS = "asynclm Predict .sync() from plain threads"
-SCENARIO_KEYS = ("seq", "conc", "threads", "parallel", "import", "rss")
+SCENARIO_KEYS = ("seq", "conc", "threads", "parallel", "import", "rss", "cancel")
 
 # The main metric of each scenario, its unit, and whether higher is better.
 METRIC = {
@@ -63,6 +64,7 @@ METRIC = {
     "parallel": ("ms", "ms", False),
     "import": ("s", "s", False),
     "rss": ("peak_rss_mb", "peak RSS MB", False),
+    "cancel": ("cpu_us_per_cancelled", "CPU µs per cancelled call", False),
 }
 EXTRA = {  # secondary metrics shown as extra columns
     "seq": [("cpu_us_per_call", "CPU µs/call")],
@@ -71,6 +73,7 @@ EXTRA = {  # secondary metrics shown as extra columns
     "parallel": [],
     "import": [],
     "rss": [("base_rss_mb", "RSS before MB"), ("server_max_in_flight", "max in flight")],
+    "cancel": [("cancel_ms", "cancel to exit ms")],
 }
 
 
@@ -280,6 +283,22 @@ def plan(args: argparse.Namespace) -> list[dict[str, Any]]:
             "title": f"6. Peak RSS with {n_rss} calls in flight",
             "baseline": "raw aiohttp",
             "rows": rss_rows,
+        }
+    )
+
+    n_cancel = 40 if smoke else 2000
+    scenarios.append(
+        {
+            "key": "cancel",
+            "latency": 60.0,  # never answered within a run: every call is in flight when cancelled
+            "fresh_server": True,
+            "title": f"7. Cancelling {n_cancel} calls in flight (client CPU from cancel() to the scope's exit)",
+            "baseline": "raw aiohttp",
+            "rows": [
+                e2e("raw aiohttp", "aiohttp", scenario="cancel", n=n_cancel),
+                e2e("asynclm Predict", "asynclm", scenario="cancel", n=n_cancel),
+                e2e("asynclm Predict", "asynclm", "trio", scenario="cancel", n=n_cancel),
+            ],
         }
     )
 
@@ -581,6 +600,16 @@ def goals(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
                 200,
                 False,
                 "{:.0f} MB",
+            )
+    cancel = results.get("cancel")
+    if cancel:
+        for backend in ("asyncio", "trio"):
+            add(
+                f"CPU per cancelled in-flight call ≤ 50 µs (asynclm Predict, {backend})",
+                _median(_find(cancel, "asynclm Predict", backend), "cpu_us_per_cancelled"),
+                50,
+                False,
+                "{:.0f} µs",
             )
     return out
 

@@ -254,6 +254,33 @@ async def _rss(spec: dict[str, Any]) -> dict[str, float]:
     return {"peak_rss_mb": peak / 1024, "base_rss_mb": base / 1024, "wall_s": wall}
 
 
+async def _in_flight(base_url: str) -> int:
+    """The server's requests in flight (its ``/_fake/stats``), read in a worker thread."""
+    import urllib.request
+
+    def read() -> int:
+        with urllib.request.urlopen(base_url.removesuffix("/v1") + "/_fake/stats", timeout=10) as r:
+            return int(json.loads(r.read())["in_flight"])
+
+    return await anyio.to_thread.run_sync(read)
+
+
+async def _cancel(spec: dict[str, Any]) -> dict[str, float]:
+    """Client CPU and wall time to cancel ``n`` calls in flight (the server never answers within
+    the run): from ``cancel()`` to the task group's exit, every request's connection closed."""
+    n, client = spec["n"], spec["client"]
+    async with caller(client, spec["url"], limit=0) as call, anyio.create_task_group() as tg:
+        for _ in range(n):
+            tg.start_soon(call)
+        with anyio.fail_after(60):
+            while await _in_flight(spec["url"]) < n:
+                await anyio.sleep(0.05)
+        cpu0, t0 = time.process_time(), time.perf_counter()
+        tg.cancel_scope.cancel()
+    wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    return {"cpu_us_per_cancelled": 1e6 * cpu / n, "cancel_ms": 1000 * wall}
+
+
 def run(spec: dict[str, Any]) -> dict[str, float]:
     """One measurement described by ``spec`` (``scenario``, ``client``, ``backend``, ``url``,
     ``n``, ``concurrency``)."""
@@ -261,7 +288,7 @@ def run(spec: dict[str, Any]) -> dict[str, float]:
     backend = spec.get("backend", "asyncio")
     if scenario == "threads":
         return _threads(spec)
-    fn = {"seq": _seq, "conc": _conc, "parallel": _parallel, "rss": _rss}[scenario]
+    fn = {"seq": _seq, "conc": _conc, "parallel": _parallel, "rss": _rss, "cancel": _cancel}[scenario]
     result: dict[str, float] = anyio.run(fn, spec, backend=backend)
     return result
 

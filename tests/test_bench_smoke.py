@@ -38,7 +38,7 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], st
 def test_every_scenario_measured(report: tuple[dict[str, Any], str]) -> None:
     data, _ = report
     keys = [s["key"] for s in data["scenarios"]]
-    assert keys == ["seq", "conc", "threads", "parallel", "import", "rss"]
+    assert keys == ["seq", "conc", "threads", "parallel", "import", "rss", "cancel"]
     for scenario in data["scenarios"]:
         measured = [row for row in scenario["rows"] if "metrics" in row]
         assert measured, scenario["key"]

@@ -39,7 +39,7 @@ def default_ssl_context() -> ssl.SSLContext:
 
 
 async def load_default_ssl_context() -> ssl.SSLContext:
-    """:func:`default_ssl_context` from async code: the first time, the trust store is loaded in a
+    """``default_ssl_context`` from async code: the first time, the trust store is loaded in a
     worker thread (tens of ms of file reading that would otherwise stall the event loop)."""
     if _default is not None:
         return _default
