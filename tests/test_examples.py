@@ -12,7 +12,6 @@ import ast
 import dataclasses
 import importlib.util
 import inspect
-import json
 import os
 import re
 import subprocess
@@ -25,18 +24,15 @@ import httpx
 import pytest
 
 import asynclm as alm
-from asynclm.testing import FakeOpenAIServer, FakeRequest, Reply
+from asynclm.testing import FakeOpenAIServer, FakeRequest, Fields, Reply
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 MODEL = "openai/fake-model"
 
-_QUESTION = re.compile(r"\[\[ ## question ## \]\]\n(.*?)\n\n", re.S)
-
-
 def question_of(request: FakeRequest) -> str:
-    match = _QUESTION.search(request.last_user_message)
-    assert match, f"no question in {request.last_user_message!r}"
-    return match.group(1)
+    question = request.inputs.get("question")
+    assert question is not None, f"no question in {request.last_user_message!r}"
+    return question
 
 
 def answer_for(question: str) -> str:
@@ -44,13 +40,11 @@ def answer_for(question: str) -> str:
 
 
 def chat_reply(request: FakeRequest, answer: str) -> str:
-    """The completion in ChatAdapter format, with a reasoning field when the program asks for one."""
-    parts = []
-    if "[[ ## reasoning ## ]]" in request.last_user_message:
-        parts.append("[[ ## reasoning ## ]]\nThinking it over.")
-    parts.append(f"[[ ## answer ## ]]\n{answer}")
-    parts.append("[[ ## completed ## ]]")
-    return "\n\n".join(parts)
+    """The completion in the requesting adapter's format, with a reasoning field when the program
+    asks for one (ChainOfThought)."""
+    if "`reasoning`" in request.messages[0]["content"]:
+        return Fields(reasoning="Thinking it over.", answer=answer).render(request)
+    return Fields(answer=answer).render(request)
 
 
 def example_env(tmp_path: Path, **extra: str) -> dict[str, str]:
@@ -296,11 +290,7 @@ def fill_outputs(request: FakeRequest) -> str:
     if "Your output fields are:" not in system:  # a raw LM call, not a module's
         return "Hello!"
     outputs = system.split("Your output fields are:", 1)[1].split("All interactions", 1)[0]
-    values = {name: _typed_value(type_) for name, type_ in _OUTPUT_FIELD.findall(outputs)}
-    if request.json.get("response_format"):
-        return json.dumps(values)
-    sections = [f"[[ ## {k} ## ]]\n{json.dumps(v) if not isinstance(v, str) else v}" for k, v in values.items()]
-    return "\n\n".join([*sections, "[[ ## completed ## ]]"])
+    return Fields({name: _typed_value(type_) for name, type_ in _OUTPUT_FIELD.findall(outputs)}).render(request)
 
 
 @pytest.mark.parametrize("page", RUN_PAGES)

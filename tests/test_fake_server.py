@@ -1035,6 +1035,8 @@ async def test_fields_answer_in_the_format_of_the_adapter_that_asked(adapter: st
         server.set_responses(Fields(lambda inputs: {"answer": inputs["question"].upper(), "confidence": 1}))
         pred = await qa(question="two\n\nparagraphs")
         assert (pred.answer, pred.confidence) == ("TWO\n\nPARAGRAPHS", 1.0)
+        # what the program sent, read back on the server's side as the adapter rendered it
+        assert server.request_log[-1].inputs == {"question": "two\n\nparagraphs"}
 
 
 def test_fields_usage_errors() -> None:

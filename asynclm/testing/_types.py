@@ -120,6 +120,14 @@ class FakeRequest:
                 return content_text(message.get("content"))
         return ""
 
+    @property
+    def inputs(self) -> dict[str, str]:
+        """The input fields as the adapter rendered them in the last user message (texts): what a
+        program asked, e.g. ``request.inputs["question"]``."""
+        from ._render import input_fields
+
+        return input_fields(self.messages)
+
 
 @dataclass(frozen=True)
 class Reply:
