@@ -72,6 +72,9 @@ _EXPORTS: dict[str, str] = {
     "LabeledFewShot": "asynclm.optimize",
     "BootstrapFewShot": "asynclm.optimize",
     "BootstrapFewShotWithRandomSearch": "asynclm.optimize",
+    "Ensemble": "asynclm.optimize",
+    "KNNFewShot": "asynclm.optimize",
+    "majority": "asynclm.optimize",
 }
 
 __all__ = ["__version__", *sorted(_EXPORTS)]
@@ -121,7 +124,10 @@ if TYPE_CHECKING:  # static checkers see the real names; at run time they load l
     from asynclm.optimize import (
         BootstrapFewShot as BootstrapFewShot,
         BootstrapFewShotWithRandomSearch as BootstrapFewShotWithRandomSearch,
+        Ensemble as Ensemble,
+        KNNFewShot as KNNFewShot,
         LabeledFewShot as LabeledFewShot,
+        majority as majority,
     )
     from asynclm.runtime import (
         Parallel as Parallel,

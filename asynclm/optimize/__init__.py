@@ -1,9 +1,11 @@
-"""Few-shot optimizers: ``LabeledFewShot``, ``BootstrapFewShot`` and
-``BootstrapFewShotWithRandomSearch``. Each ``compile`` is a coroutine with a ``.sync`` twin and
-returns a new program, leaving the given one untouched."""
+"""Optimizers: ``LabeledFewShot``, ``BootstrapFewShot``, ``BootstrapFewShotWithRandomSearch``,
+``KNNFewShot`` and ``Ensemble`` (with ``majority``). Each ``compile`` is a coroutine with a
+``.sync`` twin and returns a new program, leaving the given one untouched."""
 
 from ._base import Optimizer, Teleprompter
 from ._bootstrap import BootstrapFewShot
+from ._ensemble import Ensemble, EnsembledProgram, majority
+from ._knn import KNNFewShot
 from ._labeled import LabeledFewShot
 from ._random_search import BootstrapFewShotWithRandomSearch, Candidate, CandidatePrograms
 
@@ -12,7 +14,11 @@ __all__ = [
     "BootstrapFewShotWithRandomSearch",
     "Candidate",
     "CandidatePrograms",
+    "Ensemble",
+    "EnsembledProgram",
+    "KNNFewShot",
     "LabeledFewShot",
     "Optimizer",
     "Teleprompter",
+    "majority",
 ]

@@ -120,9 +120,7 @@ class BootstrapFewShot(Teleprompter):
         self.progress = progress
 
     @sync_twin
-    async def compile(
-        self, student: Module, *, trainset: Iterable[Example], teacher: Module | None = None
-    ) -> Module:
+    async def compile(self, student: Module, *, trainset: Iterable[Example], teacher: Module | None = None) -> Module:
         examples = check_trainset(trainset, "BootstrapFewShot")
         compiled = student.reset_copy()
         mark_compiled(compiled, False)
