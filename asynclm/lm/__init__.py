@@ -27,16 +27,19 @@ from ._errors import (
     ResponseTooLargeError,
     ServerError,
 )
+from ._fallback import DEFAULT_FALLBACK_ON, FallbackLM
 from ._history import inspect_history
 from ._local import LocalLM, LocalModelUnavailableError
 from ._models import LMResponse, StreamDelta, Usage
 from ._usage import UsageTracker, track_usage
 
 __all__ = [
+    "DEFAULT_FALLBACK_ON",
     "LM",
     "AuthenticationError",
     "BadRequestError",
     "ContextWindowExceededError",
+    "FallbackLM",
     "LMConnectionError",
     "LMError",
     "LMResponse",
