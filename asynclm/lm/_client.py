@@ -1,4 +1,8 @@
-"""``LM``: an OpenAI-compatible chat-completions client.
+"""``LM``: a chat-completions client for OpenAI-compatible servers and Anthropic's Messages API.
+
+The provider's wire format (URL path, headers, request and response bodies, stream events, error
+bodies) is a sans-I/O mapping in ``_wire/``, picked from the model prefix; everything here
+(transport, retries, limits, cache, usage, history, streaming) is the same for every provider.
 
 One ``LM`` object may be used from any number of tasks, threads, ``.sync()`` portals and event
 loops (asyncio and trio) at once:
@@ -155,18 +159,23 @@ def _shareable(error: BaseException) -> bool:
 
 
 class LM(SyncCallable):
-    """A chat-completions client for any OpenAI-compatible server.
+    """A chat-completions client for any OpenAI-compatible server, and for Anthropic's Messages API.
 
     ``resp = await lm("a prompt")`` or ``await lm(messages=[...], temperature=0.2, n=2)``;
     ``lm.sync(...)`` from synchronous code; ``async for delta in lm.stream(...)`` to stream.
 
     Args:
-        model: ``"openai/<model>"`` (any OpenAI-compatible server; ``<model>`` is sent as is and may
-            itself contain ``/``) or a bare ``"<model>"`` without ``/``.
-        base_url: the server's API root, ending in ``/v1`` (default OpenAI's).
-        api_key: the bearer token (default ``$OPENAI_API_KEY``). Never shown in ``repr``, history,
-            cache files or error messages.
-        temperature, max_tokens: default request parameters (omitted from the request when ``None``).
+        model: ``"openai/<model>"`` (any OpenAI-compatible server: OpenAI, vLLM, Ollama, Groq,
+            Together, OpenRouter, Gemini's OpenAI endpoint… with ``base_url``), ``"anthropic/<model>"``
+            (Anthropic's native Messages API), or a bare ``"<model>"`` without ``/`` (OpenAI).
+            ``<model>`` is sent as is and may itself contain ``/``. See docs/lm.md, Providers.
+        base_url: the server's API root, ending in ``/v1`` (default OpenAI's, or
+            ``https://api.anthropic.com/v1`` for ``anthropic/``).
+        api_key: the key (default ``$OPENAI_API_KEY``, or ``$ANTHROPIC_API_KEY`` for
+            ``anthropic/``), sent as a bearer token (as ``x-api-key`` to Anthropic). Never shown in
+            ``repr``, history, cache files or error messages.
+        temperature, max_tokens: default request parameters (omitted from the request when
+            ``None``; for ``anthropic/``, whose API requires ``max_tokens``, it defaults to 4096).
         cache: ``True`` (memory + SQLite file under ``asynclm.configure(cache_dir=...)``),
             ``"memory"`` (this process only) or ``False``. Overridable per call.
         max_retries: retries after the first attempt for 408/409/429/5xx, connection errors,
@@ -186,7 +195,8 @@ class LM(SyncCallable):
             64 MiB; a stream counts as a whole); a larger one raises
             ``ResponseTooLargeError``, not retried.
         **default_params: any other chat-completions parameter sent with every call
-            (``top_p``, ``stop``, ``response_format``, ``seed``…).
+            (``top_p``, ``stop``, ``response_format``, ``seed``…; for ``anthropic/`` these are
+            mapped to the Messages API: ``stop`` as ``stop_sequences``, ``n`` > 1 refused).
 
     Per-call keyword arguments are request parameters too, except ``cache``, ``timeout`` and
     ``rollout_id`` (a cache-key component to get distinct samples of one request; never sent).
