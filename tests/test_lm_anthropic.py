@@ -325,6 +325,11 @@ async def test_the_key_never_shows(server: FakeOpenAIServer) -> None:
     with pytest.raises(BadRequestError) as info:
         await lm("x")
     assert KEY not in str(info.value)
+    server.fail_next(Fault.stream_error(after_chunks=0, error_type="api_error", message=f"echo {KEY}"))
+    with pytest.raises(ServerError) as streamed:
+        async for _ in lm.stream("x"):
+            pass
+    assert KEY not in str(streamed.value) and "echo ***" in str(streamed.value)
     server.set_responses("fine")
     await lm("x")
     shown = [repr(lm), repr(vars(lm)), json.dumps(list(lm.history)), repr(lm._headers)]

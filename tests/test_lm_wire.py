@@ -11,6 +11,7 @@ from asynclm.lm import (
     AuthenticationError,
     BadRequestError,
     ContextWindowExceededError,
+    LMError,
     RateLimitError,
     ServerError,
     Usage,
@@ -85,16 +86,16 @@ def test_openai_response_check_and_errors() -> None:
 
 
 def test_openai_stream_parser() -> None:
-    parser = OPENAI.stream_parser(URL, "m")
+    parser = OPENAI.stream_parser(URL, "m", None)
     (delta,) = parser.feed('{"choices": [{"index": 0, "delta": {"content": "he"}}]}')
     assert delta.text == "he" and not parser.done
     (last,) = parser.feed('{"choices": [], "usage": {"prompt_tokens": 2, "completion_tokens": 3}}')
     assert last.usage == Usage(2, 3)
     assert parser.feed("[DONE]") == [] and parser.done
     with pytest.raises(ServerError, match="invalid JSON"):
-        OPENAI.stream_parser(URL, "m").feed("{oops")
+        OPENAI.stream_parser(URL, "m", None).feed("{oops")
     with pytest.raises(ServerError, match="reported an error: boom"):
-        OPENAI.stream_parser(URL, "m").feed('{"error": {"message": "boom"}}')
+        OPENAI.stream_parser(URL, "m", None).feed('{"error": {"message": "boom"}}')
 
 
 # -- Anthropic: the request ------------------------------------------------------------------------------
@@ -383,7 +384,7 @@ data: {"type": "message_stop"}
 
 
 def test_anthropic_stream_events() -> None:
-    parser = ANTHROPIC.stream_parser(URL, "claude-x")
+    parser = ANTHROPIC.stream_parser(URL, "claude-x", None)
     decoder = SSEDecoder()
     deltas = [d for event in decoder.feed(STREAM) for d in parser.feed(event)]
     assert parser.done
@@ -405,7 +406,7 @@ def test_anthropic_stream_events() -> None:
     ],
 )
 def test_anthropic_stream_error_events(kind: str, error_class: type[Exception]) -> None:
-    parser = ANTHROPIC.stream_parser(URL, "claude-x")
+    parser = ANTHROPIC.stream_parser(URL, "claude-x", None)
     event = json.dumps({"type": "error", "error": {"type": kind, "message": "it broke"}})
     with pytest.raises(error_class, match=rf"reported an error \({kind}\): it broke"):
         parser.feed(event)
@@ -413,8 +414,23 @@ def test_anthropic_stream_error_events(kind: str, error_class: type[Exception]) 
 
 def test_anthropic_stream_malformed_events() -> None:
     with pytest.raises(ServerError, match="invalid JSON"):
-        ANTHROPIC.stream_parser(URL, "m").feed('{"type": "content_block_delta", ')
+        ANTHROPIC.stream_parser(URL, "m", None).feed('{"type": "content_block_delta", ')
     with pytest.raises(ServerError, match="non-object"):
-        ANTHROPIC.stream_parser(URL, "m").feed("[1]")
-    parser = ANTHROPIC.stream_parser(URL, "m")
+        ANTHROPIC.stream_parser(URL, "m", None).feed("[1]")
+    parser = ANTHROPIC.stream_parser(URL, "m", None)
     assert parser.feed('{"type": "some_future_event"}') == [] and not parser.done
+
+
+@pytest.mark.parametrize("wire", [OPENAI, ANTHROPIC], ids=["openai", "anthropic"])
+def test_stream_errors_never_show_the_key(wire: object) -> None:
+    parser = wire.stream_parser(URL, "m", "sk-SECRET-1")  # type: ignore[attr-defined]
+    for event in (
+        '{"type": "error", "error": {"type": "api_error", "message": "bad key sk-SECRET-1"}}',
+        '{"error": {"message": "bad key sk-SECRET-1"}}',
+        "not json sk-SECRET-1",
+    ):
+        try:
+            parser.feed(event)
+        except LMError as exc:
+            assert "sk-SECRET-1" not in str(exc)
+            assert "***" in str(exc)

@@ -766,7 +766,7 @@ class LM(SyncCallable):
                     raise
                 raise self._deadline_error(timeout, attempts) from None
             decoder = SSEDecoder()
-            parser = self._wire.stream_parser(self._url, self.model_name)
+            parser = self._wire.stream_parser(self._url, self.model_name, self._key.value)
             chunks = response.aiter_bytes().__aiter__()
             done = False
             while not done:

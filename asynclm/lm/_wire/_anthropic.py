@@ -332,11 +332,13 @@ class AnthropicResponse(LMResponse):
 # -- errors ----------------------------------------------------------------------------------------------
 
 
-def error_from_event(error: Any, *, url: str, model: str) -> LMError:
+def error_from_event(error: Any, *, url: str, model: str, secret: str | None = None) -> LMError:
     """The typed error of an ``error`` event in a stream (the HTTP status was 200 then)."""
     kind = error.get("type") if isinstance(error, dict) else None
     message = error.get("message") if isinstance(error, dict) else error
     text = f"the stream from {url} reported an error ({kind or 'unknown'}): {message}"
+    if secret:
+        text = text.replace(secret, "***")
     status = ERROR_STATUS.get(kind) if isinstance(kind, str) else None
     lowered = str(message).lower()
     if status == 429:
@@ -365,17 +367,17 @@ class AnthropicStreamParser(StreamParser):
 
     final_event = "message_stop"
 
-    def __init__(self, url: str, model: str) -> None:
-        super().__init__(url, model)
+    def __init__(self, url: str, model: str, secret: str | None = None) -> None:
+        super().__init__(url, model, secret)
         self._usage: dict[str, Any] = {}
 
     def feed(self, event: str) -> list[StreamDelta]:
         try:
             data = _loads(event)
         except ValueError:
-            raise ServerError(f"the stream from {self.url} sent invalid JSON: {event[:200]!r}") from None
+            raise ServerError(self.scrub(f"the stream from {self.url} sent invalid JSON: {event[:200]!r}")) from None
         if not isinstance(data, dict):
-            raise ServerError(f"the stream from {self.url} sent a non-object event: {event[:200]!r}")
+            raise ServerError(self.scrub(f"the stream from {self.url} sent a non-object event: {event[:200]!r}"))
         kind = data.get("type")
         if kind == "content_block_delta":
             delta = data.get("delta")
@@ -407,7 +409,7 @@ class AnthropicStreamParser(StreamParser):
             self.done = True
             return []
         if kind == "error":
-            raise error_from_event(data.get("error"), url=self.url, model=self.model)
+            raise error_from_event(data.get("error"), url=self.url, model=self.model, secret=self.secret)
         return []  # ping, content_block_stop, and event types added later
 
 
@@ -480,8 +482,8 @@ class AnthropicWire(WireFormat):
         body["stream"] = True
         return False  # usage always comes in message_start and message_delta
 
-    def stream_parser(self, url: str, model: str) -> StreamParser:
-        return AnthropicStreamParser(url, model)
+    def stream_parser(self, url: str, model: str, secret: str | None) -> StreamParser:
+        return AnthropicStreamParser(url, model, secret)
 
 
 ANTHROPIC = AnthropicWire()

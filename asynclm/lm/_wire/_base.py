@@ -14,19 +14,25 @@ __all__ = ["StreamParser", "WireFormat"]
 class StreamParser:
     """Turns the data of each server-sent event of one stream into deltas.
 
-    ``feed`` raises a typed ``LMError`` for an error event or a malformed one; ``done`` becomes
-    true at the stream's final event (a stream that ends before it is truncated).
+    ``feed`` raises a typed ``LMError`` for an error event or a malformed one (the API key
+    scrubbed from anything the server sent); ``done`` becomes true at the stream's final event (a
+    stream that ends before it is truncated).
     """
 
-    __slots__ = ("done", "model", "url")
+    __slots__ = ("done", "model", "secret", "url")
 
     #: what the final event is called, for the message of a truncated stream
     final_event = "final"
 
-    def __init__(self, url: str, model: str) -> None:
+    def __init__(self, url: str, model: str, secret: str | None = None) -> None:
         self.url = url
         self.model = model
+        self.secret = secret
         self.done = False
+
+    def scrub(self, text: str) -> str:
+        """``text`` without the API key (a server may echo it back)."""
+        return text.replace(self.secret, "***") if self.secret else text
 
     def feed(self, event: str) -> list[StreamDelta]:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -90,8 +96,8 @@ class WireFormat:
         ``stream_options`` (which a server may reject: the LM then asks again without)."""
         raise NotImplementedError
 
-    def stream_parser(self, url: str, model: str) -> StreamParser:  # pragma: no cover - abstract
-        """A parser for the events of one stream."""
+    def stream_parser(self, url: str, model: str, secret: str | None) -> StreamParser:  # pragma: no cover
+        """A parser for the events of one stream (``secret``: the API key, kept out of errors)."""
         raise NotImplementedError
 
     def __repr__(self) -> str:

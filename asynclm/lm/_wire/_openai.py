@@ -34,13 +34,15 @@ class OpenAIStreamParser(StreamParser):
         try:
             chunk = _loads(event)
         except ValueError:
-            raise ServerError(f"the stream from {self.url} sent invalid JSON: {event[:200]!r}") from None
+            raise ServerError(self.scrub(f"the stream from {self.url} sent invalid JSON: {event[:200]!r}")) from None
         if not isinstance(chunk, dict):
-            raise ServerError(f"the stream from {self.url} sent a non-object chunk: {event[:200]!r}")
+            raise ServerError(self.scrub(f"the stream from {self.url} sent a non-object chunk: {event[:200]!r}"))
         if "error" in chunk:
             err = chunk["error"]
             message = err.get("message") if isinstance(err, dict) else err
-            raise ServerError(f"the stream from {self.url} reported an error: {message}", model=self.model)
+            raise ServerError(
+                self.scrub(f"the stream from {self.url} reported an error: {message}"), model=self.model
+            )
         usage = Usage.from_json(chunk["usage"]) if chunk.get("usage") else None
         out: list[StreamDelta] = []
         for choice in chunk.get("choices") or ():
@@ -131,8 +133,8 @@ class OpenAIWire(WireFormat):
         body["stream_options"] = {"include_usage": True}
         return True
 
-    def stream_parser(self, url: str, model: str) -> StreamParser:
-        return OpenAIStreamParser(url, model)
+    def stream_parser(self, url: str, model: str, secret: str | None) -> StreamParser:
+        return OpenAIStreamParser(url, model, secret)
 
 
 OPENAI = OpenAIWire()
