@@ -335,3 +335,18 @@ def test_configure_accepts_it() -> None:
     lm = FallbackLM(["openai/a", "openai/b"])
     asynclm.configure(lm=lm)
     assert asynclm.settings.lm is lm
+
+
+async def test_each_lm_keeps_its_limits_in_a_batch(servers: tuple[FakeOpenAIServer, FakeOpenAIServer]) -> None:
+    one, two = servers
+    two.set_responses(Fields(answer="from the secondary"))
+    two.latency = 0.02
+    primary = make_lm(one, "openai/primary-model", max_retries=0)
+    secondary = make_lm(two, "openai/secondary-model", max_concurrency=2)
+    lm = FallbackLM([primary, secondary])
+    one.fail_next(Fault.rate_limit(), times=12)
+    qa = asynclm.Predict("question -> answer", lm=lm)
+    preds = await qa.batch([{"question": f"q{i}"} for i in range(12)], concurrency=12)
+    assert [p.answer for p in preds] == ["from the secondary"] * 12
+    assert one.requests == 12 and two.requests == 12
+    assert two.max_in_flight <= 2 and secondary.peak_concurrency == 2
