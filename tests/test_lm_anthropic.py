@@ -86,6 +86,7 @@ async def test_max_tokens_and_finish_reason_length(server: FakeOpenAIServer) -> 
     server.set_responses(Reply("trunc", finish_reason="length"))
     lm = make_lm(server, max_tokens=20)
     assert repr(lm) == f"LM('anthropic/claude-fake', base_url='{server.base_url}', max_tokens=20)"
+    assert lm.provider == "anthropic" and LM("openai/m", api_key="k").provider == "openai"
     resp = await lm("go")
     assert resp.finish_reason == "length" and server.last_request.json["max_tokens"] == 20
     await lm("go", max_tokens=None)  # the API requires it: the default is sent

@@ -202,6 +202,7 @@ class LM(SyncCallable):
     ``rollout_id`` (a cache-key component to get distinct samples of one request; never sent).
 
     Attributes:
+        provider: the API spoken, from the model prefix: ``"openai"`` or ``"anthropic"``.
         history: the last 100 calls of this LM (JSON-able dicts), oldest first.
         backoff_base, backoff_max: the exponential backoff between retries (seconds; default 0.5
             doubling up to 8, jittered), used when the server sends no ``Retry-After``.
@@ -276,6 +277,7 @@ class LM(SyncCallable):
 
         self.model = model
         self.model_name = name
+        self.provider = wire.name
         self._wire: WireFormat = wire
         self._to_wire = wire.to_wire
         self.base_url = (base_url or wire.default_base_url).rstrip("/")
