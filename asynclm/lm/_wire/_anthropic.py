@@ -423,7 +423,6 @@ class AnthropicWire(WireFormat):
     path = "/messages"
     default_base_url = "https://api.anthropic.com/v1"
     key_env = "ANTHROPIC_API_KEY"
-    secret_headers = frozenset({"x-api-key", "authorization"})
     request_id_header = "request-id"
     default_max_tokens = DEFAULT_MAX_TOKENS
 

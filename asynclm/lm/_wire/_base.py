@@ -46,7 +46,6 @@ class WireFormat:
         path: the endpoint under ``base_url`` (``"/chat/completions"``).
         default_base_url: used when ``LM(base_url=None)``.
         key_env: the environment variable read when ``LM(api_key=None)``.
-        secret_headers: header names whose values are masked in reprs.
         request_id_header: the response header carrying the server's request id.
         default_max_tokens: sent when the call sets no ``max_tokens`` (``None``: not sent).
         to_wire: maps asynclm's request body to the provider's (``None``: sent as built).
@@ -57,7 +56,6 @@ class WireFormat:
     path: str
     default_base_url: str
     key_env: str
-    secret_headers: frozenset[str]
     request_id_header: str
     default_max_tokens: int | None = None
     to_wire: Callable[[dict[str, Any]], dict[str, Any]] | None = None

@@ -72,7 +72,6 @@ class OpenAIWire(WireFormat):
     path = "/chat/completions"
     default_base_url = "https://api.openai.com/v1"
     key_env = "OPENAI_API_KEY"
-    secret_headers = frozenset({"authorization"})
     request_id_header = "x-request-id"
     default_max_tokens = None
     to_wire = None
