@@ -40,6 +40,7 @@ _EXPORTS: dict[str, str] = {
     # lm
     "LM": "asynclm.lm",
     "LocalLM": "asynclm.lm",
+    "FallbackLM": "asynclm.lm",
     "LocalModelUnavailableError": "asynclm.lm",
     "LMResponse": "asynclm.lm",
     "Usage": "asynclm.lm",
@@ -95,6 +96,7 @@ if TYPE_CHECKING:  # static checkers see the real names; at run time they load l
         AuthenticationError as AuthenticationError,
         BadRequestError as BadRequestError,
         ContextWindowExceededError as ContextWindowExceededError,
+        FallbackLM as FallbackLM,
         LMConnectionError as LMConnectionError,
         LMError as LMError,
         LMResponse as LMResponse,

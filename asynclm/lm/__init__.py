@@ -1,15 +1,17 @@
-"""The LM client: an OpenAI-compatible chat-completions client with retries, a total deadline,
-process-wide concurrency/rate limits, a persistent cache with single-flight, usage tracking,
-history and streaming. See ``docs/lm.md``.
+"""The LM client: a chat-completions client (OpenAI-compatible servers, Anthropic's Messages API)
+with retries, a total deadline, process-wide concurrency/rate limits, a persistent cache with
+single-flight, usage tracking, history and streaming; ``FallbackLM`` to move a call to the next
+model on a transient error. See ``docs/lm.md``.
 
 Errors (all subclasses of ``LMError``)::
 
     LMError
-    ├── RateLimitError               429, after the retries
+    ├── RateLimitError               429 (Anthropic: rate_limit_error), after the retries
     ├── AuthenticationError          401/403, or no API key
-    ├── BadRequestError              400/404/422 and other 4xx
+    ├── BadRequestError              400/404/422 and other 4xx; n > 1 for Anthropic
     │   └── ContextWindowExceededError
-    ├── ServerError                  5xx/409 or a malformed response, after the retries
+    ├── ServerError                  5xx/409 (Anthropic: 529 overloaded_error) or a malformed
+    │                                response, after the retries
     ├── LMConnectionError            refused/reset/truncated, after the retries
     ├── ResponseTooLargeError        a body beyond max_response_bytes (never retried)
     └── LMTimeoutError               the call's deadline (also a TimeoutError), or 408
@@ -27,16 +29,19 @@ from ._errors import (
     ResponseTooLargeError,
     ServerError,
 )
+from ._fallback import DEFAULT_FALLBACK_ON, FallbackLM
 from ._history import inspect_history
 from ._local import LocalLM, LocalModelUnavailableError
 from ._models import LMResponse, StreamDelta, Usage
 from ._usage import UsageTracker, track_usage
 
 __all__ = [
+    "DEFAULT_FALLBACK_ON",
     "LM",
     "AuthenticationError",
     "BadRequestError",
     "ContextWindowExceededError",
+    "FallbackLM",
     "LMConnectionError",
     "LMError",
     "LMResponse",

@@ -1,4 +1,8 @@
-"""``LM``: an OpenAI-compatible chat-completions client.
+"""``LM``: a chat-completions client for OpenAI-compatible servers and Anthropic's Messages API.
+
+The provider's wire format (URL path, headers, request and response bodies, stream events, error
+bodies) is a sans-I/O mapping in ``_wire/``, picked from the model prefix; everything here
+(transport, retries, limits, cache, usage, history, streaming) is the same for every provider.
 
 One ``LM`` object may be used from any number of tasks, threads, ``.sync()`` portals and event
 loops (asyncio and trio) at once:
@@ -37,11 +41,10 @@ from ._errors import (
     LMTimeoutError,
     ResponseTooLargeError,
     ServerError,
-    error_for_status,
 )
 from ._history import global_history
 from ._models import LMResponse, StreamDelta, Usage
-from ._retry import backoff_delay, is_retryable_status, parse_retry_after
+from ._retry import backoff_delay, parse_retry_after
 from ._stream import SSEDecoder
 from ._transports import (
     DEFAULT_MAX_RESPONSE_BYTES,
@@ -55,6 +58,7 @@ from ._transports import (
 )
 from ._transports._base import LimitingTransport
 from ._usage import record_usage
+from ._wire import WireFormat, providers, wire_format
 
 __all__ = ["LM"]
 
@@ -86,10 +90,13 @@ class _Secret:
 
 
 class _Headers(dict[str, str]):
-    """The request headers; the repr masks the Authorization value."""
+    """The request headers; the repr masks the API key's header (Authorization, x-api-key)."""
 
     def __repr__(self) -> str:
-        return repr({k: "***" if k == "authorization" else v for k, v in self.items()})
+        return repr({k: "***" if k in _SECRET_HEADERS else v for k, v in self.items()})
+
+
+_SECRET_HEADERS = frozenset({"authorization", "x-api-key", "api-key"})
 
 
 class StreamMethod:
@@ -152,18 +159,23 @@ def _shareable(error: BaseException) -> bool:
 
 
 class LM(SyncCallable):
-    """A chat-completions client for any OpenAI-compatible server.
+    """A chat-completions client for any OpenAI-compatible server, and for Anthropic's Messages API.
 
     ``resp = await lm("a prompt")`` or ``await lm(messages=[...], temperature=0.2, n=2)``;
     ``lm.sync(...)`` from synchronous code; ``async for delta in lm.stream(...)`` to stream.
 
     Args:
-        model: ``"openai/<model>"`` (any OpenAI-compatible server; ``<model>`` is sent as is and may
-            itself contain ``/``) or a bare ``"<model>"`` without ``/``.
-        base_url: the server's API root, ending in ``/v1`` (default OpenAI's).
-        api_key: the bearer token (default ``$OPENAI_API_KEY``). Never shown in ``repr``, history,
-            cache files or error messages.
-        temperature, max_tokens: default request parameters (omitted from the request when ``None``).
+        model: ``"openai/<model>"`` (any OpenAI-compatible server: OpenAI, vLLM, Ollama, Groq,
+            Together, OpenRouter, Gemini's OpenAI endpoint… with ``base_url``), ``"anthropic/<model>"``
+            (Anthropic's native Messages API), or a bare ``"<model>"`` without ``/`` (OpenAI).
+            ``<model>`` is sent as is and may itself contain ``/``. See docs/lm.md, Providers.
+        base_url: the server's API root, ending in ``/v1`` (default OpenAI's, or
+            ``https://api.anthropic.com/v1`` for ``anthropic/``).
+        api_key: the key (default ``$OPENAI_API_KEY``, or ``$ANTHROPIC_API_KEY`` for
+            ``anthropic/``), sent as a bearer token (as ``x-api-key`` to Anthropic). Never shown in
+            ``repr``, history, cache files or error messages.
+        temperature, max_tokens: default request parameters (omitted from the request when
+            ``None``; for ``anthropic/``, whose API requires ``max_tokens``, it defaults to 4096).
         cache: ``True`` (memory + SQLite file under ``asynclm.configure(cache_dir=...)``),
             ``"memory"`` (this process only) or ``False``. Overridable per call.
         max_retries: retries after the first attempt for 408/409/429/5xx, connection errors,
@@ -183,12 +195,14 @@ class LM(SyncCallable):
             64 MiB; a stream counts as a whole); a larger one raises
             ``ResponseTooLargeError``, not retried.
         **default_params: any other chat-completions parameter sent with every call
-            (``top_p``, ``stop``, ``response_format``, ``seed``…).
+            (``top_p``, ``stop``, ``response_format``, ``seed``…; for ``anthropic/`` these are
+            mapped to the Messages API: ``stop`` as ``stop_sequences``, ``n`` > 1 refused).
 
     Per-call keyword arguments are request parameters too, except ``cache``, ``timeout`` and
     ``rollout_id`` (a cache-key component to get distinct samples of one request; never sent).
 
     Attributes:
+        provider: the API spoken, from the model prefix: ``"openai"`` or ``"anthropic"``.
         history: the last 100 calls of this LM (JSON-able dicts), oldest first.
         backoff_base, backoff_max: the exponential backoff between retries (seconds; default 0.5
             doubling up to 8, jittered), used when the server sends no ``Retry-After``.
@@ -228,11 +242,13 @@ class LM(SyncCallable):
         provider, slash, name = model.partition("/")
         if not slash:
             provider, name = "openai", model
-        if provider != "openai" or not name:
+        wire = wire_format(provider)
+        if wire is None or not name:
             raise ValueError(
-                f"LM({model!r}): unknown provider prefix {provider!r}. Use 'openai/<model>' for any "
-                "OpenAI-compatible server (OpenAI, vLLM, Ollama, llama.cpp, Together, Groq…) with base_url= "
-                f"pointing at it, e.g. LM('openai/{model}', base_url='http://localhost:8000/v1')."
+                f"LM({model!r}): unknown provider prefix {provider!r} (known: "
+                f"{', '.join(repr(p + '/') for p in providers())}). Use 'openai/<model>' for any "
+                "OpenAI-compatible server (OpenAI, vLLM, Ollama, llama.cpp, Together, Groq, OpenRouter, Gemini…) "
+                f"with base_url= pointing at it, e.g. LM('openai/{name or model}', base_url='http://localhost:8000/v1')."
             )
         _check_cache(cache, "LM")
         if not isinstance(max_retries, int) or max_retries < 0:
@@ -261,13 +277,16 @@ class LM(SyncCallable):
 
         self.model = model
         self.model_name = name
-        self.base_url = (base_url or DEFAULT_BASE_URL).rstrip("/")
-        self._url = self.base_url + "/chat/completions"
+        self.provider = wire.name
+        self._wire: WireFormat = wire
+        self._to_wire = wire.to_wire
+        self.base_url = (base_url or wire.default_base_url).rstrip("/")
+        self._url = self.base_url + wire.path
         try:
             check_url(self._url)
         except ValueError as exc:
             raise ValueError(f"LM(base_url=...): {exc}") from None
-        self._key = _Secret(api_key if api_key is not None else os.environ.get("OPENAI_API_KEY"))
+        self._key = _Secret(api_key if api_key is not None else os.environ.get(wire.key_env))
         if self._key.value:
             try:
                 check_header_value("Authorization", self._key.value)
@@ -287,6 +306,8 @@ class LM(SyncCallable):
         self.max_response_bytes = max_response_bytes
         self.backoff_base = 0.5
         self.backoff_max = 8.0
+        if max_tokens is None and "max_completion_tokens" not in default_params:
+            max_tokens = wire.default_max_tokens  # a required parameter for some providers
         params = {"temperature": temperature, "max_tokens": max_tokens, **default_params}
         self.default_params: dict[str, Any] = {k: v for k, v in params.items() if v is not None}
         self.history: deque[dict[str, Any]] = deque(maxlen=HISTORY_SIZE)
@@ -308,10 +329,7 @@ class LM(SyncCallable):
             self._transport_factory = ssl_transport_factory(ssl_context)
 
     def _make_headers(self) -> _Headers:
-        headers = _Headers({"content-type": "application/json", "accept": "application/json"})
-        if self._key.value:
-            headers["authorization"] = f"Bearer {self._key.value}"
-        return headers
+        return _Headers(self._wire.headers(self._key.value))
 
     def __repr__(self) -> str:
         extra = "".join(f", {k}={v!r}" for k, v in self.default_params.items())
@@ -363,7 +381,7 @@ class LM(SyncCallable):
                 response = await self._resolve(body, use_cache, rollout_id, attempts, deadline)
             else:  # inline, not through _resolve: one coroutine frame less per call in flight
                 _, raw = await self._request(self._encode(body, canonical=False), body, attempts, False, deadline)
-                response = LMResponse.from_json(raw, self.model_name, False)
+                response = self._wire.response(raw, self.model_name, False)
         except TimeoutError as exc:
             if isinstance(exc, LMError):
                 self._record_error(body, exc, started, t0)
@@ -404,6 +422,8 @@ class LM(SyncCallable):
         return body
 
     def _encode(self, body: dict[str, Any], canonical: bool) -> bytes:
+        if self._to_wire is not None:  # a provider whose API has another shape (Anthropic)
+            body = self._to_wire(body)
         try:
             if canonical:
                 return _dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
@@ -448,7 +468,7 @@ class LM(SyncCallable):
                 memory_cache.put(key, payload)
                 if disk is not None:
                     disk.put(key, payload)
-                return LMResponse.from_json(raw, self.model_name, False)
+                return self._wire.response(raw, self.model_name, False)
             finally:
                 flight.limiter.release()
         finally:
@@ -456,7 +476,7 @@ class LM(SyncCallable):
 
     def _from_cache(self, payload: bytes) -> LMResponse:
         # parsed anew for each hit, so that no two callers share (and can mutate) one dict
-        return LMResponse.from_json(_loads(payload), self.model_name, True)
+        return self._wire.response(_loads(payload), self.model_name, True)
 
     # -- one request, with limits and retries ----------------------------------------------------
 
@@ -480,16 +500,16 @@ class LM(SyncCallable):
             self._paused_until = max(self._paused_until, time.monotonic() + seconds)
 
     def _check_key(self) -> None:
-        if self._key.value or self.base_url != DEFAULT_BASE_URL:
+        if self._key.value or self.base_url != self._wire.default_base_url:
             return
-        key = os.environ.get("OPENAI_API_KEY")
+        key = os.environ.get(self._wire.key_env)
         if key:  # set after this LM was made
             self._key = _Secret(key)
             self._headers = self._make_headers()
             return
         raise AuthenticationError(
             f"no API key for {self.model!r} at {self.base_url}: pass LM(..., api_key=...) or set "
-            "OPENAI_API_KEY (or point base_url= at a server that needs none)",
+            f"{self._wire.key_env} (or point base_url= at a server that needs none)",
             model=self.model_name,
         )
 
@@ -573,13 +593,13 @@ class LM(SyncCallable):
                         payload = response.body
                     if 200 <= status < 300 and not stream:
                         try:
-                            raw, used = _check_completion(payload)
+                            raw, used = self._wire.check(payload)
                         except ValueError as exc:
                             error = ServerError(
-                                f"{status} from {self._url} with an invalid chat-completion body ({exc}): "
-                                f"{payload[:200]!r}",
+                                f"{status} from {self._url} with an invalid {self._wire.name} completion body "
+                                f"({exc}): {payload[:200]!r}",
                                 status=status,
-                                request_id=response.headers.get("x-request-id"),
+                                request_id=response.headers.get(self._wire.request_id_header),
                                 model=self.model_name,
                             )
                         else:
@@ -588,16 +608,16 @@ class LM(SyncCallable):
                             return payload, raw
                     else:
                         retry_after = parse_retry_after(response.headers)
-                        error = error_for_status(
+                        error = self._wire.error(
                             status,
                             payload,
                             url=self._url,
                             model=self.model_name,
-                            request_id=response.headers.get("x-request-id"),
+                            request_id=response.headers.get(self._wire.request_id_header),
                             retry_after=retry_after,
                             secret=self._key.value,
                         )
-                        retryable = is_retryable_status(status) and b"insufficient_quota" not in payload
+                        retryable = self._wire.retryable(status, payload)
                         if status == 429 and retry_after and retryable:
                             self._pause(min(retry_after, 60.0))
                 if self._tpm is not None:
@@ -719,10 +739,7 @@ class LM(SyncCallable):
         params.pop("cache", None)
         params.pop("rollout_id", None)
         body = self._body(prompt, messages, params)
-        body["stream"] = True
-        asked_usage = "stream_options" not in body
-        if asked_usage:
-            body["stream_options"] = {"include_usage": True}
+        asked_usage = self._wire.stream_request(body)
         data = self._encode(body, canonical=False)
         started = time.time()
         t0 = time.perf_counter()
@@ -751,6 +768,7 @@ class LM(SyncCallable):
                     raise
                 raise self._deadline_error(timeout, attempts) from None
             decoder = SSEDecoder()
+            parser = self._wire.stream_parser(self._url, self.model_name, self._key.value)
             chunks = response.aiter_bytes().__aiter__()
             done = False
             while not done:
@@ -770,18 +788,18 @@ class LM(SyncCallable):
                         f"{self._transport_message(exc, 'failed')} (the stream broke)", model=self.model_name
                     ) from None
                 for event in decoder.feed(chunk):
-                    if event == "[DONE]":
-                        done = True
-                        break
-                    for delta in self._deltas(event):
+                    for delta in parser.feed(event):
                         if delta.usage is not None:
                             usage = delta.usage
                         if delta.text:
                             texts.setdefault(delta.index, []).append(delta.text)
                         yield delta
+                    if parser.done:
+                        done = True
+                        break
             if not done:
                 raise LMConnectionError(
-                    f"the stream from {self._url} ended before its [DONE] event (truncated response)",
+                    f"the stream from {self._url} ended before its {parser.final_event} event (truncated response)",
                     model=self.model_name,
                 )
         except BaseException as exc:
@@ -803,53 +821,6 @@ class LM(SyncCallable):
                 record_usage(self.model_name, used, False)
                 outputs = ["".join(texts[i]) for i in sorted(texts)]
                 self._record(body, outputs, used, False, started, t0)
-
-    def _deltas(self, event: str) -> list[StreamDelta]:
-        try:
-            chunk = _loads(event)
-        except ValueError:
-            raise ServerError(f"the stream from {self._url} sent invalid JSON: {event[:200]!r}") from None
-        if not isinstance(chunk, dict):
-            raise ServerError(f"the stream from {self._url} sent a non-object chunk: {event[:200]!r}")
-        if "error" in chunk:
-            err = chunk["error"]
-            message = err.get("message") if isinstance(err, dict) else err
-            raise ServerError(f"the stream from {self._url} reported an error: {message}", model=self.model_name)
-        usage = Usage.from_json(chunk["usage"]) if chunk.get("usage") else None
-        out: list[StreamDelta] = []
-        for choice in chunk.get("choices") or ():
-            delta = choice.get("delta") or {}
-            content = delta.get("content")
-            out.append(
-                StreamDelta(
-                    content if isinstance(content, str) else "",
-                    choice.get("index", 0),
-                    choice.get("finish_reason"),
-                    None,
-                    chunk,
-                )
-            )
-        if usage is not None:
-            if out:
-                out[-1].usage = usage
-            else:
-                out.append(StreamDelta("", 0, None, usage, chunk))
-        return out
-
-
-def _check_completion(payload: bytes) -> tuple[dict[str, Any], int]:
-    """Decode a 2xx body and check it is a chat completion; return it and its total tokens."""
-    raw = _loads(payload)  # ValueError (JSONDecodeError) if malformed
-    if not isinstance(raw, dict):
-        raise ValueError("not a JSON object")
-    choices = raw.get("choices")
-    if not isinstance(choices, list) or not choices:
-        if "error" in raw:
-            raise ValueError(f"error object: {raw['error']!r}"[:300])
-        raise ValueError("no 'choices'")
-    usage = raw.get("usage")
-    total = usage.get("total_tokens") if isinstance(usage, dict) else None
-    return raw, total if isinstance(total, int) else 0
 
 
 def _check_cache(cache: Any, what: str) -> None:

@@ -106,6 +106,7 @@ _CONTEXT_MARKERS = (
     "prompt is too long",
     "exceeds the context",
     "reduce the length",
+    "exceed context limit",
 )
 
 
@@ -135,8 +136,11 @@ def error_for_status(
     request_id: str | None,
     retry_after: float | None,
     secret: str | None,
+    key_env: str = "OPENAI_API_KEY",
 ) -> LMError:
-    """The typed error for a non-2xx response (the retry decision is the caller's)."""
+    """The typed error for a non-2xx response (the retry decision is the caller's).
+
+    ``key_env`` names the API-key variable in the hint of a 401."""
     message, code = _server_message(body)
     if secret:
         message = message.replace(secret, "***")
@@ -159,7 +163,7 @@ def error_for_status(
         return BadRequestError(f"{where}{detail}", **kw)
     if status in (401, 403):
         hint = (
-            "check the API key (api_key= or OPENAI_API_KEY)"
+            f"check the API key (api_key= or {key_env})"
             if status == 401
             else "the API key lacks permission for this model or endpoint"
         )

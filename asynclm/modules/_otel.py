@@ -95,7 +95,7 @@ class OpenTelemetryCallback(Callback):
     def on_lm_start(self, call_id: str, instance: Any, inputs: dict[str, Any]) -> None:
         model = getattr(instance, "model_name", None) or getattr(instance, "model", None)
         attributes: dict[str, Any] = {
-            "gen_ai.system": "openai",
+            "gen_ai.system": getattr(instance, "provider", None) or "openai",
             "gen_ai.request.model": model,
             "gen_ai.request.temperature": inputs.get("temperature"),
             "gen_ai.request.max_tokens": inputs.get("max_tokens"),

@@ -14,6 +14,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any
 
+from . import _anthropic
 from ._http import (
     Connection,
     Exchange,
@@ -191,7 +192,17 @@ class ServerCore:
                     error_body(f"{raw.method} is not allowed on {route}; use POST", "invalid_request_error"),
                 )
             else:
-                self._chat(conn, raw)
+                self._chat(conn, raw, "openai")
+        elif route.endswith("/messages"):
+            if raw.method != "POST":
+                self._simple(
+                    conn,
+                    raw,
+                    405,
+                    _anthropic.error_body(f"{raw.method} is not allowed on {route}; use POST", "invalid_request_error"),
+                )
+            else:
+                self._chat(conn, raw, "anthropic")
         elif route.endswith("/models") and raw.method == "GET":
             data = [{"id": m, "object": "model", "created": 0, "owned_by": "asynclm"} for m in self.models]
             self._simple(conn, raw, 200, dumps({"object": "list", "data": data}))
@@ -204,7 +215,7 @@ class ServerCore:
                 404,
                 error_body(
                     f"FakeOpenAIServer has no route {raw.method} {route}; it serves POST "
-                    "/v1/chat/completions "
+                    "/v1/chat/completions, POST /v1/messages (Anthropic) "
                     "and GET /v1/models",
                     "invalid_request_error",
                     "unknown_url",
@@ -216,10 +227,10 @@ class ServerCore:
         conn.exchange = exchange
         exchange.send(status, body)
 
-    def _chat(self, conn: Connection, raw: RawRequest) -> None:
+    def _chat(self, conn: Connection, raw: RawRequest, api: str) -> None:
         self.requests += 1
         index = self.requests
-        exchange = Exchange(conn, raw.keep_alive, f"req_fake_{index}")
+        exchange = Exchange(conn, raw.keep_alive, f"req_fake_{index}", api)
         conn.exchange = exchange
         exchange.counted = True
         self.in_flight += 1
@@ -232,14 +243,23 @@ class ServerCore:
             error: str | None = f"the request body is not valid JSON ({exc})"
         else:
             error = None
-        request = FakeRequest(index, raw.method, raw.path, raw.headers, raw.body, body)
+        request = FakeRequest(index, raw.method, raw.path, raw.headers, raw.body, body, api)
         self.request_log.append(request)
+        anthropic = api == "anthropic"
         if error is None:
-            error = self._validate(body)
+            error = _anthropic.validate(body, raw.headers) if anthropic else self._validate(body)
         if error is not None:
             exchange.send_error(400, error, "invalid_request_error")
             return
-        if self.api_key is not None and raw.headers.get("authorization") != f"Bearer {self.api_key}":
+        if anthropic:
+            if self.api_key is not None and raw.headers.get("x-api-key") != self.api_key:
+                exchange.send_error(
+                    401,
+                    "invalid x-api-key (FakeOpenAIServer expects 'x-api-key: <api_key>' with the api_key it was given)",
+                    "authentication_error",
+                )
+                return
+        elif self.api_key is not None and raw.headers.get("authorization") != f"Bearer {self.api_key}":
             exchange.send(
                 401,
                 error_body(
@@ -441,6 +461,9 @@ class ServerCore:
 
     def _completion(self, request: FakeRequest, reply: Reply) -> bytes:
         texts = self._texts(request, reply)
+        if request.api == "anthropic":
+            usage = _anthropic.usage(request, reply.prompt_tokens, reply.completion_tokens, texts[0])
+            return _anthropic.message(request, self.model, texts[0], reply.finish_reason, usage)
         return dumps(
             {
                 "id": f"chatcmpl-fake-{request.index}",
@@ -460,8 +483,12 @@ class ServerCore:
             }
         )
 
-    def _stream_events(self, request: FakeRequest, reply: Reply) -> list[bytes]:
+    def _stream_events(self, request: FakeRequest, reply: Reply) -> list[tuple[bytes | None, bytes]]:
+        """``(event name or None, data)`` of each server-sent event of the stream."""
         texts = self._texts(request, reply)
+        if request.api == "anthropic":
+            usage = _anthropic.usage(request, reply.prompt_tokens, reply.completion_tokens, texts[0])
+            return _anthropic.stream_events(request, self.model, _split_stream(texts[0]), reply.finish_reason, usage)
         include_usage = bool(
             isinstance(request.json.get("stream_options"), dict) and request.json["stream_options"].get("include_usage")
         )
@@ -472,11 +499,11 @@ class ServerCore:
             "model": request.model or self.model,
         }
 
-        def event(choices: list[dict[str, Any]]) -> bytes:
+        def event(choices: list[dict[str, Any]]) -> tuple[bytes | None, bytes]:
             chunk = {**base, "choices": choices}
             if include_usage:
                 chunk["usage"] = None
-            return dumps(chunk)
+            return None, dumps(chunk)
 
         events = [
             event(
@@ -515,7 +542,7 @@ class ServerCore:
             )
         )
         if include_usage:
-            events.append(dumps({**base, "choices": [], "usage": self._usage(request, reply, texts)}))
+            events.append((None, dumps({**base, "choices": [], "usage": self._usage(request, reply, texts)})))
         return events
 
     def _stream(self, exchange: Exchange, request: FakeRequest, reply: Reply, fault: Fault | None) -> None:
@@ -535,32 +562,50 @@ class ServerCore:
             return
         events = self._stream_events(request, reply)
         kind = fault.kind if fault is not None else None
-        cut = fault.after_chunks if fault is not None and kind in ("hang", "truncated") else len(events)
+        cut = fault.after_chunks if fault is not None and kind in ("hang", "truncated", "stream_error") else len(events)
         if kind == "hang" and cut <= 0:
             return  # nothing is sent; the exchange stays open until a disconnect or stop()
         if kind == "malformed_json":
-            events[0] = events[0][: len(events[0]) // 2]
+            name, data = events[0]
+            events[0] = (name, data[: len(data) // 2])
+        events = events[:cut]
+        if fault is not None and kind == "stream_error":
+            error_type = fault.error_type or "overloaded_error"
+            message = fault.message or "Overloaded"
+            if request.api == "anthropic":
+                events.append(_anthropic.error_event(error_type, message))
+            else:
+                events.append((None, dumps({"error": {"message": message, "type": error_type, "code": None}})))
         head = exchange.chunked_head(200, "text/event-stream")
-        self._stream_step(exchange, events[:cut], 0, fault, chunk_delay, [head])
+        # OpenAI-style streams end with [DONE]; Anthropic's with their message_stop event
+        tail = b"" if request.api == "anthropic" or kind == "stream_error" else b"data: [DONE]\n\n"
+        self._stream_step(exchange, events, 0, fault, chunk_delay, [head], tail)
 
     def _stream_step(
         self,
         exchange: Exchange,
-        events: list[bytes],
+        events: list[tuple[bytes | None, bytes]],
         i: int,
         fault: Fault | None,
         chunk_delay: float,
         out: list[bytes],
+        tail: bytes,
     ) -> None:
         if exchange.finished:
             return
         # Events due at the same time go out in one write (one syscall).
         while i < len(events):
-            out.append(frame_chunk(b"data: %b\n\n" % events[i]))
+            name, data = events[i]
+            if name is None:
+                out.append(frame_chunk(b"data: %b\n\n" % data))
+            else:
+                out.append(frame_chunk(b"event: %b\ndata: %b\n\n" % (name, data)))
             i += 1
             if i < len(events) and chunk_delay > 0:
                 exchange.conn.write(b"".join(out))
-                self._later(exchange, chunk_delay, self._stream_step, exchange, events, i, fault, chunk_delay, [])
+                self._later(
+                    exchange, chunk_delay, self._stream_step, exchange, events, i, fault, chunk_delay, [], tail
+                )
                 return
         kind = fault.kind if fault is not None else None
         if kind == "hang":
@@ -572,20 +617,30 @@ class ServerCore:
             else:
                 exchange.abort(False)
         else:
-            out.append(frame_chunk(b"data: [DONE]\n\n"))
+            if tail:
+                out.append(frame_chunk(tail))
             exchange.end_chunked(b"".join(out))
 
     def _stream_raw(self, exchange: Exchange, chunk: dict[str, Any]) -> None:
         if exchange.finished:
             return
         head = exchange.chunked_head(200, "text/event-stream")
+        if exchange.api == "anthropic":
+            body = b"".join(
+                b"event: %b\ndata: %b\n\n" % (name, data) if name is not None else b"data: %b\n\n" % data
+                for name, data in _anthropic.raw_events(chunk)
+            )
+            exchange.end_chunked(head + frame_chunk(body))
+            return
         exchange.end_chunked(head + frame_chunk(b"data: %b\n\ndata: [DONE]\n\n" % dumps(chunk)))
 
     def _fault(self, exchange: Exchange, request: FakeRequest, fault: Fault) -> None:
         kind = fault.kind
         if kind == "status":
             body = fault.body
-            if body is None:
+            if body is None and request.api == "anthropic":
+                data = _anthropic.fault_body(fault, exchange.request_id)
+            elif body is None:
                 default_type, default_code, default_message = DEFAULT_ERRORS.get(
                     fault.status,
                     (
@@ -617,6 +672,13 @@ class ServerCore:
             self._later(exchange, fault.delay, exchange.send, fault.status, data, "application/json", extra)
         elif kind == "reset":
             self._later(exchange, fault.delay, exchange.abort, True)
+        elif kind == "stream_error":
+            if request.stream:
+                self._stream(exchange, request, FAULT_REPLY, fault)
+            else:
+                error_type = fault.error_type or "overloaded_error"
+                status = _anthropic.STATUS_OF.get(error_type, 500)
+                self._fault(exchange, request, Fault.error(status, message=fault.message, error_type=error_type))
         elif kind == "hang":
             if request.stream and fault.after_chunks > 0:
                 self._stream(exchange, request, FAULT_REPLY, fault)

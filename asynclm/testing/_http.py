@@ -80,9 +80,10 @@ class RawRequest:
 class Exchange:
     """One request/response in progress on a connection."""
 
-    __slots__ = ("conn", "counted", "finished", "keep_alive", "request_id", "task", "timer")
+    __slots__ = ("api", "conn", "counted", "finished", "keep_alive", "request_id", "task", "timer")
 
-    def __init__(self, conn: Connection, keep_alive: bool, request_id: str) -> None:
+    def __init__(self, conn: Connection, keep_alive: bool, request_id: str, api: str = "openai") -> None:
+        self.api = api  # "openai" or "anthropic": the format of error bodies and the request-id header
         self.conn = conn
         self.keep_alive = keep_alive
         self.request_id = request_id
@@ -110,7 +111,10 @@ class Exchange:
     # -- writing ---------------------------------------------------------------------------------
 
     def base_headers(self, content_type: str) -> list[tuple[str, str]]:
-        headers = [("Content-Type", content_type), ("x-request-id", self.request_id)]
+        headers = [
+            ("Content-Type", content_type),
+            ("request-id" if self.api == "anthropic" else "x-request-id", self.request_id),
+        ]
         if not self.keep_alive:
             headers.append(("Connection", "close"))
         return headers
@@ -134,6 +138,12 @@ class Exchange:
         self.conn.response_done(self.keep_alive)
 
     def send_error(self, status: int, message: str, error_type: str, code: str | None = None) -> None:
+        if self.api == "anthropic":
+            from ._anthropic import ERRORS, error_body as anthropic_error_body
+
+            kind = ERRORS.get(status, ("api_error" if status >= 500 else "invalid_request_error", ""))[0]
+            self.send(status, anthropic_error_body(message, kind, self.request_id))
+            return
         self.send(status, error_body(message, error_type, code))
 
     def chunked_head(self, status: int, content_type: str) -> bytes:

@@ -11,6 +11,9 @@ Endpoints (any path prefix is accepted, so ``base_url`` with or without ``/v1`` 
 - ``POST .../chat/completions`` — JSON response, or server-sent events when ``"stream": true``
   (``data: {chunk}`` lines, a final usage chunk when ``stream_options.include_usage`` is set, then
   ``data: [DONE]``).
+- ``POST .../messages`` — Anthropic's Messages API: the same scripts and faults, answered in
+  Anthropic's format (a ``message`` body, or its stream events ending with ``message_stop``; errors
+  as ``{"type": "error", "error": {...}}``), with the request checked as the API checks it.
 - ``GET .../models`` — the configured model list.
 - ``GET /_fake/stats`` — the counters and the server process's CPU time, as JSON (used by
   ``FakeOpenAIServer.spawn`` handles; not counted as a request).
@@ -85,8 +88,8 @@ class FakeOpenAIServer:
         models: the list ``GET /v1/models`` returns (default ``[model]``).
         support_n: if false, a request with ``n > 1`` gets a 400 (like servers that only do n=1);
             otherwise ``n`` choices are returned.
-        api_key: if given, chat requests without ``Authorization: Bearer <api_key>`` get a 401
-            (``code: "invalid_api_key"``); by default any key, or none, is accepted.
+        api_key: if given, chat requests without ``Authorization: Bearer <api_key>`` (Anthropic
+            requests: ``x-api-key: <api_key>``) get a 401; by default any key, or none, is accepted.
         fault_rate: the fraction of chat requests (0..1) answered by a fault drawn from ``faults``
             instead of the script (faulted requests do not consume scripted responses).
         faults: the faults to draw from (default ``DEFAULT_FAULTS``).
@@ -97,7 +100,8 @@ class FakeOpenAIServer:
 
     Counters (plain attributes, updated on the server's loop; read them from any thread):
     ``requests``, ``in_flight``, ``max_in_flight``, ``client_disconnects``;
-    ``reset_counters`` zeroes them. Only chat-completion requests are counted.
+    ``reset_counters`` zeroes them. Only chat-completion requests (and Anthropic ``/messages``
+    requests) are counted.
     """
 
     def __init__(

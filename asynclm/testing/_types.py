@@ -15,7 +15,7 @@ def content_text(content: Any) -> str:
     return ""
 
 
-FaultKind = Literal["status", "reset", "hang", "malformed_json", "truncated"]
+FaultKind = Literal["status", "reset", "hang", "malformed_json", "truncated", "stream_error"]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -77,21 +77,29 @@ class FakeRequest:
 
     Attributes:
         index: 1-based number of this chat-completion request since the server started (or since
-            ``FakeOpenAIServer.reset_counters``).
+            ``FakeOpenAIServer.reset_counters``); Anthropic ``/messages`` requests count too.
+        api: ``"openai"`` (``POST .../chat/completions``) or ``"anthropic"`` (``POST .../messages``).
         method, path: from the request line (``path`` includes any query string).
         headers: every header as received, including ``Authorization`` (tests assert it was sent).
         body: the raw request body.
         json: the parsed JSON body (``None`` when the body was not valid JSON).
-        messages: the ``messages`` list (``[]`` when absent or not a list).
+        messages: the ``messages`` list (``[]`` when absent or not a list); for Anthropic
+            requests the system prompt is not in it but in ``system``.
+        system: an Anthropic request's top-level ``system`` (a string or text blocks), else ``None``.
         model: the ``model`` asked for (``None`` when absent).
         stream: whether ``"stream": true`` was asked for.
         n: the number of choices asked for (``1`` when absent or invalid).
     """
 
-    __slots__ = ("body", "headers", "index", "json", "messages", "method", "model", "n", "path", "stream")
+    __slots__ = (
+        "api", "body", "headers", "index", "json", "messages", "method", "model", "n", "path", "stream", "system"
+    )
 
-    def __init__(self, index: int, method: str, path: str, headers: Headers, body: bytes, json: Any) -> None:
+    def __init__(
+        self, index: int, method: str, path: str, headers: Headers, body: bytes, json: Any, api: str = "openai"
+    ) -> None:
         self.index = index
+        self.api = api
         self.method = method
         self.path = path
         self.headers = headers
@@ -105,10 +113,11 @@ class FakeRequest:
         self.stream: bool = obj.get("stream") is True
         n = obj.get("n")
         self.n: int = n if type(n) is int and n >= 1 else 1
+        self.system: Any = obj.get("system") if api == "anthropic" else None
 
     def __repr__(self) -> str:
         return (
-            f"<FakeRequest #{self.index} {self.method} {self.path} model={self.model!r} "
+            f"<FakeRequest #{self.index} {self.api} {self.method} {self.path} model={self.model!r} "
             f"messages={len(self.messages)} stream={self.stream} n={self.n}>"
         )
 
@@ -220,6 +229,11 @@ class Fault:
     - ``hang``: no (further) response at all, until the client disconnects or the server stops.
     - ``malformed_json``: status 200 with a body (or, when streaming, a first event) that is
       not valid JSON.
+    - ``overloaded``: Anthropic's 529 ``overloaded_error``.
+    - ``stream_error``: a stream sends ``after_chunks`` events, then an error event (Anthropic's
+      ``event: error`` with ``error_type``; an OpenAI-style ``{"error": ...}`` chunk on
+      ``/chat/completions``) and ends; a request that does not stream gets the error type's
+      HTTP status instead.
     - ``truncated``: the body is cut mid-way: a stream stops after ``after_chunks`` events
       without ``data: [DONE]``; a JSON body stops half-way through its declared length. The
       connection is then closed (``clean=True`` instead ends a stream's HTTP body properly, just
@@ -317,6 +331,19 @@ class Fault:
             code="context_length_exceeded",
             param="messages",
         )
+
+    @classmethod
+    def overloaded(cls, *, retry_after: float | str | None = None, message: str = "Overloaded") -> Fault:
+        """Anthropic's 529 with an ``overloaded_error`` body (``{"type": "error", "error": ...}`` on
+        ``/messages``)."""
+        return cls.error(529, retry_after=retry_after, message=message, error_type="overloaded_error")
+
+    @classmethod
+    def stream_error(
+        cls, *, after_chunks: int = 1, error_type: str = "overloaded_error", message: str = "Overloaded"
+    ) -> Fault:
+        """A stream that sends ``after_chunks`` events, then an error event, then ends."""
+        return cls("stream_error", after_chunks=after_chunks, error_type=error_type, message=message)
 
     @classmethod
     def connection_reset(cls, *, delay: float = 0.0) -> Fault:
