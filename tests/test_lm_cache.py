@@ -66,7 +66,8 @@ async def test_what_keys_the_cache(server: FakeOpenAIServer, cache_dir: Path) ->
     assert server.requests == 4
     assert (await lm(prompt, rollout_id=1)).cache_hit
     assert (await lm(messages=[{"role": "user", "content": prompt}])).cache_hit  # same body
-    # the base URL and the key are not in the key: another LM object for the same model hits
+    # the API key is not in the key, and the endpoint is normalized (trailing slash, host case,
+    # default port): another LM object for the same model on the same server hits
     other = LM("openai/fake-model", base_url=server.url + "/v1/", api_key="sk-other", temperature=0.5)
     assert (await other(prompt)).cache_hit
     assert server.requests == 4
@@ -115,6 +116,9 @@ async def test_single_flight_100_identical_calls_make_one_request(server: FakeOp
 
 
 async def test_single_flight_across_threads_and_loops(server: FakeOpenAIServer, cache_dir: Path) -> None:
+    # configure(), not only the fixture's context(): plain threads do not inherit a context, and
+    # calls under another cache directory are another cache (its own memory layer and flights)
+    asynclm.configure(cache_dir=str(cache_dir))
     server.latency = 0.3
     lm = make_lm(server)
     prompt = unique()
@@ -198,7 +202,7 @@ async def test_disk_reads_never_run_on_the_event_loop(
     prompt = unique()
     await lm(prompt)
     _cache.disk_cache(str(cache_dir)).flush()
-    _cache.memory_cache.clear()  # force the disk lookup
+    _cache.memory_of(str(cache_dir)).clear()  # force the disk lookup
     loop_thread = threading.get_ident()
     seen: list[int] = []
     real_get = _cache.DiskCache.get
@@ -274,19 +278,20 @@ def test_a_forked_child_uses_the_cache_afresh(fake_openai_server: FakeOpenAIServ
     with asynclm.context(cache_dir=str(tmp_path)):
         make_lm(server).sync(prompt)
         _cache.disk_cache(str(tmp_path)).flush()
-        _cache.memory_cache._lock.acquire()  # as if another thread held it at the fork
+        memory = _cache.memory_of(str(tmp_path))
+        memory._lock.acquire()  # as if another thread held it at the fork
         try:
             pid = os.fork()
             if pid == 0:  # the child: must not deadlock, and finds the parent's entries
                 code = 1
                 try:
-                    _cache.memory_cache.clear()
+                    memory.clear()
                     hit = make_lm(server).sync(prompt).cache_hit
                     code = 0 if hit else 2
                 finally:
                     os._exit(code)
         finally:
-            _cache.memory_cache._lock.release()
+            memory._lock.release()
         _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     assert server.requests == 1

@@ -1,5 +1,5 @@
 """The LM client: an OpenAI-compatible chat-completions client with retries, a total deadline,
-process-wide concurrency/rate limits, a persistent cache with single-flight, usage tracking,
+process-wide concurrency/rate limits, a cache (memory, SQLite or Redis) with single-flight, usage tracking,
 history and streaming. See ``docs/lm.md``.
 
 Errors (all subclasses of ``LMError``)::
@@ -15,6 +15,7 @@ Errors (all subclasses of ``LMError``)::
     └── LMTimeoutError               the call's deadline (also a TimeoutError), or 408
 """
 
+from ._cache import CacheWarning
 from ._client import LM
 from ._errors import (
     AuthenticationError,
@@ -30,12 +31,14 @@ from ._errors import (
 from ._history import inspect_history
 from ._local import LocalLM, LocalModelUnavailableError
 from ._models import LMResponse, StreamDelta, Usage
+from ._redis import RedisCache
 from ._usage import UsageTracker, track_usage
 
 __all__ = [
     "LM",
     "AuthenticationError",
     "BadRequestError",
+    "CacheWarning",
     "ContextWindowExceededError",
     "LMConnectionError",
     "LMError",
@@ -44,6 +47,7 @@ __all__ = [
     "LocalLM",
     "LocalModelUnavailableError",
     "RateLimitError",
+    "RedisCache",
     "ResponseTooLargeError",
     "ServerError",
     "StreamDelta",
