@@ -212,7 +212,7 @@ class DiskCache:
                     conn.execute(_SCHEMA)
                     break
                 except sqlite3.OperationalError as exc:
-                    if "locked" not in str(exc) and "busy" not in str(exc) or time.monotonic() > give_up:
+                    if ("locked" not in str(exc) and "busy" not in str(exc)) or time.monotonic() > give_up:
                         raise
                     time.sleep(0.01)
         except BaseException:
