@@ -10,6 +10,7 @@ import sys
 import textwrap
 import threading
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
@@ -392,7 +393,7 @@ async def test_cache_modes_are_validated(server: FakeOpenAIServer, cache_dir: Pa
         with pytest.raises(TypeError, match="RedisCache"):
             asynclm.configure(cache=bad_setting)
     with asynclm.context(cache=object()):  # the runtime holds any object; the LM says what it needs
-        with pytest.raises(TypeError, match="not a cache backend.*RedisCache"):
+        with pytest.raises(TypeError, match=r"not a cache backend.*RedisCache"):
             await lm(unique())
     assert server.requests == 0
 
@@ -439,10 +440,15 @@ async def test_a_read_only_cache_directory(server: FakeOpenAIServer) -> None:
     not hasattr(__import__("os"), "geteuid") or __import__("os").geteuid() == 0,
     reason="permission bits do not stop root",
 )
-async def test_a_cache_directory_without_write_permission(server: FakeOpenAIServer, tmp_path: Path) -> None:
+async def test_a_cache_directory_without_write_permission(server: FakeOpenAIServer, read_only_dir: Path) -> None:
+    await calls_survive_a_broken_directory(server, read_only_dir)
+
+
+@pytest.fixture
+def read_only_dir(tmp_path: Path) -> Iterator[Path]:
     tmp_path.chmod(0o500)
     try:
-        await calls_survive_a_broken_directory(server, tmp_path)
+        yield tmp_path
     finally:
         tmp_path.chmod(0o700)
 
@@ -582,7 +588,7 @@ def test_four_processes_share_one_directory_without_losing_writes(
         for child in children:
             if child.poll() is None:
                 child.kill()
-    for child, (stdout, stderr) in zip(children, outputs):
+    for child, (stdout, stderr) in zip(children, outputs, strict=True):
         assert child.returncode == 0, stderr
         assert "locked" not in stderr and "Traceback" not in stderr, stderr
         assert json.loads(stdout.strip().splitlines()[-1]) == []  # no warning at all

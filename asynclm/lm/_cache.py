@@ -73,6 +73,7 @@ BUSY_TIMEOUT = 30.0
 #: the same for a read (in WAL mode only an exclusive lock held by another program blocks one)
 READ_BUSY_TIMEOUT = 5.0
 MODES = (True, False, "memory", "refresh")
+_warn_lock = threading.Lock()
 
 
 class CacheWarning(RuntimeWarning):
@@ -226,9 +227,10 @@ class DiskCache:
         self.writable = False
         if doing == "read":
             self.readable = False
-        if self._warned:
-            return
-        self._warned = True
+        with _warn_lock:  # once per directory, even when a read and a write fail at the same time
+            if self._warned:
+                return
+            self._warned = True
         still_read = " (entries already in the file are still read)" if self.readable else ""
         warnings.warn(
             f"asynclm: the LM response cache in {self.directory} cannot be {doing} "
@@ -445,8 +447,9 @@ def _forget_in_child() -> None:
     # In a forked child the parent's writer threads, connections and in-flight requests do not
     # exist, and a lock some other parent thread held at the fork would stay held forever. The
     # memory layers keep their entries (a copy of the parent's) with fresh locks.
-    global _lock
+    global _lock, _warn_lock
     _lock = threading.Lock()
+    _warn_lock = threading.Lock()
     for store in [memory_store, *_by_dir.values()]:
         store.memory._lock = threading.Lock()
     for path, store in list(_by_dir.items()):

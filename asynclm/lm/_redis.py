@@ -44,6 +44,7 @@ __all__ = ["RedisCache"]
 logger = logging.getLogger("asynclm.lm")
 
 T = TypeVar("T")
+_warn_lock = threading.Lock()
 _MISSING = "asynclm.RedisCache needs the redis package: pip install 'asynclm[redis]'"
 
 
@@ -168,10 +169,12 @@ class RedisCache(SharedCache):
         text = f"{type(exc).__name__}: {exc}"
         if self._password:
             text = text.replace(self._password, "***")
-        if self._warned:
+        with _warn_lock:
+            first = not self._warned
+            self._warned = True
+        if not first:
             logger.warning("the Redis cache at %s failed again (%s)", self._safe_url, text)
             return
-        self._warned = True
         warnings.warn(
             f"asynclm: the Redis cache at {self._safe_url} is unavailable ({text}); LM calls go on "
             f"without it (memory layer only) and try it again every {self.retry_after:g} s",
@@ -255,9 +258,10 @@ def _stop_loop_thread() -> None:
 
 
 def _forget_in_child() -> None:
-    global _thread, _thread_lock
+    global _thread, _thread_lock, _warn_lock
     _thread = None
     _thread_lock = threading.Lock()
+    _warn_lock = threading.Lock()
 
 
 if hasattr(os, "register_at_fork"):
