@@ -265,11 +265,11 @@ class LM(SyncCallable):
         self.model_name = name
         self.base_url = (base_url or DEFAULT_BASE_URL).rstrip("/")
         self._url = self.base_url + "/chat/completions"
-        self._cache_endpoint = endpoint_of(self.base_url)  # part of every cache key
         try:
             check_url(self._url)
         except ValueError as exc:
             raise ValueError(f"LM(base_url=...): {exc}") from None
+        self._cache_endpoint = endpoint_of(self.base_url)  # part of every cache key
         self._key = _Secret(api_key if api_key is not None else os.environ.get("OPENAI_API_KEY"))
         if self._key.value:
             try:
