@@ -479,6 +479,36 @@ async def test_a_cache_file_locked_by_another_program(
         holder.close()
 
 
+async def test_a_file_another_process_keeps_write_locked_is_still_read(
+    server: FakeOpenAIServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sqlite3
+
+    monkeypatch.setattr(_cache, "BUSY_TIMEOUT", 0.3)
+    lm = make_lm(server)
+    stored, new = unique("stored"), unique("new")
+    with asynclm.context(cache_dir=str(tmp_path)):
+        await lm(stored)
+        _cache.disk_cache(str(tmp_path)).flush()
+        _cache.memory_of(str(tmp_path)).clear()
+        holder = sqlite3.connect(tmp_path / _cache.FILE_NAME, isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")  # another process's write transaction that never ends
+        try:
+            with pytest.warns(asynclm.CacheWarning) as record:
+                assert (await lm(stored)).cache_hit  # WAL: reads go on beside a writer
+                assert not (await lm(new)).cache_hit
+                _cache.disk_cache(str(tmp_path)).flush()
+                assert (await lm(new)).cache_hit  # from memory
+                _cache.memory_of(str(tmp_path)).clear()
+                assert (await lm(stored)).cache_hit  # the file is still read after the warning
+        finally:
+            holder.execute("ROLLBACK")
+            holder.close()
+    (message,) = cache_warnings(record)
+    assert "cannot be written" in message and "locked" in message and "still read" in message
+    assert server.requests == 2
+
+
 _FULL_DISK_CHILD = textwrap.dedent(
     """
     import json, resource, signal, sys, warnings

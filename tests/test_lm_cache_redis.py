@@ -289,3 +289,34 @@ def test_two_processes_share_entries_through_redis(
     assert child() == {"text": f"echo: {prompt}", "cache_hit": True}
     assert server.requests == 1
     assert not any(tmp_path.iterdir())  # Redis in place of the SQLite file, not beside it
+
+
+def test_sync_calls_from_many_threads_share_redis(
+    fake_openai_server: FakeOpenAIServer, redis_server: RedisServer, portal_backend: str
+) -> None:
+    # each thread's .sync() portal is its own event loop: on asyncio each gets its own client, on
+    # trio they all go through asynclm's asyncio loop thread
+    import threading
+
+    server = fake_openai_server
+    server.latency = 0.05
+    prefix = unique("t") + ":"
+    asynclm.configure(cache=asynclm.RedisCache(redis_server.url, prefix=prefix))
+    shared, lm = unique("shared"), make_lm(server)
+    results: list[tuple[str, bool]] = []
+    lock = threading.Lock()
+
+    def work(i: int) -> None:
+        for prompt in (f"{shared} own {i}", shared):
+            resp = lm.sync(prompt)
+            with lock:
+                results.append((resp.text, resp.cache_hit))
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(results) == 16 and {text for text, _ in results} == {"ok"}
+    assert server.requests == 9  # 8 own prompts + the shared one once (single-flight, then Redis)
+    assert len(redis_server.client().keys(prefix + "*")) == 9
