@@ -21,8 +21,8 @@
 * Failures never fail a call: a directory that cannot be created or written, a full disk, a file
   that is not a database, a lock held too long. The first one warns (``CacheWarning``, once per
   directory), and the store goes on with memory only: a file that cannot be read is not read
-  again, one that cannot be written is not written again (a read-only file shipped with an
-  application is still read).
+  or written again; one that cannot be written (a full disk, a write lock held too long) is
+  still read.
 * Single-flight: identical requests in flight at once share one HTTP request. Each key in flight
   has a ``Flight`` whose one-slot process-wide ``ConcurrencyLimiter`` is held by the caller doing
   the request; the others queue on it (on their own loops and threads) and find the value when
@@ -223,7 +223,7 @@ class DiskCache:
 
     def _fail(self, doing: str, exc: BaseException) -> None:
         # A file that cannot be read is not written either (memory only); one that cannot be
-        # written is still read (a read-only cache shipped with an application).
+        # written (a full disk, a write lock held elsewhere) is still read.
         self.writable = False
         if doing == "read":
             self.readable = False
