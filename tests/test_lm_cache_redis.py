@@ -196,6 +196,7 @@ async def test_redis_going_down_mid_run_never_fails_a_call(
 ) -> None:
     shared = asynclm.RedisCache(redis_with_password.url, prefix=unique("t") + ":")
     assert PASSWORD not in repr(shared) and "***" in repr(shared)
+    shared.retry_after = 0.0  # try Redis again on every call (one warning all the same)
     asynclm.configure(cache=shared)
     lm = make_lm(server)
     before = unique()
@@ -210,10 +211,8 @@ async def test_redis_going_down_mid_run_never_fails_a_call(
     assert len(messages) == 1, messages
     assert f"127.0.0.1:{redis_with_password.port}" in messages[0] and "***" in messages[0]
     assert PASSWORD not in messages[0]
-    # Redis back (empty: no persistence): used again once retry_after has passed
+    # Redis back (empty: no persistence): used again
     redis_with_password.start()
-    shared.retry_after = 0.0
-    shared._down_until = 0.0
     after = unique("after")
     await lm(after)
     assert redis_with_password.client().dbsize() == 1
@@ -320,3 +319,19 @@ def test_sync_calls_from_many_threads_share_redis(
     assert len(results) == 16 and {text for text, _ in results} == {"ok"}
     assert server.requests == 9  # 8 own prompts + the shared one once (single-flight, then Redis)
     assert len(redis_server.client().keys(prefix + "*")) == 9
+
+
+async def test_a_failed_redis_is_left_alone_for_retry_after_seconds(
+    server: FakeOpenAIServer, redis_server: RedisServer
+) -> None:
+    shared = asynclm.RedisCache(redis_server.url, prefix=unique("t") + ":")
+    shared.retry_after = 600.0
+    asynclm.configure(cache=shared)
+    lm = make_lm(server)
+    redis_server.stop()
+    with pytest.warns(asynclm.CacheWarning):
+        await lm(unique())
+    redis_server.start()
+    for _ in range(3):  # back up, but within retry_after: not asked (no call waits on a dead Redis)
+        assert (await lm(unique())).text == "ok"
+    assert redis_server.client().dbsize() == 0

@@ -148,21 +148,38 @@ class RedisCache(SharedCache):
     # -- the cache interface --------------------------------------------------------------------
 
     async def aget(self, key: str) -> bytes | None:
-        if self._down_until and time.monotonic() < self._down_until:
+        if self._down_until and not self._probe():
             return None
         try:
-            return await self._run(self._get, key)
+            value = await self._run(self._get, key)
         except Exception as exc:
             self._fail(exc)
             return None
+        self._down_until = 0.0
+        return value
 
     async def aput(self, key: str, value: bytes) -> None:
-        if self._down_until and time.monotonic() < self._down_until:
+        if self._down_until and not self._probe():
             return
         try:
             await self._run(self._set, key, value)
         except Exception as exc:
             self._fail(exc)
+        else:
+            self._down_until = 0.0
+
+    def _probe(self) -> bool:
+        """Whether this call may try a Redis that failed: once ``retry_after`` has passed, one
+        call at a time tries it (the others still skip it, instead of each waiting on a timeout)."""
+        until = self._down_until
+        now = time.monotonic()
+        if now < until:
+            return False
+        with _warn_lock:
+            if self._down_until != until:  # another call is trying it
+                return False
+            self._down_until = now + self.retry_after
+        return True
 
     def _fail(self, exc: BaseException) -> None:
         self._down_until = time.monotonic() + self.retry_after
