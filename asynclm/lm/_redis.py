@@ -15,7 +15,7 @@ Values are the server's JSON response bytes as Redis strings (no pickle), under
 
 A Redis that is down or unreachable never fails a call: the first failure warns
 (``CacheWarning``, naming the URL without its password), calls go on with the memory layer only,
-and Redis is tried again after ``retry_after`` seconds.
+and Redis is tried again after ``retry_after`` seconds, by one call at a time.
 """
 
 from __future__ import annotations
