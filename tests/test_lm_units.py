@@ -23,7 +23,7 @@ from asynclm.lm import (
     ServerError,
     Usage,
 )
-from asynclm.lm._cache import DiskCache, MemoryCache, cache_key
+from asynclm.lm._cache import DiskCache, MemoryCache, cache_key, endpoint_of
 from asynclm.lm._errors import error_for_status
 from asynclm.lm._retry import MAX_RETRY_AFTER, backoff_delay, is_retryable_status, parse_retry_after
 
@@ -138,8 +138,40 @@ def test_lm_response_from_json() -> None:
 
 def test_cache_key() -> None:
     body = b'{"messages":[],"model":"m"}'
-    assert cache_key(body, None) == cache_key(body, None)
-    assert len({cache_key(body, None), cache_key(body, 1), cache_key(body, "1"), cache_key(body, 2)}) == 4
+    ep = "http://h:80/v1"
+    assert cache_key(ep, body, None) == cache_key(ep, body, None)
+    keys = {cache_key(ep, body, None), cache_key(ep, body, 1), cache_key(ep, body, "1"), cache_key(ep, body, 2)}
+    assert len(keys) == 4
+    # the endpoint is part of the key (issue 15 reversed the earlier rule on purpose)
+    assert cache_key("http://other:80/v1", body, None) != cache_key(ep, body, None)
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        ("http://Host:80/v1/", "http://host/v1"),
+        ("HTTPS://api.example.com/v1", "https://api.example.com:443/v1/"),
+        ("http://user:secret@h:8000/v1?api-version=1", "http://h:8000/v1"),
+        ("http://[::1]:8000/v1", "http://[::1]:8000/v1/"),
+    ],
+)
+def test_endpoint_normalization(a: str, b: str) -> None:
+    assert endpoint_of(a) == endpoint_of(b)
+    assert "secret" not in endpoint_of(a)
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        ("http://h:8000/v1", "http://h:8001/v1"),
+        ("http://h/v1", "https://h/v1"),
+        ("http://h/v1", "http://h/v2"),
+        ("http://h/V1", "http://h/v1"),  # paths are case-sensitive
+        ("http://a/v1", "http://b/v1"),
+    ],
+)
+def test_distinct_endpoints(a: str, b: str) -> None:
+    assert endpoint_of(a) != endpoint_of(b)
 
 
 def test_memory_cache_is_an_lru() -> None:

@@ -1,7 +1,7 @@
 """The LM client: a chat-completions client (OpenAI-compatible servers, Anthropic's Messages API)
-with retries, a total deadline, process-wide concurrency/rate limits, a persistent cache with
-single-flight, usage tracking, history and streaming; ``FallbackLM`` to move a call to the next
-model on a transient error. See ``docs/lm.md``.
+with retries, a total deadline, process-wide concurrency/rate limits, a cache (memory, SQLite or
+Redis) with single-flight, usage tracking, history and streaming; ``FallbackLM`` to move a call to
+the next model on a transient error. See ``docs/lm.md``.
 
 Errors (all subclasses of ``LMError``)::
 
@@ -17,6 +17,7 @@ Errors (all subclasses of ``LMError``)::
     └── LMTimeoutError               the call's deadline (also a TimeoutError), or 408
 """
 
+from ._cache import CacheWarning
 from ._client import LM
 from ._errors import (
     AuthenticationError,
@@ -33,6 +34,7 @@ from ._fallback import DEFAULT_FALLBACK_ON, FallbackLM
 from ._history import inspect_history
 from ._local import LocalLM, LocalModelUnavailableError
 from ._models import LMResponse, StreamDelta, Usage
+from ._redis import RedisCache
 from ._usage import UsageTracker, track_usage
 
 __all__ = [
@@ -40,6 +42,7 @@ __all__ = [
     "LM",
     "AuthenticationError",
     "BadRequestError",
+    "CacheWarning",
     "ContextWindowExceededError",
     "FallbackLM",
     "LMConnectionError",
@@ -49,6 +52,7 @@ __all__ = [
     "LocalLM",
     "LocalModelUnavailableError",
     "RateLimitError",
+    "RedisCache",
     "ResponseTooLargeError",
     "ServerError",
     "StreamDelta",

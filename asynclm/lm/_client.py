@@ -32,7 +32,7 @@ import anyio
 
 from asynclm.runtime import ConcurrencyLimiter, RateLimiter, SyncCallable, current_settings, iterate_sync
 
-from ._cache import cache_key, disk_cache, flights, memory_cache
+from ._cache import cache_key, check_cache_mode, endpoint_of, flights, memory_store, store_for
 from ._errors import (
     AuthenticationError,
     BadRequestError,
@@ -176,8 +176,10 @@ class LM(SyncCallable):
             ``repr``, history, cache files or error messages.
         temperature, max_tokens: default request parameters (omitted from the request when
             ``None``; for ``anthropic/``, whose API requires ``max_tokens``, it defaults to 4096).
-        cache: ``True`` (memory + SQLite file under ``asynclm.configure(cache_dir=...)``),
-            ``"memory"`` (this process only) or ``False``. Overridable per call.
+        cache: ``True`` (memory + the SQLite file under ``asynclm.configure(cache_dir=...)``, or
+            the shared cache of ``asynclm.configure(cache=...)``), ``"memory"`` (this process
+            only), ``"refresh"`` (skip the lookup, store the new answer) or ``False``.
+            Overridable per call. Keys include the endpoint of ``base_url``, never the API key.
         max_retries: retries after the first attempt for 408/409/429/5xx, connection errors,
             per-operation timeouts and malformed responses.
         timeout: the total deadline of one call in seconds, retries and limiter waits included
@@ -250,7 +252,7 @@ class LM(SyncCallable):
                 "OpenAI-compatible server (OpenAI, vLLM, Ollama, llama.cpp, Together, Groq, OpenRouter, Gemini…) "
                 f"with base_url= pointing at it, e.g. LM('openai/{name or model}', base_url='http://localhost:8000/v1')."
             )
-        _check_cache(cache, "LM")
+        check_cache_mode(cache, "LM")
         if not isinstance(max_retries, int) or max_retries < 0:
             raise ValueError(f"LM(max_retries={max_retries!r}): use an int >= 0")
         _check_timeout(timeout, "LM")
@@ -286,6 +288,7 @@ class LM(SyncCallable):
             check_url(self._url)
         except ValueError as exc:
             raise ValueError(f"LM(base_url=...): {exc}") from None
+        self._cache_endpoint = endpoint_of(self.base_url)  # part of every cache key
         self._key = _Secret(api_key if api_key is not None else os.environ.get(wire.key_env))
         if self._key.value:
             try:
@@ -365,7 +368,7 @@ class LM(SyncCallable):
             timeout = params.pop("timeout", timeout)
             rollout_id = params.pop("rollout_id", None)
             if use_cache is not self.cache:
-                _check_cache(use_cache, "call")
+                check_cache_mode(use_cache, "call")
             if timeout is not self.timeout:
                 _check_timeout(timeout, "call")
         body = self._body(prompt, messages, params)
@@ -434,13 +437,23 @@ class LM(SyncCallable):
     async def _resolve(
         self, body: dict[str, Any], use_cache: bool | str, rollout_id: Any, attempts: _Attempts, deadline: float | None
     ) -> LMResponse:
-        """A call with the cache on: memory, then one flight per key across tasks and threads, then disk."""
+        """A call with the cache on: memory, then one flight per key across tasks and threads, then
+        the persistent layer (the cache directory's SQLite file, or the shared cache)."""
         data = self._encode(body, canonical=True)
-        key = cache_key(data, rollout_id)
-        hit = memory_cache.get(key)
+        key = cache_key(self._cache_endpoint, data, rollout_id)
+        store = memory_store if use_cache == "memory" else store_for(current_settings())
+        memory, persistent = store.memory, store.persistent
+        if use_cache == "refresh":  # no lookup: the new answer replaces the stored one
+            payload, raw = await self._request(data, body, attempts, False, deadline)
+            memory.put(key, payload)
+            if persistent is not None:
+                await persistent.aput(key, payload)
+            return self._wire.response(raw, self.model_name, False)
+        hit = memory.get(key)
         if hit is not None:
             return self._from_cache(hit)
-        flight = flights.join(key)
+        flight_key = (store, key)
+        flight = flights.join(flight_key)
         try:
             await _wait_until(deadline, flight.limiter.acquire())
             try:
@@ -448,14 +461,13 @@ class LM(SyncCallable):
                     return self._from_cache(flight.value)
                 if flight.error is not None:
                     raise _clone(flight.error)
-                hit = memory_cache.get(key)
+                hit = memory.get(key)
                 if hit is not None:
                     return self._from_cache(hit)
-                disk = disk_cache(current_settings().cache_dir) if use_cache is True else None
-                if disk is not None and not disk.surely_absent(key):
-                    hit = await _wait_until(deadline, anyio.to_thread.run_sync(disk.get, key))
+                if persistent is not None:
+                    hit = await _wait_until(deadline, persistent.aget(key))
                     if hit is not None:
-                        memory_cache.put(key, hit)
+                        memory.put(key, hit)
                         flight.value = hit
                         return self._from_cache(hit)
                 try:
@@ -465,14 +477,14 @@ class LM(SyncCallable):
                         flight.error = exc
                     raise
                 flight.value = payload
-                memory_cache.put(key, payload)
-                if disk is not None:
-                    disk.put(key, payload)
+                memory.put(key, payload)
+                if persistent is not None:
+                    await persistent.aput(key, payload)
                 return self._wire.response(raw, self.model_name, False)
             finally:
                 flight.limiter.release()
         finally:
-            flights.leave(key, flight)
+            flights.leave(flight_key, flight)
 
     def _from_cache(self, payload: bytes) -> LMResponse:
         # parsed anew for each hit, so that no two callers share (and can mutate) one dict
@@ -821,11 +833,6 @@ class LM(SyncCallable):
                 record_usage(self.model_name, used, False)
                 outputs = ["".join(texts[i]) for i in sorted(texts)]
                 self._record(body, outputs, used, False, started, t0)
-
-
-def _check_cache(cache: Any, what: str) -> None:
-    if cache not in (True, False, "memory"):
-        raise ValueError(f"{what}(cache={cache!r}): use True (memory + disk), 'memory', or False")
 
 
 def _check_timeout(timeout: Any, what: str) -> None:

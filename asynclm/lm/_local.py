@@ -406,6 +406,8 @@ class LocalLM(LM):
             **kwargs,
         )
         self.model = f"local/{name}"
+        # the server's port changes from run to run: the cache keys name the model instead
+        self._cache_endpoint = f"local:{name if model_path is None else os.fspath(model_path)}"
         self.max_string_length = max_string_length
         self.startup_timeout = float(startup_timeout)
         self._server_config = _ServerConfig(

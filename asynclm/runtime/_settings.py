@@ -36,6 +36,8 @@ class Settings:
         adapter: the default adapter (``None`` means the module's own default, ``ChatAdapter``).
         backend: the event loop that ``.sync()`` portals run (``"asyncio"`` or ``"trio"``).
         cache_dir: where persistent LM caches live (``None``: the user cache directory).
+        cache: a shared cache backend object (such as ``asynclm.RedisCache(url)``) used in place of
+            the files under ``cache_dir``; ``None``: those files. Opaque to the runtime.
         callbacks: callbacks notified of module, LM, adapter and tool events.
         max_parse_retries: how many times a predictor re-asks the LM after an unparsable answer.
         trace: whether module calls record their inputs and outputs in the task-local trace.
@@ -45,6 +47,7 @@ class Settings:
     adapter: Any = None
     backend: str = "asyncio"
     cache_dir: str | None = None
+    cache: Any = None
     callbacks: tuple[Any, ...] = ()
     max_parse_retries: int = 1
     trace: bool = True
@@ -69,6 +72,18 @@ def _check(kwargs: Mapping[str, Any], what: str) -> dict[str, Any]:
         check_backend_installed(backend)
     if "callbacks" in checked:
         checked["callbacks"] = tuple(checked["callbacks"] or ())
+    cache = checked.get("cache")
+    if cache is not None and isinstance(cache, (bool, int, float, str, bytes)):
+        raise TypeError(
+            f"{what}(cache={cache!r}) takes a cache backend object, such as "
+            "asynclm.RedisCache('redis://localhost:6379/0'), or None for the default files under cache_dir. "
+            "To turn the cache off or to memory only, pass cache=False / 'memory' to the LM or to one call."
+        )
+    cache_dir = checked.get("cache_dir")
+    if cache_dir is not None and not isinstance(cache_dir, str):
+        if not hasattr(cache_dir, "__fspath__"):
+            raise TypeError(f"{what}(cache_dir={cache_dir!r}) takes a directory path (str or os.PathLike), or None")
+        checked["cache_dir"] = str(cache_dir.__fspath__())
     lm = checked.get("lm")
     if lm is not None and not callable(lm):  # an LM is an async callable; runtime knows no more of it
         hint = f"asynclm.LM({lm!r})" if isinstance(lm, str) else "asynclm.LM('openai/gpt-4o-mini')"
