@@ -53,6 +53,9 @@ _EXPORTS: dict[str, str] = {
     "LMTimeoutError": "asynclm.lm",
     "ResponseTooLargeError": "asynclm.lm",
     "track_usage": "asynclm.lm",
+    "usage_limits": "asynclm.lm",
+    "UsageLimits": "asynclm.lm",
+    "UsageLimitExceeded": "asynclm.lm",
     "inspect_history": "asynclm.lm",
     # modules
     "Module": "asynclm.modules",
@@ -102,8 +105,11 @@ if TYPE_CHECKING:  # static checkers see the real names; at run time they load l
         ResponseTooLargeError as ResponseTooLargeError,
         ServerError as ServerError,
         Usage as Usage,
+        UsageLimitExceeded as UsageLimitExceeded,
+        UsageLimits as UsageLimits,
         inspect_history as inspect_history,
         track_usage as track_usage,
+        usage_limits as usage_limits,
     )
     from asynclm.modules import (
         BestOfN as BestOfN,

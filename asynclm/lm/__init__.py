@@ -12,9 +12,11 @@ Errors (all subclasses of ``LMError``)::
     ├── ServerError                  5xx/409 or a malformed response, after the retries
     ├── LMConnectionError            refused/reset/truncated, after the retries
     ├── ResponseTooLargeError        a body beyond max_response_bytes (never retried)
-    └── LMTimeoutError               the call's deadline (also a TimeoutError), or 408
+    ├── LMTimeoutError               the call's deadline (also a TimeoutError), or 408
+    └── UsageLimitExceeded           a usage_limits() block's limit (before the request; never retried)
 """
 
+from ._budget import UsageLimitExceeded, UsageLimits, usage_limits
 from ._client import LM
 from ._errors import (
     AuthenticationError,
@@ -48,7 +50,10 @@ __all__ = [
     "ServerError",
     "StreamDelta",
     "Usage",
+    "UsageLimitExceeded",
+    "UsageLimits",
     "UsageTracker",
     "inspect_history",
     "track_usage",
+    "usage_limits",
 ]

@@ -28,7 +28,9 @@ import anyio
 
 from asynclm.runtime import ConcurrencyLimiter, RateLimiter, SyncCallable, current_settings, iterate_sync
 
+from ._budget import UsageLimitExceeded, admit, settle
 from ._cache import cache_key, disk_cache, flights, memory_cache
+from ._cost import pricer_for
 from ._errors import (
     AuthenticationError,
     BadRequestError,
@@ -116,11 +118,12 @@ class StreamMethod:
 class _Attempts:
     """How a call's retries went, for the message of a deadline error."""
 
-    __slots__ = ("count", "last_error")
+    __slots__ = ("count", "last_error", "ticket")
 
     def __init__(self) -> None:
         self.count = 0
         self.last_error: BaseException | None = None
+        self.ticket: Any = None  # a stream's usage_limits reservation, settled when it ends
 
 
 T = TypeVar("T")
@@ -148,7 +151,11 @@ def _clone(error: BaseException) -> BaseException:
 def _shareable(error: BaseException) -> bool:
     # A server's verdict on the request is shared with identical waiting calls; a leader's own
     # deadline is not (the waiters have their own).
-    return isinstance(error, LMError) and not (isinstance(error, LMTimeoutError) and error.status is None)
+    return (
+        isinstance(error, LMError)
+        and not (isinstance(error, LMTimeoutError) and error.status is None)
+        and not isinstance(error, UsageLimitExceeded)  # the leader's own budget, not the waiters'
+    )
 
 
 class LM(SyncCallable):
@@ -182,6 +189,12 @@ class LM(SyncCallable):
         max_response_bytes: the largest response body accepted, after decompression (default
             64 MiB; a stream counts as a whole); a larger one raises
             ``ResponseTooLargeError``, not retried.
+        price: what a call costs, for ``Usage.cost`` and ``usage_limits(max_cost=...)``: a dict of
+            USD per 1M tokens ``{"input": 0.15, "output": 0.6}`` (optionally ``"cached_input"``,
+            default the input price), or a genai-prices provider id (``"openai"``) to price the
+            model as that provider does. Default: genai-prices' price for OpenAI at the default
+            base_url, for the provider genai-prices recognises from any other base_url, else
+            unknown (cost ``None``). See "Cost" in docs/lm.md.
         **default_params: any other chat-completions parameter sent with every call
             (``top_p``, ``stop``, ``response_format``, ``seed``…).
 
@@ -221,6 +234,7 @@ class LM(SyncCallable):
         http_client_factory: Callable[[], Any] | None = None,
         ssl_context: ssl.SSLContext | None = None,
         max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+        price: Mapping[str, float] | str | None = None,
         **default_params: Any,
     ) -> None:
         if not isinstance(model, str) or not model:
@@ -285,6 +299,8 @@ class LM(SyncCallable):
         self.http_client_factory = http_client_factory
         self.ssl_context = ssl_context
         self.max_response_bytes = max_response_bytes
+        self.price = price
+        self._pricer = pricer_for(name, self.base_url, DEFAULT_BASE_URL, price)  # validates price=
         self.backoff_base = 0.5
         self.backoff_max = 8.0
         params = {"temperature": temperature, "max_tokens": max_tokens, **default_params}
@@ -374,6 +390,8 @@ class LM(SyncCallable):
         except LMError as exc:
             self._record_error(body, exc, started, t0)
             raise
+        if not response.cache_hit:
+            response.usage.cost = self._pricer.cost(response.usage)
         record_usage(self.model_name, response.usage, response.cache_hit)
         self._record(body, response.texts, response.usage, response.cache_hit, started, t0)
         return response
@@ -501,6 +519,8 @@ class LM(SyncCallable):
         ``stream=True``: the open 2xx response. (Called directly, without a typed wrapper coroutine:
         each extra frame is memory held per in-flight call.)"""
         self._check_key()
+        if not self._pricer.ready:  # a genai-prices lookup, once per LM (a worker thread)
+            await self._pricer.load()
         transport = get_transport(self._transport_factory)
         estimate = self._estimate_tokens(data, body) if self._tpm is not None else 0.0
         limiter = self._concurrency
@@ -515,11 +535,18 @@ class LM(SyncCallable):
             if limiter is not None:
                 await _wait_until(deadline, limiter.acquire())
             keep_slot = False
+            ticket = None
             try:
                 if self._rpm is not None:
                     await _wait_until(deadline, self._rpm.acquire())
                 if self._tpm is not None:
                     await _wait_until(deadline, self._tpm.acquire(estimate))
+                try:  # usage_limits: check and reserve (None outside any block)
+                    ticket = admit(self, data, body, attempts.count == 0)
+                except BaseException:
+                    if self._tpm is not None:
+                        self._tpm.adjust(estimate)
+                    raise
                 attempts.count += 1
                 response: Any
                 try:
@@ -561,6 +588,7 @@ class LM(SyncCallable):
                     if stream:
                         if 200 <= status < 300:
                             keep_slot = True
+                            attempts.ticket = ticket  # settled when the stream ends
                             return response
                         try:
                             payload = await response.aread()
@@ -585,6 +613,9 @@ class LM(SyncCallable):
                         else:
                             if self._tpm is not None:
                                 self._tpm.adjust(estimate - used)
+                            if ticket is not None:
+                                settle(ticket, Usage.from_json(raw.get("usage")))
+                                ticket = None
                             return payload, raw
                     else:
                         retry_after = parse_retry_after(response.headers)
@@ -605,6 +636,8 @@ class LM(SyncCallable):
             finally:
                 if limiter is not None and not keep_slot:
                     limiter.release()
+                if ticket is not None and not keep_slot:
+                    settle(ticket, None)  # failed: no usage
             attempts.last_error = error
             retry = attempts.count - 1
             if not retryable or retry >= self.max_retries:
@@ -797,9 +830,14 @@ class LM(SyncCallable):
                 if self._concurrency is not None:
                     self._concurrency.release()
             if isinstance(error, LMError):  # as for a failed call: no usage, an error entry
+                if attempts.ticket is not None:
+                    settle(attempts.ticket, None)
                 self._record_error(body, error, started, t0)
             else:  # finished, or stopped early by the consumer: what was streamed counts
                 used = usage or Usage()
+                used.cost = self._pricer.cost(used)
+                if attempts.ticket is not None:
+                    settle(attempts.ticket, used)
                 record_usage(self.model_name, used, False)
                 outputs = ["".join(texts[i]) for i in sorted(texts)]
                 self._record(body, outputs, used, False, started, t0)
