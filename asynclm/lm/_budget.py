@@ -31,6 +31,8 @@ from contextvars import ContextVar, Token
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+from asynclm.runtime import CrossLoopEvent
+
 from ._errors import LMError
 from ._models import Usage
 
@@ -98,7 +100,7 @@ class UsageLimits:
         input_tokens, output_tokens, total_tokens: the usage the server reported for them.
         cost: their USD cost, or ``None`` if the price of any was unknown (``known_cost``: the
             sum over those with a known price).
-        in_flight: requests of the block being sent now.
+        in_flight: requests of the block being sent now; ``peak_in_flight``: the most at once.
         reserved_input_tokens, reserved_output_tokens, reserved_total_tokens, reserved_cost: the
             estimates of the requests in flight.
         exceeded: the ``UsageLimitExceeded`` that closed the block, or ``None``.
@@ -106,6 +108,7 @@ class UsageLimits:
 
     __slots__ = (
         "_tokens",
+        "_waiting",
         "exceeded",
         "in_flight",
         "input_tokens",
@@ -117,11 +120,13 @@ class UsageLimits:
         "max_total_tokens",
         "output_tokens",
         "parent",
+        "peak_in_flight",
         "requests",
         "reserved_cost",
         "reserved_input_tokens",
         "reserved_output_tokens",
         "reserved_total_tokens",
+        "streams_in_flight",
         "total_tokens",
         "unknown_cost_requests",
     )
@@ -159,12 +164,15 @@ class UsageLimits:
         self.known_cost = 0.0
         self.unknown_cost_requests = 0
         self.in_flight = 0
+        self.peak_in_flight = 0
+        self.streams_in_flight = 0
         self.reserved_input_tokens = 0.0
         self.reserved_output_tokens = 0.0
         self.reserved_total_tokens = 0.0
         self.reserved_cost = 0.0
         self.exceeded: UsageLimitExceeded | None = None
         self._tokens: list[Token[UsageLimits | None]] = []
+        self._waiting: list[Ticket] = []  # admissions waiting for requests in flight to end
 
     @property
     def cost(self) -> float | None:
@@ -249,16 +257,84 @@ _current: ContextVar[UsageLimits | None] = ContextVar("asynclm.usage_limits", de
 
 
 class Ticket:
-    """One admitted attempt: what it reserved in which blocks (handed to ``settle``)."""
+    """One attempt's claim on the enclosing blocks: what it reserves, and whether it was admitted.
 
-    __slots__ = ("blocks", "cost", "input", "lm", "output")
+    ``admit`` returns it admitted, or pending when it fits only once requests in flight finish:
+    then ``await ticket.wait()`` (it admits or raises). ``settle`` ends it.
+    """
 
-    def __init__(self, lm: LM, blocks: tuple[UsageLimits, ...], inp: float, out: float, cost: float) -> None:
+    __slots__ = ("admitted", "blocks", "cost", "event", "first", "input", "lm", "output", "stream")
+
+    def __init__(
+        self,
+        lm: LM,
+        blocks: tuple[UsageLimits, ...],
+        inp: float,
+        out: float,
+        cost: float,
+        first: bool,
+        stream: bool = False,
+    ) -> None:
         self.lm = lm
         self.blocks = blocks
         self.input = inp
         self.output = out
         self.cost = cost
+        self.first = first
+        self.stream = bool(stream)
+        self.admitted = False
+        self.event: CrossLoopEvent | None = None
+
+    def _try(self) -> None:
+        """Admit, or register to wait (``self.event``), or raise. Call under ``_LOCK``."""
+        for block in self.blocks:
+            if block.exceeded is not None:
+                raise _closed(block.exceeded, self.lm)
+        wait_on: UsageLimits | None = None
+        for block in self.blocks:
+            failure, wait = _check(block, self)
+            if failure is None:
+                continue
+            if wait:  # fits once requests in flight finish
+                wait_on = wait_on or block
+                continue
+            error = block.exceeded = _error(block, *failure, self.lm)
+            waiting, block._waiting = block._waiting, []
+            for ticket in waiting:  # they fail now: the block is closed
+                if ticket.event is not None:
+                    ticket.event.set()
+            raise error
+        if wait_on is not None:  # wait for one of them to end, then check again
+            self.event = CrossLoopEvent()
+            wait_on._waiting.append(self)
+            return
+        for block in self.blocks:
+            block.requests += self.first
+            block.in_flight += 1
+            block.streams_in_flight += self.stream
+            if block.in_flight > block.peak_in_flight:
+                block.peak_in_flight = block.in_flight
+            block.reserved_input_tokens += self.input
+            block.reserved_output_tokens += self.output
+            block.reserved_total_tokens += self.input + self.output
+            block.reserved_cost += self.cost
+        self.admitted = True
+
+    async def wait(self) -> None:
+        """Wait until admitted (or raise ``UsageLimitExceeded``)."""
+        while not self.admitted:
+            event = self.event
+            assert event is not None
+            try:
+                await event.wait()
+            finally:
+                with _LOCK:
+                    for block in self.blocks:
+                        if self in block._waiting:
+                            block._waiting.remove(self)
+                    self.event = None
+            with _LOCK:
+                self._try()
 
 
 def active() -> bool:
@@ -270,8 +346,10 @@ def admit(lm: LM, data: bytes, body: Mapping[str, Any], first: bool) -> Ticket |
     """Check a request against every enclosing block and reserve its estimate there.
 
     ``first``: whether this is the call's first attempt (only that one counts as a request).
-    Returns ``None`` outside any block. Raises ``UsageLimitExceeded`` if a limit would be crossed,
-    ``ValueError`` if a block has ``max_cost`` and the LM's price is unknown.
+    Returns ``None`` outside any block, else a ``Ticket``: admitted, or (when it fits only once
+    requests in flight finish) pending, to ``await ticket.wait()``. Raises ``UsageLimitExceeded``
+    if a limit would be crossed, ``ValueError`` if a block has ``max_cost`` and the LM's price is
+    unknown.
     """
     block = _current.get()
     if block is None:
@@ -295,29 +373,22 @@ def admit(lm: LM, data: bytes, body: Mapping[str, Any], first: bool) -> Ticket |
                 "(or price='<genai-prices provider id>' for a gateway serving a known provider's models)"
             )
         cost = estimate
+    ticket = Ticket(lm, tuple(blocks), inp, out, cost, first, bool(body.get("stream")))
     with _LOCK:
-        for block in blocks:
-            error = block.exceeded
-            if error is not None:
-                raise _closed(error, lm)
-            error = _check(block, first, inp, out, cost, lm)
-            if error is not None:
-                block.exceeded = error
-                raise error
-        for block in blocks:
-            block.requests += first
-            block.in_flight += 1
-            block.reserved_input_tokens += inp
-            block.reserved_output_tokens += out
-            block.reserved_total_tokens += inp + out
-            block.reserved_cost += cost
-    return Ticket(lm, tuple(blocks), inp, out, cost)
+        ticket._try()
+    return ticket
 
 
-def _check(block: UsageLimits, first: bool, inp: float, out: float, cost: float, lm: LM) -> UsageLimitExceeded | None:
-    if first and block.max_requests is not None and block.requests + 1 > block.max_requests:
-        return _error(block, "max_requests", block.max_requests, block.requests, 0, 1, lm)
-    estimates = (inp, out, inp + out)
+_Failure = tuple[str, float, float, float, float]  # limit name, limit, used, reserved, estimate
+
+
+def _check(block: UsageLimits, ticket: Ticket) -> tuple[_Failure | None, bool]:
+    """(what the ticket does not fit in now, whether it would fit once the block's requests in
+    flight end). Streams in flight do not count for the wait: the caller may be consuming one."""
+    if ticket.first and block.max_requests is not None and block.requests + 1 > block.max_requests:
+        return ("max_requests", block.max_requests, block.requests, 0, 1), False
+    can_wait = block.in_flight > block.streams_in_flight
+    estimates = (ticket.input, ticket.output, ticket.input + ticket.output)
     for (name, used_attr, reserved_attr), estimate in zip(_TOKEN_LIMITS, estimates, strict=True):
         limit = getattr(block, name)
         if limit is None:
@@ -325,10 +396,13 @@ def _check(block: UsageLimits, first: bool, inp: float, out: float, cost: float,
         used = getattr(block, used_attr)
         reserved = getattr(block, reserved_attr)
         if used + reserved + estimate > limit:
-            return _error(block, name, limit, used, reserved, estimate, lm)
-    if block.max_cost is not None and block.known_cost + block.reserved_cost + cost > block.max_cost:
-        return _error(block, "max_cost", block.max_cost, block.known_cost, block.reserved_cost, cost, lm)
-    return None
+            return (name, limit, used, reserved, estimate), can_wait and used + estimate <= limit
+    if block.max_cost is not None:
+        used_cost, reserved_cost = block.known_cost, block.reserved_cost
+        if used_cost + reserved_cost + ticket.cost > block.max_cost:
+            failure = ("max_cost", block.max_cost, used_cost, reserved_cost, ticket.cost)
+            return failure, can_wait and used_cost + ticket.cost <= block.max_cost
+    return None, False
 
 
 def _fmt(name: str, value: float) -> str:
@@ -340,6 +414,7 @@ def _fmt(name: str, value: float) -> str:
 def _error(
     block: UsageLimits, name: str, limit: float, used: float, reserved: float, estimate: float, lm: LM
 ) -> UsageLimitExceeded:
+    """The error for a refused request (built only when one is raised: messages cost)."""
     what = "requests" if name == "max_requests" else ("USD" if name == "max_cost" else name[4:].replace("_", " "))
     if name == "max_requests":
         figures = f"{int(used)} requests started ({block.in_flight} in flight) + this one > {int(limit)}"
@@ -380,13 +455,18 @@ def _closed(error: UsageLimitExceeded, lm: LM) -> UsageLimitExceeded:
 
 
 def settle(ticket: Ticket, usage: Usage | None) -> None:
-    """An admitted attempt is over: free its reservation; add ``usage`` (``None``: it failed)."""
+    """An attempt is over: free its reservation; add ``usage`` (``None``: it failed, or never started)."""
+    if not ticket.admitted:  # cancelled or timed out while waiting: nothing was reserved
+        return
+    ticket.admitted = False
     cost = None
     if usage is not None:
         cost = usage.cost if usage.cost is not None else ticket.lm._pricer.cost(usage)
+    wake: list[CrossLoopEvent] = []
     with _LOCK:
         for block in ticket.blocks:
             block.in_flight -= 1
+            block.streams_in_flight -= ticket.stream
             block.reserved_input_tokens -= ticket.input
             block.reserved_output_tokens -= ticket.output
             block.reserved_total_tokens -= ticket.input + ticket.output
@@ -399,3 +479,16 @@ def settle(ticket: Ticket, usage: Usage | None) -> None:
                     block.unknown_cost_requests += 1
                 else:
                     block.known_cost += cost
+            if block._waiting:
+                # wake the waiters that fit now, or all of them when nothing of the block is in
+                # flight any more (each then either starts or is refused)
+                keep: list[Ticket] = []
+                for waiter in block._waiting:
+                    if block.in_flight == block.streams_in_flight or _check(block, waiter)[0] is None:
+                        if waiter.event is not None:
+                            wake.append(waiter.event)
+                    else:
+                        keep.append(waiter)
+                block._waiting = keep
+    for event in wake:
+        event.set()

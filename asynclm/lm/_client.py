@@ -543,6 +543,8 @@ class LM(SyncCallable):
                     await _wait_until(deadline, self._tpm.acquire(estimate))
                 try:  # usage_limits: check and reserve (None outside any block)
                     ticket = admit(self, data, body, attempts.count == 0)
+                    if ticket is not None and not ticket.admitted:  # fits once requests in flight end
+                        await _wait_until(deadline, ticket.wait())
                 except BaseException:
                     if self._tpm is not None:
                         self._tpm.adjust(estimate)
