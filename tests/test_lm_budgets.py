@@ -486,6 +486,23 @@ async def test_linear_tiered_and_conditional_prices_match_genai_prices(
     assert response.usage.cost == pytest.approx(genai_cost(model, provider, prompt, completion, cached), rel=1e-12)
 
 
+async def test_public_calc_price_is_the_fallback(server: FakeOpenAIServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """If genai-prices' model data changes shape, every call goes through its public calc_price."""
+    from asynclm.lm import _cost
+
+    def changed(*args: object) -> None:
+        raise AttributeError("no such internal")
+
+    monkeypatch.setattr(_cost, "_resolve_fast", changed)
+    monkeypatch.setattr(_cost, "_LOOKUPS", {})
+    server.set_responses(_usage_reply(1234, 56, 200))
+    lm = LM("openai/gpt-4o-mini", base_url=server.base_url, api_key=KEY, cache=False, price="openai")
+    response = await lm("hi")
+    assert response.usage.cost == pytest.approx(genai_cost("gpt-4o-mini", "openai", 1234, 56, 200), rel=1e-12)
+    unknown = LM("openai/no-such-model-xyz", base_url=server.base_url, api_key=KEY, cache=False, price="openai")
+    assert (await unknown("hi")).usage.cost is None
+
+
 async def test_genai_prices_recognises_a_providers_base_url() -> None:
     lm = LM("openai/llama-3.1-8b-instant", base_url="https://api.groq.com/openai/v1", api_key=KEY)
     await lm._pricer.load()  # what the first request does

@@ -7,20 +7,26 @@ a request counts in, and must fit, every enclosing block.
 
 The LM client calls two functions around each HTTP attempt:
 
-* ``admit`` before it is sent: in every enclosing block, ``used + reserved + estimate <= limit``
-  for each limit set, else ``UsageLimitExceeded`` (and the block refuses every later request:
-  sticky). On success the request's estimate is added to each block's ``reserved`` figures.
+* ``admit`` before it is sent. In every enclosing block, for each limit set, the request must fit:
+  ``used + reserved + estimate <= limit`` (``reserved``: the estimates of the block's requests in
+  flight). If it does, its estimate joins ``reserved`` and it is sent. If it would fit once the
+  requests in flight end (``used + estimate <= limit``), it waits for them (within the call's
+  deadline) and checks again. Otherwise it raises ``UsageLimitExceeded`` and the block refuses
+  every later request (sticky). Streams in flight are not waited for (the caller may be the
+  one consuming them): a request that fits only once they end is refused.
 * ``settle`` when it is over: the estimate leaves ``reserved``; the reported usage and cost (none
   for a failed attempt) join ``used``.
 
 The bound this gives (asserted by tests/test_lm_budgets.py): after the last request a block
 admitted, ``used + reserved <= limit``; from then on only requests already in flight finish, each
 moving its estimate to its actual usage. So a block's final ``used`` is at most
-``limit + sum(actual - estimate)`` over the requests in flight when it admitted its last one, and
-never more than the limit when every estimate is at least the actual usage.
+``limit + sum(actual - estimate)`` over the requests in flight when it admitted its last one
+(at most ``peak_in_flight`` of them), and never more than the limit when no estimate is below the
+actual usage. And it is used: without streams, a request is refused only when
+``used + estimate > limit``.
 
-All state is under one lock (the calls run on many threads' event loops at once); nothing here
-awaits.
+All state is under one lock (the calls run on many threads' event loops at once), never held
+across an ``await``; a waiting request is woken on its own loop (``runtime.CrossLoopEvent``).
 """
 
 from __future__ import annotations
@@ -243,8 +249,9 @@ def usage_limits(
     (or ``async with``); any subset of the limits. Every request is checked before it is sent
     against the block's used figures plus the estimates of its requests in flight plus its own
     estimate (as ``tpm`` estimates: ``len(body) / 4`` input tokens, ``max_tokens`` (or 512) x ``n``
-    output tokens); a request that would cross raises ``UsageLimitExceeded`` and closes the block
-    to new requests. Cache hits are free and never refused; a call's retries are not new requests
+    output tokens). A request that fits only once requests in flight end waits for them; one
+    that would cross even then raises ``UsageLimitExceeded`` and closes the block to new
+    requests. Cache hits are free and never refused; a call's retries are not new requests
     (but each is checked). ``max_cost`` needs every LM called in the block to have a known price
     (see ``LM(price=...)``). Child tasks, ``Parallel``/batch items, ``asyncify`` threads and
     ``.sync()`` calls started inside count; blocks nest, each enforcing its own limits. See

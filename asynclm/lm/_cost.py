@@ -28,7 +28,6 @@ from __future__ import annotations
 import math
 import threading
 from collections.abc import Callable, Mapping
-from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -95,6 +94,8 @@ def _check_provider_id(provider_id: str) -> None:
         ) from None
     try:
         data_snapshot.get_snapshot().find_provider(None, provider_id, None)
+    except AttributeError:  # genai-prices' internals changed: the first lookup will tell
+        return
     except LookupError:
         raise ValueError(
             f"LM(price={provider_id!r}): genai-prices knows no provider {provider_id!r} (try 'openai', "
@@ -211,13 +212,40 @@ def _resolve(
     model: str, provider_id: str | None, api_url: str | None
 ) -> tuple[tuple[float, float, float] | None, Any]:
     try:
-        from genai_prices import Usage as PriceUsage, data_snapshot, types
+        import genai_prices
     except ImportError:  # not installed (it needs Python >= 3.11): prices are unknown
         return None, None
     try:
-        provider, info = data_snapshot.get_snapshot().find_provider_model(model, None, provider_id, api_url)
+        return _resolve_fast(model, provider_id, api_url)
     except LookupError:
         return None, None
+    except Exception:  # genai-prices' internals changed: use its public calc_price for every call
+        pass
+
+    def calc(prompt: int, cached: int, completion: int) -> float:
+        usage = genai_prices.Usage(
+            input_tokens=prompt, cache_read_tokens=min(cached, prompt) or None, output_tokens=completion
+        )
+        if provider_id is not None:
+            return float(genai_prices.calc_price(usage, model, provider_id=provider_id).total_price)
+        return float(genai_prices.calc_price(usage, model, provider_api_url=api_url).total_price)
+
+    try:
+        calc(1, 0, 1)
+    except LookupError:
+        return None, None
+    return None, calc
+
+
+def _resolve_fast(
+    model: str, provider_id: str | None, api_url: str | None
+) -> tuple[tuple[float, float, float] | None, Any]:
+    """Through genai-prices' model data: linear rates for a flat price, else its per-model calculation."""
+    from datetime import datetime, timezone
+
+    from genai_prices import Usage as PriceUsage, data_snapshot, types
+
+    provider, info = data_snapshot.get_snapshot().find_provider_model(model, None, provider_id, api_url)
     prices = info.prices
     if isinstance(prices, types.ModelPrice) and not any(
         isinstance(v, types.TieredPrices) for v in vars(prices).values()
