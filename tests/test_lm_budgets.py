@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import importlib.util
 import json
 import subprocess
 import sys
@@ -29,6 +30,10 @@ from asynclm.runtime import Parallel, asyncify
 from asynclm.testing import FakeOpenAIServer, Fault, Fields, Reply
 
 KEY = "sk-budget-SECRET-7777"
+# genai-prices needs Python >= 3.11; on 3.10 only LM(price={...}) prices calls
+needs_genai_prices = pytest.mark.skipif(
+    importlib.util.find_spec("genai_prices") is None, reason="genai-prices is not installed (Python >= 3.11)"
+)
 P, C = 40, 20  # the usage every scripted reply reports
 
 
@@ -270,6 +275,27 @@ async def test_the_block_holds_across_sync_hops_asyncify_and_batch_items(server:
     assert limits.requests == 8 == server.requests
 
 
+async def test_the_block_holds_in_evaluate_and_optimizers(server: FakeOpenAIServer) -> None:
+    from asynclm.evaluate import answer_exact_match
+
+    server.set_responses(Fields(answer="Paris"))
+    lm = make_lm(server)
+    qa = asynclm.Predict("question -> answer")
+    qa.lm = lm  # type: ignore[attr-defined]
+    examples = [asynclm.Example(question=f"q{i}", answer="Paris").with_inputs("question") for i in range(6)]
+    evaluate = asynclm.Evaluate(devset=examples, metric=answer_exact_match, max_errors=None, progress=False)
+    async with usage_limits(max_requests=4) as limits:
+        await evaluate(qa)
+    assert limits.requests == 4 == server.requests and isinstance(limits.exceeded, UsageLimitExceeded)
+    boot = asynclm.BootstrapFewShot(metric=answer_exact_match, max_bootstrapped_demos=4, max_errors=None)
+    async with usage_limits(max_requests=2) as limits:
+        try:
+            await boot.compile(qa, trainset=examples)
+        except UsageLimitExceeded:
+            pass
+    assert limits.requests == 2 and server.requests == 4 + 2
+
+
 def test_sync_calls_and_plain_threads_with_the_context(server: FakeOpenAIServer, portal_backend: str) -> None:
     lm = make_lm(server)
     with usage_limits(max_requests=3) as limits:
@@ -383,7 +409,9 @@ def test_budget_holds_over_256_concurrent_calls_in_8_threads(
 
     with usage_limits(max_total_tokens=limit) as limits:
         threads = [
-            threading.Thread(target=contextvars.copy_context().run, args=(portal_thread if t % 2 else own_loop_thread, t))
+            threading.Thread(
+                target=contextvars.copy_context().run, args=(portal_thread if t % 2 else own_loop_thread, t)
+            )
             for t in range(8)
         ]
         for thread in threads:
@@ -430,6 +458,7 @@ def _usage_reply(prompt: int, completion: int, cached: int) -> dict[str, Any]:
     }
 
 
+@needs_genai_prices
 async def test_cost_of_a_known_model_matches_genai_prices(server: FakeOpenAIServer) -> None:
     server.set_responses([_usage_reply(1200, 345, 0), _usage_reply(5000, 10, 3072)])
     lm = LM("openai/gpt-4o-mini", base_url=server.base_url, api_key=KEY, cache=False, price="openai")
@@ -448,6 +477,7 @@ async def test_cost_of_a_known_model_matches_genai_prices(server: FakeOpenAIServ
     json.dumps(entry["usage"])
 
 
+@needs_genai_prices
 async def test_default_base_url_is_priced_as_openai(server: FakeOpenAIServer) -> None:
     """An LM at OpenAI's own URL (here redirected to the fake server by an httpx hook)."""
     httpx = pytest.importorskip("httpx")
@@ -467,6 +497,7 @@ async def test_default_base_url_is_priced_as_openai(server: FakeOpenAIServer) ->
     assert server.requests == 1
 
 
+@needs_genai_prices
 @pytest.mark.parametrize(
     ("model", "provider", "prompt", "completion", "cached"),
     [
@@ -486,6 +517,7 @@ async def test_linear_tiered_and_conditional_prices_match_genai_prices(
     assert response.usage.cost == pytest.approx(genai_cost(model, provider, prompt, completion, cached), rel=1e-12)
 
 
+@needs_genai_prices
 async def test_public_calc_price_is_the_fallback(server: FakeOpenAIServer, monkeypatch: pytest.MonkeyPatch) -> None:
     """If genai-prices' model data changes shape, every call goes through its public calc_price."""
     from asynclm.lm import _cost
@@ -503,6 +535,7 @@ async def test_public_calc_price_is_the_fallback(server: FakeOpenAIServer, monke
     assert (await unknown("hi")).usage.cost is None
 
 
+@needs_genai_prices
 async def test_genai_prices_recognises_a_providers_base_url() -> None:
     lm = LM("openai/llama-3.1-8b-instant", base_url="https://api.groq.com/openai/v1", api_key=KEY)
     await lm._pricer.load()  # what the first request does
@@ -520,7 +553,8 @@ async def test_price_override_wins(server: FakeOpenAIServer) -> None:
     lm = LM("openai/gpt-4o-mini", api_key=KEY, base_url=server.base_url, cache=False, price=price)
     response = await lm("hi")
     assert response.usage.cost == pytest.approx((1000 * 2.0 + 1000 * 0.5 + 300 * 8.0) / 1e6, rel=1e-12)
-    plain = LM("openai/gpt-4o-mini", api_key=KEY, base_url=server.base_url, cache=False, price={"input": 1, "output": 3})
+    rates = {"input": 1, "output": 3}
+    plain = LM("openai/gpt-4o-mini", api_key=KEY, base_url=server.base_url, cache=False, price=rates)
     response = await plain("hi")
     assert response.usage.cost == pytest.approx((2000 * 1 + 300 * 3) / 1e6, rel=1e-12)  # cached: the input price
     assert plain.price == {"input": 1, "output": 3}
@@ -536,8 +570,11 @@ def test_price_is_validated() -> None:
         ({"input": "1", "output": 2.0}, ValueError, "finite number"),
         (0.15, TypeError, "dict of USD per 1M tokens"),
         ("", ValueError, "provider id"),
-        ("no-such-provider", ValueError, "knows no provider 'no-such-provider'"),
     ]
+    if importlib.util.find_spec("genai_prices") is None:
+        cases.append(("openai", ImportError, "pip install genai-prices"))
+    else:
+        cases.append(("no-such-provider", ValueError, "knows no provider 'no-such-provider'"))
     for price, error, match in cases:
         with pytest.raises(error, match=match):
             LM("openai/m", api_key=KEY, price=price)
@@ -587,6 +624,7 @@ def test_importing_asynclm_does_not_import_genai_prices() -> None:
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
+@needs_genai_prices
 def test_decimal_reference_is_exact() -> None:  # a sanity check of the reference itself
     from genai_prices import Usage as PriceUsage, calc_price
 
