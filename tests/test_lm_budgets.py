@@ -560,6 +560,17 @@ async def test_price_override_wins(server: FakeOpenAIServer) -> None:
     assert plain.price == {"input": 1, "output": 3}
 
 
+async def test_a_response_without_usage_has_an_unknown_cost(server: FakeOpenAIServer) -> None:
+    reply = _usage_reply(1, 1, 0)
+    del reply["usage"]
+    server.set_responses(reply)
+    lm = make_lm(server, price={"input": 1.0, "output": 1.0})
+    with track_usage() as usage:
+        response = await lm("hi")
+    assert response.usage.total_tokens == 0 and response.usage.cost is None
+    assert usage.cost is None and usage.unknown_cost_calls == 1
+
+
 def test_price_is_validated() -> None:
     cases: list[tuple[Any, type[Exception], str]] = [
         ({"input": 1.0}, ValueError, "missing 'output'"),

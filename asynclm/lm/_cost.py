@@ -152,7 +152,10 @@ class Pricer:
         self.ready = True
 
     def cost(self, usage: Usage) -> float | None:
-        """The USD cost of ``usage`` (``None`` if the price is unknown)."""
+        """The USD cost of ``usage``: ``None`` if the price is unknown, or if ``usage`` reports no
+        tokens at all (the server sent no usage, or a stream was stopped before it did)."""
+        if not (usage.prompt_tokens or usage.completion_tokens or usage.total_tokens):
+            return None
         rates = self._rates
         if rates is not None:
             prompt = usage.prompt_tokens
