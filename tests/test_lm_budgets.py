@@ -353,6 +353,20 @@ async def test_a_waiting_request_keeps_its_deadline(server: FakeOpenAIServer) ->
     assert_idle(limits)
 
 
+async def test_no_wait_when_another_limit_refuses_anyway(server: FakeOpenAIServer) -> None:
+    server.set_responses(Reply("fine", prompt_tokens=P, completion_tokens=C, latency=0.5))
+    lm = make_lm(server, max_tokens=400)
+    async with usage_limits(max_output_tokens=1000, max_total_tokens=800) as limits:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(lm, "slow")  # reserves 400 output tokens, ~420 in all
+            await server.wait_until(lambda s: s.in_flight == 1)
+            # 800 more output tokens fit once "slow" ends, but ~820 tokens in all never fit in 800:
+            # refused at once, without waiting for "slow"
+            with anyio.fail_after(0.3), pytest.raises(UsageLimitExceeded, match="max_total_tokens=800"):
+                await lm("big", max_tokens=800)
+    assert limits.requests == 1
+
+
 async def test_an_open_stream_is_not_waited_for(server: FakeOpenAIServer) -> None:
     """The caller may hold the stream it would wait for: refuse at once instead of hanging."""
     lm = make_lm(server, max_tokens=400)

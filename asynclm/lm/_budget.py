@@ -49,13 +49,6 @@ __all__ = ["Ticket", "UsageLimitExceeded", "UsageLimits", "admit", "settle", "us
 
 _LOCK = threading.Lock()
 
-# the figures a limit applies to: (limit attribute, used attribute, reserved attribute)
-_TOKEN_LIMITS = (
-    ("max_input_tokens", "input_tokens", "reserved_input_tokens"),
-    ("max_output_tokens", "output_tokens", "reserved_output_tokens"),
-    ("max_total_tokens", "total_tokens", "reserved_total_tokens"),
-)
-
 
 class UsageLimitExceeded(LMError):
     """A request would cross a ``usage_limits`` block's limit (or one was reached earlier in it).
@@ -395,21 +388,21 @@ def _check(block: UsageLimits, ticket: Ticket) -> tuple[_Failure | None, bool]:
     if ticket.first and block.max_requests is not None and block.requests + 1 > block.max_requests:
         return ("max_requests", block.max_requests, block.requests, 0, 1), False
     can_wait = block.in_flight > block.streams_in_flight
-    estimates = (ticket.input, ticket.output, ticket.input + ticket.output)
-    for (name, used_attr, reserved_attr), estimate in zip(_TOKEN_LIMITS, estimates, strict=True):
+    first_wait: _Failure | None = None
+    for name, used, reserved, estimate in (
+        ("max_input_tokens", block.input_tokens, block.reserved_input_tokens, ticket.input),
+        ("max_output_tokens", block.output_tokens, block.reserved_output_tokens, ticket.output),
+        ("max_total_tokens", block.total_tokens, block.reserved_total_tokens, ticket.input + ticket.output),
+        ("max_cost", block.known_cost, block.reserved_cost, ticket.cost),
+    ):
         limit = getattr(block, name)
-        if limit is None:
+        if limit is None or used + reserved + estimate <= limit:
             continue
-        used = getattr(block, used_attr)
-        reserved = getattr(block, reserved_attr)
-        if used + reserved + estimate > limit:
-            return (name, limit, used, reserved, estimate), can_wait and used + estimate <= limit
-    if block.max_cost is not None:
-        used_cost, reserved_cost = block.known_cost, block.reserved_cost
-        if used_cost + reserved_cost + ticket.cost > block.max_cost:
-            failure = ("max_cost", block.max_cost, used_cost, reserved_cost, ticket.cost)
-            return failure, can_wait and used_cost + ticket.cost <= block.max_cost
-    return None, False
+        failure = (name, limit, used, reserved, estimate)
+        if not (can_wait and used + estimate <= limit):
+            return failure, False  # would cross even with nothing in flight
+        first_wait = first_wait or failure
+    return first_wait, first_wait is not None
 
 
 def _fmt(name: str, value: float) -> str:
