@@ -26,7 +26,7 @@ import pytest
 
 import asynclm
 from asynclm.lm import LM, LMResponse, ServerError, Usage, UsageLimitExceeded, UsageLimits, track_usage, usage_limits
-from asynclm.runtime import Parallel, asyncify
+from asynclm.runtime import CrossLoopEvent, Parallel, asyncify
 from asynclm.testing import FakeOpenAIServer, Fault, Fields, Reply
 
 KEY = "sk-budget-SECRET-7777"
@@ -378,6 +378,18 @@ async def test_an_open_stream_is_not_waited_for(server: FakeOpenAIServer) -> Non
                 break
     assert limits.streams_in_flight == 0
     assert_idle(limits)
+
+
+async def test_cross_loop_event_wakes_its_loop_from_another_thread() -> None:
+    event = CrossLoopEvent()  # what a waiting request waits on
+    setter = threading.Timer(0.05, event.set)
+    setter.start()
+    with anyio.fail_after(5):
+        await event.wait()
+    setter.join()
+    same_thread = CrossLoopEvent()
+    assert same_thread.set()  # from its own loop's thread: set at once
+    await same_thread.wait()
 
 
 # -- 256 concurrent calls over 8 threads --------------------------------------------------------
