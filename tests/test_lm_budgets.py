@@ -309,6 +309,25 @@ def test_sync_calls_and_plain_threads_with_the_context(server: FakeOpenAIServer,
     assert isinstance(limits.exceeded, UsageLimitExceeded)
 
 
+async def test_scripted_lm_keeps_budgets_too() -> None:
+    from asynclm.testing import ScriptedLM
+
+    lm = ScriptedLM({"answer": "Paris"}, usage=(30, 10), price={"input": 1.0, "output": 1.0})
+    qa = asynclm.Predict("question -> answer", lm=lm)
+    async with usage_limits(max_requests=3) as limits:
+        results = await qa.batch([{"question": f"q{i}"} for i in range(5)], return_exceptions=True)
+    assert [type(r).__name__ for r in results].count("UsageLimitExceeded") == 2
+    assert limits.requests == 3 and len(lm.requests) == 3 and limits.total_tokens == 3 * 40
+    assert limits.cost == pytest.approx(3 * 40 / 1e6)
+    assert_idle(limits)
+    async with usage_limits(max_total_tokens=1000) as limits:
+        async with contextlib.aclosing(lm.stream("streamed")) as stream:
+            async for _ in stream:
+                assert limits.in_flight == 1
+    assert limits.requests == 1 and limits.total_tokens == 40
+    assert_idle(limits)
+
+
 async def test_streams_count_and_settle(server: FakeOpenAIServer) -> None:
     lm = make_lm(server, max_tokens=30, price={"input": 1.0, "output": 1.0})
     async with usage_limits(max_total_tokens=1000, max_cost=1.0) as limits:
