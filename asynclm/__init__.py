@@ -56,6 +56,9 @@ _EXPORTS: dict[str, str] = {
     "track_usage": "asynclm.lm",
     "RedisCache": "asynclm.lm",
     "CacheWarning": "asynclm.lm",
+    "usage_limits": "asynclm.lm",
+    "UsageLimits": "asynclm.lm",
+    "UsageLimitExceeded": "asynclm.lm",
     "inspect_history": "asynclm.lm",
     # modules
     "Module": "asynclm.modules",
@@ -111,8 +114,11 @@ if TYPE_CHECKING:  # static checkers see the real names; at run time they load l
         ResponseTooLargeError as ResponseTooLargeError,
         ServerError as ServerError,
         Usage as Usage,
+        UsageLimitExceeded as UsageLimitExceeded,
+        UsageLimits as UsageLimits,
         inspect_history as inspect_history,
         track_usage as track_usage,
+        usage_limits as usage_limits,
     )
     from asynclm.modules import (
         BestOfN as BestOfN,

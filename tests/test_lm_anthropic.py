@@ -117,6 +117,21 @@ async def test_a_raw_response_with_tool_use_and_cache_tokens(server: FakeOpenAIS
     assert resp.usage.prompt_tokens == 50 and resp.usage.completion_tokens == 9
     assert resp.raw["content"][1]["type"] == "tool_use"
     assert resp.tool_calls[0]["function"] == {"name": "weather", "arguments": '{"city": "Paris"}'}
+    assert resp.usage.cached_tokens == 40  # cache reads, priced as cached input
+
+
+async def test_cost_and_budgets_read_anthropic_usage(server: FakeOpenAIServer) -> None:
+    """Cost and usage_limits settle with Anthropic's own usage fields (not OpenAI's names)."""
+    usage = {"input_tokens": 100, "cache_read_input_tokens": 1000, "output_tokens": 10}
+    server.set_responses({"type": "message", "role": "assistant", "content": [{"type": "text", "text": "ok"}],
+                          "stop_reason": "end_turn", "usage": usage})  # fmt: skip
+    lm = make_lm(server, price={"input": 3.0, "output": 15.0, "cached_input": 0.3})
+    with asynclm.usage_limits(max_total_tokens=10_000) as limits, track_usage() as tracked:
+        resp = await lm("priced?")
+    # 100 input at $3/M + 1000 cached at $0.3/M + 10 output at $15/M
+    assert resp.usage.cost == pytest.approx((100 * 3.0 + 1000 * 0.3 + 10 * 15.0) / 1e6)
+    assert (limits.requests, limits.input_tokens, limits.output_tokens) == (1, 1100, 10)
+    assert tracked.cost == pytest.approx(resp.usage.cost)
 
 
 async def test_the_cache_keeps_anthropic_responses(

@@ -106,7 +106,17 @@ def test_usage() -> None:
     assert Usage.from_json({"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 9}).total_tokens == 9
     assert Usage.from_json(None) == Usage() and Usage.from_json({"prompt_tokens": "x"}) == Usage()
     assert Usage(1, 2) + Usage(3, 4) == Usage(4, 6)
-    assert Usage(1, 2).to_dict() == {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3}
+    assert Usage(1, 2).to_dict() == {
+        "prompt_tokens": 1,
+        "completion_tokens": 2,
+        "total_tokens": 3,
+        "cached_tokens": 0,
+        "cost": None,
+    }
+    assert (Usage(1, 2, cost=0.5) + Usage(3, 4, cost=0.25)).cost == 0.75
+    assert (Usage(1, 2, cost=0.5) + Usage(3, 4)).cost is None  # an unknown part: an unknown sum
+    details = {"prompt_tokens": 10, "completion_tokens": 1, "prompt_tokens_details": {"cached_tokens": 4}}
+    assert Usage.from_json(details).cached_tokens == 4
 
 
 def test_lm_response_from_json() -> None:
@@ -129,7 +139,7 @@ def test_lm_response_from_json() -> None:
     assert resp.text == "" and resp.finish_reason == "tool_calls" and resp.model == "m-2024"
     assert resp.tool_calls[0]["function"]["name"] == "f" and resp.usage.total_tokens == 6
     hit = LMResponse.from_json(raw, "m", cache_hit=True)
-    assert hit.cache_hit and hit.usage == Usage()
+    assert hit.cache_hit and hit.usage == Usage(cost=0.0)  # a cache hit costs nothing
     assert "tool_calls" in repr(resp)
     for bad in ({}, {"choices": []}, {"choices": [{"text": "legacy"}]}):
         with pytest.raises(ValueError):

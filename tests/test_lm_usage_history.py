@@ -66,6 +66,7 @@ async def test_usage_rolls_up_over_tasks_parallel_threads_and_sync_calls(server:
             "completion_tokens": 3 * calls,
             "total_tokens": 13 * calls,
             "calls": calls,
+            "cost": None,  # a local test server: no known price
         }
     }
     await lm("after the block")
@@ -118,7 +119,13 @@ async def test_history_entries(server: FakeOpenAIServer) -> None:
     assert entry["messages"][-1] == {"role": "user", "content": "question"}
     assert entry["params"] == {"temperature": 0.1, "n": 1}
     assert entry["outputs"] == ["fine"]
-    assert entry["usage"] == {"prompt_tokens": 10, "completion_tokens": 3, "total_tokens": 13}
+    assert entry["usage"] == {
+        "prompt_tokens": 10,
+        "completion_tokens": 3,
+        "total_tokens": 13,
+        "cached_tokens": 0,
+        "cost": None,
+    }
     assert entry["cache_hit"] is False and entry["duration"] > 0 and entry["timestamp"] > 0
     server.fail_next(Fault.error(400))
     with pytest.raises(asynclm.BadRequestError):

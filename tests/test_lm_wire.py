@@ -290,7 +290,7 @@ def test_anthropic_response_texts_usage_finish_and_tool_use() -> None:
     assert isinstance(resp, AnthropicResponse)
     assert resp.text == "Let me check. Done."
     assert resp.finish_reason == "tool_calls" and resp.model == "claude-x-2025"
-    assert resp.usage == Usage(1110, 20)
+    assert resp.usage == Usage(1110, 20, cached_tokens=1000)  # cache reads are in prompt_tokens too
     assert resp.raw["content"][2]["type"] == "tool_use"  # kept in the raw response
     assert resp.tool_calls == [
         {"id": "toolu_1", "type": "function", "function": {"name": "weather", "arguments": '{"city": "Paris"}'}}
@@ -392,7 +392,7 @@ def test_anthropic_stream_events() -> None:
     tool_events = [d.raw for d in deltas if not d.text and d.finish_reason is None]
     assert [e["type"] for e in tool_events] == ["content_block_start", "content_block_delta"]  # tool use kept
     final = deltas[-1]
-    assert final.finish_reason == "tool_calls" and final.usage == Usage(30, 15)
+    assert final.finish_reason == "tool_calls" and final.usage == Usage(30, 15, cached_tokens=5)
 
 
 @pytest.mark.parametrize(

@@ -14,9 +14,11 @@ Errors (all subclasses of ``LMError``)::
     │                                response, after the retries
     ├── LMConnectionError            refused/reset/truncated, after the retries
     ├── ResponseTooLargeError        a body beyond max_response_bytes (never retried)
-    └── LMTimeoutError               the call's deadline (also a TimeoutError), or 408
+    ├── LMTimeoutError               the call's deadline (also a TimeoutError), or 408
+    └── UsageLimitExceeded           a usage_limits() block's limit (before the request; never retried)
 """
 
+from ._budget import UsageLimitExceeded, UsageLimits, usage_limits
 from ._cache import CacheWarning
 from ._client import LM
 from ._errors import (
@@ -57,7 +59,10 @@ __all__ = [
     "ServerError",
     "StreamDelta",
     "Usage",
+    "UsageLimitExceeded",
+    "UsageLimits",
     "UsageTracker",
     "inspect_history",
     "track_usage",
+    "usage_limits",
 ]

@@ -32,7 +32,9 @@ import anyio
 
 from asynclm.runtime import ConcurrencyLimiter, RateLimiter, SyncCallable, current_settings, iterate_sync
 
+from ._budget import UsageLimitExceeded, admit, settle
 from ._cache import cache_key, check_cache_mode, endpoint_of, flights, memory_store, store_for
+from ._cost import pricer_for
 from ._errors import (
     AuthenticationError,
     BadRequestError,
@@ -123,11 +125,12 @@ class StreamMethod:
 class _Attempts:
     """How a call's retries went, for the message of a deadline error."""
 
-    __slots__ = ("count", "last_error")
+    __slots__ = ("count", "last_error", "ticket")
 
     def __init__(self) -> None:
         self.count = 0
         self.last_error: BaseException | None = None
+        self.ticket: Any = None  # a stream's usage_limits reservation, settled when it ends
 
 
 T = TypeVar("T")
@@ -155,7 +158,11 @@ def _clone(error: BaseException) -> BaseException:
 def _shareable(error: BaseException) -> bool:
     # A server's verdict on the request is shared with identical waiting calls; a leader's own
     # deadline is not (the waiters have their own).
-    return isinstance(error, LMError) and not (isinstance(error, LMTimeoutError) and error.status is None)
+    return (
+        isinstance(error, LMError)
+        and not (isinstance(error, LMTimeoutError) and error.status is None)
+        and not isinstance(error, UsageLimitExceeded)  # the leader's own budget, not the waiters'
+    )
 
 
 class LM(SyncCallable):
@@ -196,6 +203,12 @@ class LM(SyncCallable):
         max_response_bytes: the largest response body accepted, after decompression (default
             64 MiB; a stream counts as a whole); a larger one raises
             ``ResponseTooLargeError``, not retried.
+        price: what a call costs, for ``Usage.cost`` and ``usage_limits(max_cost=...)``: a dict of
+            USD per 1M tokens ``{"input": 0.15, "output": 0.6}`` (optionally ``"cached_input"``,
+            default the input price), or a genai-prices provider id (``"openai"``) to price the
+            model as that provider does. Default: genai-prices' price for OpenAI at the default
+            base_url, for the provider genai-prices recognises from any other base_url, else
+            unknown (cost ``None``). See "Cost" in docs/lm.md.
         **default_params: any other chat-completions parameter sent with every call
             (``top_p``, ``stop``, ``response_format``, ``seed``…; for ``anthropic/`` these are
             mapped to the Messages API: ``stop`` as ``stop_sequences``, ``n`` > 1 refused).
@@ -237,6 +250,7 @@ class LM(SyncCallable):
         http_client_factory: Callable[[], Any] | None = None,
         ssl_context: ssl.SSLContext | None = None,
         max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+        price: Mapping[str, float] | str | None = None,
         **default_params: Any,
     ) -> None:
         if not isinstance(model, str) or not model:
@@ -307,6 +321,8 @@ class LM(SyncCallable):
         self.http_client_factory = http_client_factory
         self.ssl_context = ssl_context
         self.max_response_bytes = max_response_bytes
+        self.price = price
+        self._pricer = pricer_for(name, self.base_url, wire.default_base_url, price, wire.name)  # validates price=
         self.backoff_base = 0.5
         self.backoff_max = 8.0
         if max_tokens is None and "max_completion_tokens" not in default_params:
@@ -395,6 +411,8 @@ class LM(SyncCallable):
         except LMError as exc:
             self._record_error(body, exc, started, t0)
             raise
+        if not response.cache_hit:
+            response.usage.cost = self._pricer.cost(response.usage)
         record_usage(self.model_name, response.usage, response.cache_hit)
         self._record(body, response.texts, response.usage, response.cache_hit, started, t0)
         return response
@@ -533,6 +551,8 @@ class LM(SyncCallable):
         ``stream=True``: the open 2xx response. (Called directly, without a typed wrapper coroutine:
         each extra frame is memory held per in-flight call.)"""
         self._check_key()
+        if not self._pricer.ready:  # a genai-prices lookup, once per LM (a worker thread)
+            await self._pricer.load()
         transport = get_transport(self._transport_factory)
         estimate = self._estimate_tokens(data, body) if self._tpm is not None else 0.0
         limiter = self._concurrency
@@ -547,11 +567,20 @@ class LM(SyncCallable):
             if limiter is not None:
                 await _wait_until(deadline, limiter.acquire())
             keep_slot = False
+            ticket = None
             try:
                 if self._rpm is not None:
                     await _wait_until(deadline, self._rpm.acquire())
                 if self._tpm is not None:
                     await _wait_until(deadline, self._tpm.acquire(estimate))
+                try:  # usage_limits: check and reserve (None outside any block)
+                    ticket = admit(self, data, body, attempts.count == 0)
+                    if ticket is not None and not ticket.admitted:  # fits once requests in flight end
+                        await _wait_until(deadline, ticket.wait())
+                except BaseException:
+                    if self._tpm is not None:
+                        self._tpm.adjust(estimate)
+                    raise
                 attempts.count += 1
                 response: Any
                 try:
@@ -593,6 +622,7 @@ class LM(SyncCallable):
                     if stream:
                         if 200 <= status < 300:
                             keep_slot = True
+                            attempts.ticket = ticket  # settled when the stream ends
                             return response
                         try:
                             payload = await response.aread()
@@ -617,6 +647,9 @@ class LM(SyncCallable):
                         else:
                             if self._tpm is not None:
                                 self._tpm.adjust(estimate - used)
+                            if ticket is not None:
+                                settle(ticket, self._wire.usage(raw))
+                                ticket = None
                             return payload, raw
                     else:
                         retry_after = parse_retry_after(response.headers)
@@ -637,6 +670,8 @@ class LM(SyncCallable):
             finally:
                 if limiter is not None and not keep_slot:
                     limiter.release()
+                if ticket is not None and not keep_slot:
+                    settle(ticket, None)  # failed: no usage
             attempts.last_error = error
             retry = attempts.count - 1
             if not retryable or retry >= self.max_retries:
@@ -827,9 +862,14 @@ class LM(SyncCallable):
                 if self._concurrency is not None:
                     self._concurrency.release()
             if isinstance(error, LMError):  # as for a failed call: no usage, an error entry
+                if attempts.ticket is not None:
+                    settle(attempts.ticket, None)
                 self._record_error(body, error, started, t0)
             else:  # finished, or stopped early by the consumer: what was streamed counts
                 used = usage or Usage()
+                used.cost = self._pricer.cost(used)
+                if attempts.ticket is not None:
+                    settle(attempts.ticket, used)
                 record_usage(self.model_name, used, False)
                 outputs = ["".join(texts[i]) for i in sorted(texts)]
                 self._record(body, outputs, used, False, started, t0)

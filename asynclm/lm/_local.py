@@ -396,6 +396,7 @@ class LocalLM(LM):
             _check_installed(LOCAL_MODELS[name])
         # A small base model loops ("1000000…") without it; 1.2 ended every loop we measured.
         kwargs.setdefault("repeat_penalty", 1.2)
+        kwargs.setdefault("price", {"input": 0.0, "output": 0.0})  # runs on this machine: costs no USD
         # The real address is known once the server runs; until then requests go nowhere.
         super().__init__(
             f"openai/{name}",

@@ -12,20 +12,35 @@ __all__ = ["LMResponse", "StreamDelta", "Usage"]
 
 
 class Usage:
-    """Token counts of one call (or a sum of calls). Cache hits have all zeros."""
+    """Token counts and cost of one call (or a sum of calls). Cache hits have all zeros.
 
-    __slots__ = ("completion_tokens", "prompt_tokens", "total_tokens")
+    Attributes:
+        prompt_tokens, completion_tokens, total_tokens: as the server reported them.
+        cached_tokens: how many of ``prompt_tokens`` the provider served from its prompt cache
+            (OpenAI's ``prompt_tokens_details.cached_tokens``; 0 when not reported).
+        cost: the USD cost (see "Cost" in docs/lm.md): ``None`` when the model's price is unknown,
+            0.0 for a cache hit. A sum is ``None`` if any of its parts is.
+    """
+
+    __slots__ = ("cached_tokens", "completion_tokens", "cost", "prompt_tokens", "total_tokens")
 
     def __init__(
-        self, prompt_tokens: int = 0, completion_tokens: int = 0, total_tokens: int | None = None
+        self,
+        prompt_tokens: int = 0,
+        completion_tokens: int = 0,
+        total_tokens: int | None = None,
+        cached_tokens: int = 0,
+        cost: float | None = None,
     ) -> None:
         self.prompt_tokens = prompt_tokens
         self.completion_tokens = completion_tokens
         self.total_tokens = prompt_tokens + completion_tokens if total_tokens is None else total_tokens
+        self.cached_tokens = cached_tokens
+        self.cost = cost
 
     @classmethod
     def from_json(cls, data: Any) -> Usage:
-        """From an OpenAI ``usage`` object; missing or malformed fields count as 0."""
+        """From an OpenAI ``usage`` object; missing or malformed fields count as 0 (cost: None)."""
         if not isinstance(data, dict):
             return cls()
         prompt = data.get("prompt_tokens")
@@ -33,7 +48,14 @@ class Usage:
         total = data.get("total_tokens")
         prompt = prompt if isinstance(prompt, int) else 0
         completion = completion if isinstance(completion, int) else 0
-        return cls(prompt, completion, total if isinstance(total, int) else None)
+        details = data.get("prompt_tokens_details")
+        cached = details.get("cached_tokens") if isinstance(details, dict) else None
+        return cls(
+            prompt,
+            completion,
+            total if isinstance(total, int) else None,
+            cached if isinstance(cached, int) and cached > 0 else 0,
+        )
 
     def __add__(self, other: Usage) -> Usage:
         if not isinstance(other, Usage):
@@ -42,6 +64,8 @@ class Usage:
             self.prompt_tokens + other.prompt_tokens,
             self.completion_tokens + other.completion_tokens,
             self.total_tokens + other.total_tokens,
+            self.cached_tokens + other.cached_tokens,
+            None if self.cost is None or other.cost is None else self.cost + other.cost,
         )
 
     def __eq__(self, other: object) -> bool:
@@ -51,21 +75,23 @@ class Usage:
 
     __hash__ = None  # type: ignore[assignment]
 
-    def to_dict(self) -> dict[str, int]:
+    def to_dict(self) -> dict[str, Any]:
         return {
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "total_tokens": self.total_tokens,
+            "cached_tokens": self.cached_tokens,
+            "cost": self.cost,
         }
 
     def __repr__(self) -> str:
         return (
             f"Usage(prompt_tokens={self.prompt_tokens}, completion_tokens={self.completion_tokens}, "
-            f"total_tokens={self.total_tokens})"
+            f"total_tokens={self.total_tokens}, cached_tokens={self.cached_tokens}, cost={self.cost!r})"
         )
 
 
-_ZERO = Usage()
+_ZERO = Usage(cost=0.0)  # every cache hit: shared, never mutated
 
 
 class LMResponse:
@@ -74,7 +100,7 @@ class LMResponse:
     Attributes:
         texts: the content of every choice (``n`` of them), ``""`` for a choice with no content.
         finish_reasons: each choice's ``finish_reason`` (``"stop"``, ``"length"``, ``"tool_calls"``…).
-        usage: the tokens this call cost; all zeros for a cache hit.
+        usage: the tokens and USD cost of this call; all zeros (cost 0.0) for a cache hit.
         cache_hit: whether the response came from the cache (memory, disk, or a shared in-flight
             request) instead of a new HTTP request.
         model: the model that answered (the server's ``model`` field, else the requested one).

@@ -13,6 +13,7 @@ import contextlib
 import threading
 from collections.abc import Iterator
 from contextvars import ContextVar, Token
+from typing import Any
 
 from ._models import Usage
 
@@ -29,6 +30,10 @@ class UsageTracker:
         prompt_tokens, completion_tokens, total_tokens: summed over every call.
         calls: LM calls made, cache hits included.
         cache_hits: how many of those were served from the cache (they cost zero tokens).
+        cost: the USD cost summed over every call, or ``None`` if the price of any call was
+            unknown (then ``known_cost`` holds the sum over the calls whose price was known).
+        known_cost: the USD cost of the calls with a known price (cache hits count 0.0).
+        unknown_cost_calls: how many calls had an unknown price.
     """
 
     __slots__ = (
@@ -36,9 +41,11 @@ class UsageTracker:
         "cache_hits",
         "calls",
         "completion_tokens",
+        "known_cost",
         "parent",
         "prompt_tokens",
         "total_tokens",
+        "unknown_cost_calls",
     )
 
     def __init__(self, parent: UsageTracker | None = None) -> None:
@@ -48,10 +55,13 @@ class UsageTracker:
         self.total_tokens = 0
         self.calls = 0
         self.cache_hits = 0
+        self.known_cost = 0.0
+        self.unknown_cost_calls = 0
         # made on the first add: every Module call opens a tracker, most see one LM call or none
-        self._by_model: dict[str, list[int]] | None = None
+        self._by_model: dict[str, list[Any]] | None = None
 
     def add(self, model: str, usage: Usage, cache_hit: bool) -> None:
+        cost = usage.cost
         with _LOCK:  # one lock for all trackers: a lock each is memory per call in flight
             tracker: UsageTracker | None = self
             while tracker is not None:
@@ -60,36 +70,58 @@ class UsageTracker:
                 tracker.total_tokens += usage.total_tokens
                 tracker.calls += 1
                 tracker.cache_hits += cache_hit
+                if cost is None:
+                    tracker.unknown_cost_calls += 1
+                else:
+                    tracker.known_cost += cost
                 if tracker._by_model is None:
                     tracker._by_model = {}
                 row = tracker._by_model.get(model)
                 if row is None:
-                    row = tracker._by_model[model] = [0, 0, 0, 0]
+                    row = tracker._by_model[model] = [0, 0, 0, 0, 0.0, 0]
                 row[0] += usage.prompt_tokens
                 row[1] += usage.completion_tokens
                 row[2] += usage.total_tokens
                 row[3] += 1
+                if cost is None:
+                    row[5] += 1
+                else:
+                    row[4] += cost
                 tracker = tracker.parent
 
     @property
-    def usage(self) -> Usage:
-        """The totals as a ``Usage``."""
+    def cost(self) -> float | None:
+        """The USD cost of every call, or ``None`` if any call's price was unknown."""
         with _LOCK:
-            return Usage(self.prompt_tokens, self.completion_tokens, self.total_tokens)
+            return None if self.unknown_cost_calls else self.known_cost
 
-    def by_model(self) -> dict[str, dict[str, int]]:
-        """Per-model totals: ``{model: {"prompt_tokens", "completion_tokens", "total_tokens", "calls"}}``."""
+    @property
+    def usage(self) -> Usage:
+        """The totals as a ``Usage`` (with ``cost``)."""
+        with _LOCK:
+            cost = None if self.unknown_cost_calls else self.known_cost
+            return Usage(self.prompt_tokens, self.completion_tokens, self.total_tokens, cost=cost)
+
+    def by_model(self) -> dict[str, dict[str, Any]]:
+        """Per-model totals: ``{model: {"prompt_tokens", "completion_tokens", "total_tokens", "calls",
+        "cost"}}`` (``cost`` is ``None`` if any call of that model had an unknown price)."""
         with _LOCK:
             return {
-                model: {"prompt_tokens": p, "completion_tokens": c, "total_tokens": t, "calls": n}
-                for model, (p, c, t, n) in (self._by_model or {}).items()
+                model: {
+                    "prompt_tokens": p,
+                    "completion_tokens": c,
+                    "total_tokens": t,
+                    "calls": n,
+                    "cost": None if unknown else cost,
+                }
+                for model, (p, c, t, n, cost, unknown) in (self._by_model or {}).items()
             }
 
     def __repr__(self) -> str:
         return (
             f"<UsageTracker calls={self.calls} cache_hits={self.cache_hits} "
             f"prompt_tokens={self.prompt_tokens} completion_tokens={self.completion_tokens} "
-            f"total_tokens={self.total_tokens}>"
+            f"total_tokens={self.total_tokens} cost={self.cost!r}>"
         )
 
 
@@ -101,7 +133,8 @@ def track_usage() -> Iterator[UsageTracker]:
     """Count the tokens of every LM call made inside the block, wherever it runs.
 
     ``with asynclm.track_usage() as u: ...`` then read ``u.prompt_tokens``, ``u.completion_tokens``,
-    ``u.total_tokens``, ``u.calls``, ``u.cache_hits`` and ``u.by_model()``. Calls in child tasks,
+    ``u.total_tokens``, ``u.calls``, ``u.cache_hits``, ``u.cost`` (USD; ``None`` if any call's
+    price was unknown) and ``u.by_model()``. Calls in child tasks,
     ``Parallel`` items, ``asyncify`` threads and ``.sync()`` calls started inside the block are
     included; calls started elsewhere (other threads, sibling tasks) are not. A plain ``with``:
     usable in sync and async code alike.

@@ -5,7 +5,7 @@ Knows nothing about language models; every other layer builds on it.
 """
 
 from ._iterate import iterate_sync
-from ._limits import ConcurrencyLimiter, RateLimiter
+from ._limits import ConcurrencyLimiter, CrossLoopEvent, RateLimiter
 from ._parallel import Parallel, call_with_args, run_items
 from ._portal import PortalClosedError, shutdown_portals
 from ._progress import Progress
@@ -26,6 +26,7 @@ from ._sync import (
 __all__ = [
     "BoundSyncTwin",
     "ConcurrencyLimiter",
+    "CrossLoopEvent",
     "Parallel",
     "PortalClosedError",
     "Progress",

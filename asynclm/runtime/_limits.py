@@ -17,7 +17,7 @@ import anyio
 
 from ._backends import current_waker
 
-__all__ = ["ConcurrencyLimiter", "RateLimiter"]
+__all__ = ["ConcurrencyLimiter", "CrossLoopEvent", "RateLimiter"]
 
 
 class _Waiter:
@@ -38,6 +38,28 @@ class _Waiter:
         except Exception:  # that loop has ended; its task is gone
             return False
         return True
+
+
+class CrossLoopEvent:
+    """A one-shot event awaited on the loop that made it and set from any thread.
+
+    Make it in the task that will wait (it binds to that task's event loop, asyncio or trio), then
+    ``await event.wait()`` there; ``event.set()`` may be called from any thread, any loop. For
+    waits on state that many loops share (a process-wide budget): register the event under the
+    state's lock, so that no change is missed, and wait outside it.
+    """
+
+    __slots__ = ("_waiter",)
+
+    def __init__(self) -> None:
+        self._waiter = _Waiter()
+
+    def set(self) -> bool:
+        """Wake the waiter; ``False`` if its loop has ended."""
+        return self._waiter.notify()
+
+    async def wait(self) -> None:
+        await self._waiter.event.wait()
 
 
 class ConcurrencyLimiter:

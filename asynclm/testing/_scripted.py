@@ -1,8 +1,8 @@
 """``ScriptedLM``: an in-process LM that answers with given output-field values.
 
 For fast unit tests of modules: no server, no sockets. It is a real ``asynclm.LM`` whose
-network step is replaced, so usage tracking, history, callbacks, caching (off by default) and
-``.sync`` behave exactly as with a server.
+network step is replaced, so usage tracking, ``usage_limits``, history, callbacks, caching (off by
+default) and ``.sync`` behave exactly as with a server.
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ from typing import Any
 
 import anyio
 
-from asynclm.lm import LM
+from asynclm.lm import LM, Usage
+from asynclm.lm._budget import admit, settle
 from asynclm.lm._client import _wait_until
 
 from ._render import input_fields, render_chat, render_json
@@ -148,11 +149,23 @@ class ScriptedLM(LM):
     async def _request(
         self, data: bytes, body: Mapping[str, Any], attempts: Any, stream: bool, deadline: float | None
     ) -> Any:
-        # the call's deadline, honoured as the LM honours it around a transport
-        await _wait_until(deadline, anyio.sleep(self.latency) if self.latency else anyio.lowlevel.checkpoint())
-        texts, raw = self._script(body)
+        # usage_limits hold as for a real LM: checked and reserved before, settled after
+        ticket = admit(self, data, body, True)
+        if ticket is not None and not ticket.admitted:
+            await _wait_until(deadline, ticket.wait())
+        try:
+            # the call's deadline, honoured as the LM honours it around a transport
+            await _wait_until(deadline, anyio.sleep(self.latency) if self.latency else anyio.lowlevel.checkpoint())
+            texts, raw = self._script(body)
+        except BaseException:
+            if ticket is not None:
+                settle(ticket, None)
+            raise
         if stream:
+            attempts.ticket = ticket  # settled when the stream ends
             return _ScriptedStream(texts[0], raw["usage"], self.model_name)
+        if ticket is not None:
+            settle(ticket, Usage.from_json(raw["usage"]))
         return json.dumps(raw).encode(), raw
 
 

@@ -83,8 +83,9 @@ ERROR_STATUS = {
 
 # chat-completions parameters with no Messages-API counterpart that asynclm's own modules send
 _DROPPED = frozenset({"response_format", "stream_options"})
-_HANDLED = frozenset({"model", "messages", "max_tokens", "max_completion_tokens", "stop", "n", "user",
-                      "tools", "tool_choice"})
+_HANDLED = frozenset(
+    {"model", "messages", "max_tokens", "max_completion_tokens", "stop", "n", "user", "tools", "tool_choice"}
+)
 
 
 # -- the request -------------------------------------------------------------------------------------
@@ -194,9 +195,7 @@ def convert_messages(messages: list[Any]) -> tuple[str | list[dict[str, Any]] | 
         else:
             out.append({"role": role, "content": blocks})
     if not out:
-        raise TypeError(
-            "LM call: Anthropic's Messages API needs at least one user message besides the system prompt"
-        )
+        raise TypeError("LM call: Anthropic's Messages API needs at least one user message besides the system prompt")
     if all(block.get("type") == "text" and set(block) <= {"type", "text"} for block in system):
         joined = "\n\n".join(str(block.get("text", "")) for block in system)
         return (joined or None), out
@@ -271,7 +270,10 @@ def usage_from_json(data: Any) -> Usage:
         if isinstance(value, int):
             prompt += value
     output = data.get("output_tokens")
-    return Usage(prompt, output if isinstance(output, int) else 0)
+    cached = data.get("cache_read_input_tokens")
+    return Usage(
+        prompt, output if isinstance(output, int) else 0, None, cached if isinstance(cached, int) and cached > 0 else 0
+    )
 
 
 _ZERO = Usage()
@@ -439,6 +441,9 @@ class AnthropicWire(WireFormat):
         if api_key:
             headers["x-api-key"] = api_key
         return headers
+
+    def usage(self, raw: dict[str, Any]) -> Usage:
+        return usage_from_json(raw.get("usage"))
 
     def check(self, payload: bytes) -> tuple[dict[str, Any], int]:
         raw = _loads(payload)

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .._errors import LMError
-from .._models import LMResponse, StreamDelta
+from .._models import LMResponse, StreamDelta, Usage
 
 __all__ = ["StreamParser", "WireFormat"]
 
@@ -63,6 +63,10 @@ class WireFormat:
 
     def headers(self, api_key: str | None) -> dict[str, str]:  # pragma: no cover - abstract
         """The request headers (content type, authentication, version)."""
+        raise NotImplementedError
+
+    def usage(self, raw: dict[str, Any]) -> Usage:  # pragma: no cover - abstract
+        """The token counts of a decoded 2xx completion body (zeros where it reports none)."""
         raise NotImplementedError
 
     def check(self, payload: bytes) -> tuple[dict[str, Any], int]:  # pragma: no cover - abstract

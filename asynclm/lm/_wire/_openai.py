@@ -40,9 +40,7 @@ class OpenAIStreamParser(StreamParser):
         if "error" in chunk:
             err = chunk["error"]
             message = err.get("message") if isinstance(err, dict) else err
-            raise ServerError(
-                self.scrub(f"the stream from {self.url} reported an error: {message}"), model=self.model
-            )
+            raise ServerError(self.scrub(f"the stream from {self.url} reported an error: {message}"), model=self.model)
         usage = Usage.from_json(chunk["usage"]) if chunk.get("usage") else None
         out: list[StreamDelta] = []
         for choice in chunk.get("choices") or ():
@@ -85,6 +83,9 @@ class OpenAIWire(WireFormat):
         if api_key:
             headers["authorization"] = f"Bearer {api_key}"
         return headers
+
+    def usage(self, raw: dict[str, Any]) -> Usage:
+        return Usage.from_json(raw.get("usage"))
 
     def check(self, payload: bytes) -> tuple[dict[str, Any], int]:
         raw = _loads(payload)  # ValueError (JSONDecodeError) if malformed
