@@ -125,6 +125,7 @@ async def _connect(
     mcp = _sdk()
 
     http: Any = None  # our own HTTP client: closed shielded, whatever happens to the SDK's shutdown
+    failure: Exception | None = None
     try:
         async with contextlib.AsyncExitStack() as stack:
             if command is not None:
@@ -149,15 +150,21 @@ async def _connect(
             client = await stack.enter_async_context(mcp.Client(server, read_timeout_seconds=timeout, cache=None))
             async with home_loop() as home:
                 session = _Session(client, home, where)
+                listed = await _list_tools(client)
                 try:
-                    listed = await _list_tools(client)
                     yield [Tool.from_mcp(session, t, name=prefix + t.name if prefix else None) for t in listed]
+                except Exception as exc:
+                    # The block's own error: leave the SDK's task groups cleanly (they would wrap it
+                    # in an ExceptionGroup), then raise it as it is. Cancellation passes through.
+                    failure = exc
                 finally:
                     session.closed = True
     finally:
         if http is not None:
             with anyio.CancelScope(shield=True, deadline=anyio.current_time() + _CLOSE_TIMEOUT):
                 await http.aclose()
+    if failure is not None:
+        raise failure
 
 
 class _Connect:

@@ -32,13 +32,18 @@ class HomeLoopClosedError(RuntimeError):
 async def home_loop() -> AsyncIterator[HomeLoop]:
     """Open a ``HomeLoop`` on the running loop for the duration of the block; tasks it started
     for other loops are cancelled when the block exits."""
+    failure: Exception | None = None
     async with anyio.create_task_group() as tg:
         home = HomeLoop(tg)
         try:
             yield home
+        except Exception as exc:  # the block's error: raised as it is, not in an ExceptionGroup
+            failure = exc
         finally:
             home.closed = True
             tg.cancel_scope.cancel()
+    if failure is not None:
+        raise failure
 
 
 class _Remote:
