@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import errno
 import os
-import re
 import socket
 import sys
 import threading
@@ -145,6 +144,24 @@ async def test_tool_keeps_a_given_object_schema_and_checks_required_arguments() 
     assert Tool(forecast).json_schema == {"type": "object", "properties": {}, "required": []}
 
 
+def test_result_values_text_parts_structured_content_and_errors() -> None:
+    from mcp import types
+
+    from asynclm.modules._mcp import mcp_result_value
+
+    text = types.TextContent(type="text", text="first")
+    image = types.ImageContent(type="image", data="aGk=", mime_type="image/png")
+    more = types.TextContent(type="text", text="second")
+    result = types.CallToolResult(content=[text, image, more])
+    assert mcp_result_value("t", result) == "first\n[image content: image/png]\nsecond"
+    structured = types.CallToolResult(content=[text], structured_content={"result": 1})
+    assert mcp_result_value("t", structured) == {"result": 1}  # kept, unless the output schema wraps
+    assert mcp_result_value("t", structured, unwrap=True) == 1
+    failed = types.CallToolResult(content=[types.TextContent(type="text", text="no such city")], is_error=True)
+    with pytest.raises(MCPToolError, match="MCP tool 't' failed: no such city"):
+        mcp_result_value("t", failed)
+
+
 # -- listing and calling ----------------------------------------------------------------------------
 
 
@@ -159,7 +176,10 @@ async def test_tools_keep_the_server_schemas_as_given(transport: str, http_serve
             assert tool.desc == listed[name].description
         add = by_name["add"]
         assert add.json_schema["required"] == ["a"]
-        assert add.args == {"a": {"title": "A", "type": "integer"}, "b": {"default": 0, "title": "B", "type": "integer"}}
+        assert add.args == {
+            "a": {"title": "A", "type": "integer"},
+            "b": {"default": 0, "title": "B", "type": "integer"},
+        }
         assert add.function_schema()["function"] == {
             "name": "add",
             "description": "Add two integers.",
@@ -170,11 +190,12 @@ async def test_tools_keep_the_server_schemas_as_given(transport: str, http_serve
 async def test_calling_sync_and_async_server_tools(tmp_path: Path) -> None:
     async with connect(STDIO, env={"ASYNCLM_MCP_DEMO_VAR": "from-env"}, cwd=tmp_path) as tools:
         by_name = {t.name: t for t in tools}
-        assert await by_name["add"](a=2, b=3) == {"result": 5}  # a sync server tool; structured content kept
-        assert await by_name["weather"](city="Oslo") == {"result": "sunny in Oslo"}  # an async one
-        assert await by_name["pieces"]() == {"result": ["one", "two"]}
-        info = await by_name["info"]()
-        assert info["var"] == "from-env" and Path(info["cwd"]).resolve() == tmp_path.resolve()
+        # structured content, with the server's {"result": ...} wrapper of non-object values removed
+        assert await by_name["add"](a=2, b=3) == 5  # a sync server tool
+        assert await by_name["weather"](city="Oslo") == "sunny in Oslo"  # an async one
+        assert await by_name["pieces"]() == ["one", "two"]
+        info = await by_name["info"]()  # an object: kept as the server sent it
+        assert info["var"] == "from-env" and os.path.samefile(info["cwd"], tmp_path)  # noqa: ASYNC240
         assert by_name["add"].sync is not None  # every tool has the .sync twin
 
 
@@ -191,7 +212,7 @@ async def test_concurrent_calls_on_one_session_overlap(transport: str, http_serv
             for _ in range(n):
                 tg.start_soon(call)
     # each call returned only once all n were in flight on the server at the same time
-    assert results == [{"result": f"{n} calls met"}] * n
+    assert results == [f"{n} calls met"] * n
 
 
 async def test_server_errors_become_tool_errors_and_react_observations() -> None:
@@ -224,7 +245,7 @@ async def test_server_errors_become_tool_errors_and_react_observations() -> None
     assert "boom" in trajectory["observation_0"]
     # the session's read timeout (a protocol-level failure) is an observation too, not a crash
     assert trajectory["observation_1"].startswith("Execution error in hang: ")
-    assert trajectory["observation_2"] == {"result": 3}
+    assert trajectory["observation_2"] == 3
     assert pred.answer == "3"
 
 
@@ -255,7 +276,7 @@ async def test_react_over_mcp_tools_end_to_end(transport: str, http_server: HTTP
             pred = await react(question="What is the weather in Oslo?")
     assert steps == ["weather", "finish", "extract"]
     assert pred.trajectory["tool_name_0"] == "weather"
-    assert pred.trajectory["observation_0"] == {"result": "sunny in Oslo"}
+    assert pred.trajectory["observation_0"] == "sunny in Oslo"
     assert pred.answer == "sunny"
 
 
@@ -265,17 +286,17 @@ async def test_tool_from_mcp_over_a_session_of_your_own() -> None:
     async with mcp.Client(mcp.StdioServerParameters(command=STDIO[0], args=STDIO[1:])) as client:
         listed = (await client.list_tools()).tools
         tools = {t.name: alm.Tool.from_mcp(client, t) for t in listed}
-        assert await tools["add"](a=40, b=2) == {"result": 42}
+        assert await tools["add"](a=40, b=2) == 42
         renamed = alm.Tool.from_mcp(client, next(t for t in listed if t.name == "weather"), name="get_weather")
         assert renamed.name == "get_weather"
-        assert await renamed(city="Rome") == {"result": "sunny in Rome"}  # still calls the server's `weather`
+        assert await renamed(city="Rome") == "sunny in Rome"  # still calls the server's `weather`
 
 
 async def test_prefix_names_the_tools_of_one_server(http_server: HTTPServer) -> None:
     async with connect(url=http_server.url, prefix="demo_") as tools:
         assert {t.name for t in tools} == {f"demo_{n}" for n in TOOL_NAMES}
         add = next(t for t in tools if t.name == "demo_add")
-        assert await add(a=1, b=1) == {"result": 2}
+        assert await add(a=1, b=1) == 2
 
 
 # -- lifetime: the server process / connection ends with the block ----------------------------------
@@ -286,7 +307,7 @@ async def test_stdio_server_process_stops_when_the_block_exits() -> None:
         pid = (await next(t for t in tools if t.name == "info")())["pid"]
         assert not process_gone(pid)
     assert process_gone(pid)
-    with pytest.raises(MCPConnectionClosedError, match="inside the `async with asynclm.mcp.connect"):
+    with pytest.raises(MCPConnectionClosedError, match=r"inside the `async with asynclm\.mcp\.connect"):
         await next(t for t in tools if t.name == "info")()
 
 
@@ -309,7 +330,7 @@ async def test_a_cancelled_block_stops_the_server_during_a_call_in_flight(
             async with anyio.create_task_group() as tg:
                 tg.start_soon(lambda: by_name["hang"](group=name))
                 with anyio.fail_after(10):
-                    while (await by_name["in_flight"](group=name))["result"] < 1:
+                    while await by_name["in_flight"](group=name) < 1:
                         await anyio.sleep(0.01)
                 scope.cancel()  # while `hang` is in flight on the server
     assert scope.cancelled_caught
@@ -324,14 +345,13 @@ async def test_a_cancelled_block_stops_the_server_during_a_call_in_flight(
 
 async def _in_flight_over_new_session(http_server: HTTPServer, name: str) -> int:
     async with connect(url=http_server.url) as tools:
-        result = await next(t for t in tools if t.name == "in_flight")(group=name)
-        return int(result["result"])
+        return int(await next(t for t in tools if t.name == "in_flight")(group=name))
 
 
 async def test_http_sends_the_headers_and_closes_its_connections(http_server: HTTPServer) -> None:
     before = len(http_server.headers)
     async with connect(url=http_server.url, headers={"Authorization": "Bearer sk-secret", "X-Trace": "t-1"}) as tools:
-        assert await next(t for t in tools if t.name == "add")(a=1) == {"result": 1}
+        assert await next(t for t in tools if t.name == "add")(a=1) == 1
         assert http_server.open_connections() >= 1
     sent = http_server.headers[before:]
     assert sent and all(h.get("authorization") == "Bearer sk-secret" and h.get("x-trace") == "t-1" for h in sent)
@@ -356,7 +376,7 @@ def test_connect_sync_in_a_plain_thread(portal_backend: str) -> None:
 
     def respond(request: FakeRequest) -> Any:
         if "next_tool_name" not in str(request.messages[0]["content"]):
-            seen = re.search(r"result\W+5\b", request.last_user_message)  # the observation reached the model
+            seen = "[[ ## observation_0 ## ]]\n5\n" in request.last_user_message  # the observation reached the model
             return Fields(reasoning="r", answer="5" if seen else "?").render(request)
         if "[[ ## observation_0 ## ]]" in request.last_user_message:
             return Fields(next_thought="done", next_tool_name="finish", next_tool_args={}).render(request)
@@ -386,9 +406,9 @@ def test_connect_sync_in_a_plain_thread(portal_backend: str) -> None:
         thread.join(120)
     assert not thread.is_alive()
     assert out == {
-        "sum": {"result": 42},
+        "sum": 42,
         "pid": out["pid"],
-        "other": [{"result": "sunny in Lima"}],
+        "other": ["sunny in Lima"],
         "answer": "5",
         "alive_inside": True,
         "gone_after": True,
@@ -422,14 +442,14 @@ async def test_tools_are_callable_from_another_threads_loop() -> None:
             thread.join(30)
             return box
 
-        assert await anyio.to_thread.run_sync(in_a_new_thread) == [{"result": 7}]
+        assert await anyio.to_thread.run_sync(in_a_new_thread) == [7]
 
 
 # -- bad input --------------------------------------------------------------------------------------
 
 
 async def test_bad_arguments_and_a_missing_sdk_get_clear_errors(monkeypatch: pytest.MonkeyPatch) -> None:
-    with pytest.raises(ValueError, match="either command=.* or url="):
+    with pytest.raises(ValueError, match=r"either command=.* or url="):
         async with connect():
             pass
     with pytest.raises(ValueError, match="not both"):

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from ._tool import Tool
 
-__all__ = ["MCPToolError", "mcp_result_value", "tool_from_mcp"]
+__all__ = ["MCPToolError", "mcp_result_value", "tool_from_mcp", "wraps_result"]
 
 
 class MCPToolError(RuntimeError):
@@ -45,10 +45,20 @@ def _describe_part(part: Any) -> str:
     return f"[{kind} content{': ' + details if details else ''}]"
 
 
-def mcp_result_value(tool: str, result: Any) -> Any:
-    """The value of an MCP ``CallToolResult``: its structured content when present, else its
-    text parts joined by newlines (other parts as a ``[image content: image/png]`` line, or
-    their text for embedded text resources). Raises ``MCPToolError`` for an ``isError`` result."""
+def wraps_result(output_schema: Any) -> bool:
+    """Whether a tool's output schema is the ``{"result": ...}`` wrapper that MCP servers
+    (the SDK's ``MCPServer``, FastMCP) put around a return value that is not an object."""
+    if not isinstance(output_schema, dict):
+        return False
+    properties = output_schema.get("properties")
+    return isinstance(properties, dict) and set(properties) == {"result"}
+
+
+def mcp_result_value(tool: str, result: Any, *, unwrap: bool = False) -> Any:
+    """The value of an MCP ``CallToolResult``: its structured content when present (with
+    ``unwrap``, the value inside a lone ``{"result": ...}``), else its text parts joined by
+    newlines (other parts as a ``[image content: image/png]`` line, or their text for embedded
+    text resources). Raises ``MCPToolError`` for an ``isError`` result."""
     parts = list(getattr(result, "content", None) or [])
     lines = [part.text if getattr(part, "type", None) == "text" else _describe_part(part) for part in parts]
     text = "\n".join(str(line) for line in lines)
@@ -56,6 +66,8 @@ def mcp_result_value(tool: str, result: Any) -> Any:
         raise MCPToolError(tool, text)
     structured = _field(result, "structured_content", "structuredContent")
     if structured is not None:
+        if unwrap and isinstance(structured, dict) and set(structured) == {"result"}:
+            return structured["result"]
         return structured
     return text
 
@@ -81,9 +93,10 @@ def tool_from_mcp(
         raise ValueError(f"MCP tool {remote!r}: its input schema is not a JSON object schema: {schema!r}")
     schema = {"type": "object", **schema}
     local = name or _INVALID_NAME_CHARS.sub("_", remote)
+    unwrap = wraps_result(_field(mcp_tool, "output_schema", "outputSchema"))
 
     async def call(**arguments: Any) -> Any:
-        return mcp_result_value(remote, await call_tool(remote, arguments))
+        return mcp_result_value(remote, await call_tool(remote, arguments), unwrap=unwrap)
 
     call.__name__ = call.__qualname__ = local
     desc = getattr(mcp_tool, "description", None) or getattr(mcp_tool, "title", None)

@@ -350,9 +350,12 @@ class Tool(SyncCallable):
 
         The tool keeps the server's name (``name=`` renames it for the LM; characters other than
         letters, digits, ``_`` and ``-`` become ``_``), description and input schema as given.
-        Awaiting it returns the result's structured content when the server sent some, else its
-        text parts joined by newlines; a result flagged ``isError`` raises ``MCPToolError`` with
-        the server's text (in ``ReAct``: an observation). ``asynclm.mcp.connect`` opens a
+        Awaiting it returns the result's structured content when the server sent some (a
+        ``{"result": value}`` wrapper, declared by the tool's output schema, gives ``value``:
+        that is how MCP servers send a return value that is not an object), else its text parts
+        joined by newlines; a result flagged ``isError`` raises ``MCPToolError`` with the
+        server's text (in ``ReAct``: an observation). Errors of the protocol or the connection
+        are raised as the SDK raises them (in ``ReAct``: observations too). ``asynclm.mcp.connect`` opens a
         session and gives its tools this way.
         """
         from ._mcp import tool_from_mcp
