@@ -237,3 +237,22 @@ class _Connect:
 
 
 connect = _Connect()
+"""``connect(command=None, *, url=None, headers=None, env=None, cwd=None, timeout=None, prefix="")``:
+connect to an MCP server, ``async with asynclm.mcp.connect(...) as tools:``; ``connect.sync(...)``
+(same arguments) for plain ``with`` in sync code.
+
+``tools`` is a list of ``asynclm.Tool``, one per server tool, with the server's name, description
+and JSON input schema as given (``required`` included), for ``asynclm.ReAct`` or to await.
+
+- ``command``: run the server as a subprocess and talk over stdio (``["python", "server.py"]``,
+  or a string split like a shell does); ``env`` (added to the few variables the SDK passes on)
+  and ``cwd`` apply to it.
+- ``url``: or a streamable HTTP server (``"http://host:8000/mcp"``), with ``headers`` sent on
+  every request (never shown in errors).
+- ``timeout``: the most seconds to wait for each answer of the server (default: no limit).
+- ``prefix``: put before every tool name, to tell apart the tools of several servers.
+
+Leaving the block closes the session (subprocess stopped, HTTP connections closed), also on an
+error or a cancellation; a tool called after that raises ``MCPConnectionClosedError``. Raises
+``ImportError`` naming ``asynclm[mcp]`` when the ``mcp`` package is missing.
+"""
