@@ -27,7 +27,7 @@ pytest.importorskip("mcp")
 uvicorn = pytest.importorskip("uvicorn")
 
 import asynclm as alm  # noqa: E402
-from asynclm.mcp import MCPConnectionClosedError, MCPToolError, connect  # noqa: E402
+from asynclm.mcp import MCPConnectionClosedError, MCPConnectionError, MCPToolError, connect  # noqa: E402
 from asynclm.modules import Tool, ToolArgumentError  # noqa: E402
 from asynclm.runtime import SyncInAsyncContextError  # noqa: E402
 from asynclm.testing import FakeOpenAIServer, FakeRequest, Fields, ScriptedLM  # noqa: E402
@@ -358,12 +358,22 @@ async def test_http_sends_the_headers_and_closes_its_connections(http_server: HT
     await no_connections_left(http_server)
 
 
-async def test_errors_never_show_the_headers_or_the_url_credentials() -> None:
+async def test_connection_failures_are_clear_and_never_show_credentials(tmp_path: Path) -> None:
     url = "http://user:pw@127.0.0.1:9/mcp?token=sk-secret"  # nothing listens on port 9 (discard)
-    with pytest.raises(BaseException) as info:
+    with pytest.raises(MCPConnectionError) as info:
         async with connect(url=url, headers={"Authorization": "Bearer sk-secret"}):
             pass
-    assert "sk-secret" not in repr(info.value) and "pw" not in str(info.value)
+    message = str(info.value)
+    assert message.startswith("could not open an MCP session with http://127.0.0.1:9/mcp: ")
+    assert "sk-secret" not in message and "pw" not in message
+    with pytest.raises(MCPConnectionError, match=r"no-such-mcp-server.*FileNotFoundError"):
+        async with connect(["no-such-mcp-server"]):
+            pass
+    quits = tmp_path / "quits.py"
+    quits.write_text("print('not an MCP server')\n")
+    with pytest.raises(MCPConnectionError, match=r"quits\.py"):  # the process ended before the handshake
+        async with connect([sys.executable, str(quits)]):
+            pass
 
 
 # -- from sync code ---------------------------------------------------------------------------------

@@ -9,6 +9,6 @@ not import the SDK (``connect`` does). See docs/modules-react.md.
 
 from asynclm.modules import MCPToolError
 
-from ._connect import MCPConnectionClosedError, connect
+from ._connect import MCPConnectionClosedError, MCPConnectionError, connect
 
-__all__ = ["MCPConnectionClosedError", "MCPToolError", "connect"]
+__all__ = ["MCPConnectionClosedError", "MCPConnectionError", "MCPToolError", "connect"]

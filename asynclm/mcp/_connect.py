@@ -14,18 +14,22 @@ from __future__ import annotations
 
 import contextlib
 import shlex
+import sys
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from os import PathLike
 from typing import Any
 from urllib.parse import urlsplit
 
+if sys.version_info < (3, 11):
+    from exceptiongroup import BaseExceptionGroup
+
 import anyio
 
 from asynclm.modules import Tool
 from asynclm.runtime import HomeLoop, HomeLoopClosedError, enter_sync, home_loop
 
-__all__ = ["MCPConnectionClosedError", "connect"]
+__all__ = ["MCPConnectionClosedError", "MCPConnectionError", "connect"]
 
 _EXTRA_HINT = "asynclm.mcp needs the MCP SDK (mcp>=2.3): pip install 'asynclm[mcp]'"
 #: The most seconds closing a session may take (the SDK bounds each of its own steps too).
@@ -34,6 +38,34 @@ _CLOSE_TIMEOUT = 15.0
 _HTTP_TIMEOUT = 30.0
 _HTTP_READ_TIMEOUT = 300.0
 _MAX_PAGES = 1000
+
+
+class MCPConnectionError(ConnectionError):
+    """``asynclm.mcp.connect`` could not open the session (server not started or not reachable,
+    handshake or tool listing failed); the message names the server and the causes, and
+    ``__cause__`` is the SDK's exception."""
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
+    return [exc]
+
+
+def _reasons(exc: BaseException, url: str | None) -> str:
+    """The leaf exceptions as ``Type: message``, with the URL's credentials (userinfo, query) cut out."""
+    secrets: list[str] = []
+    if url is not None:
+        parts = urlsplit(url)
+        secrets = [s for s in (url, parts.query, parts.password, parts.username) if s]
+    seen: list[str] = []
+    for leaf in _leaves(exc):
+        text = f"{type(leaf).__name__}: {leaf}" if str(leaf) else type(leaf).__name__
+        for secret in secrets:
+            text = text.replace(secret, _safe_url(url) if secret == url else "***")  # type: ignore[arg-type]
+        if text not in seen:
+            seen.append(text)
+    return "; ".join(seen)
 
 
 class MCPConnectionClosedError(RuntimeError):
@@ -120,45 +152,50 @@ async def _connect(
         raise ValueError("asynclm.mcp.connect(url=...): env= and cwd= apply to a subprocess (command=...) only")
     if command is not None and headers is not None:
         raise ValueError("asynclm.mcp.connect(command=...): headers= apply to an HTTP server (url=...) only")
+    if url is not None and not url.startswith(("http://", "https://")):
+        raise ValueError(f"asynclm.mcp.connect(url=...): expected an http:// or https:// URL, got {_safe_url(url)!r}")
     if timeout is not None and not timeout > 0:
         raise ValueError(f"asynclm.mcp.connect(timeout={timeout!r}): use a number of seconds > 0, or None")
     mcp = _sdk()
 
     http: Any = None  # our own HTTP client: closed shielded, whatever happens to the SDK's shutdown
-    failure: Exception | None = None
+    failure: Exception | None = None  # raised as it is once the SDK's task groups are left
+    where = _safe_url(url) if url is not None else ""
     try:
         async with contextlib.AsyncExitStack() as stack:
-            if command is not None:
-                argv = _argv(command)
-                where = f"the server `{shlex.join(argv)}`"
-                server: Any = mcp.StdioServerParameters(
-                    command=argv[0], args=argv[1:], env=dict(env) if env is not None else None, cwd=cwd
-                )
-            else:
-                import httpx2
-                from mcp.client.streamable_http import streamable_http_client
+            try:
+                if command is not None:
+                    argv = _argv(command)
+                    where = f"the server `{shlex.join(argv)}`"
+                    server: Any = mcp.StdioServerParameters(
+                        command=argv[0], args=argv[1:], env=dict(env) if env is not None else None, cwd=cwd
+                    )
+                else:
+                    import httpx2
+                    from mcp.client.streamable_http import streamable_http_client
 
-                assert url is not None
-                if not url.startswith(("http://", "https://")):
-                    raise ValueError(f"asynclm.mcp.connect(url=...): expected an http:// or https:// URL, got {url!r}")
-                where = _safe_url(url)
-                http = httpx2.AsyncClient(
-                    headers=dict(headers or {}), timeout=httpx2.Timeout(_HTTP_TIMEOUT, read=_HTTP_READ_TIMEOUT)
-                )
-                server = streamable_http_client(url, http_client=http)
-            # The SDK's stdio shutdown (stdin closed, SIGTERM, SIGKILL) runs shielded and bounded by itself.
-            client = await stack.enter_async_context(mcp.Client(server, read_timeout_seconds=timeout, cache=None))
-            async with home_loop() as home:
-                session = _Session(client, home, where)
+                    assert url is not None
+                    http = httpx2.AsyncClient(
+                        headers=dict(headers or {}), timeout=httpx2.Timeout(_HTTP_TIMEOUT, read=_HTTP_READ_TIMEOUT)
+                    )
+                    server = streamable_http_client(url, http_client=http)
+                # The SDK's stdio shutdown (stdin closed, SIGTERM, SIGKILL) runs shielded and bounded by itself.
+                client = await stack.enter_async_context(mcp.Client(server, read_timeout_seconds=timeout, cache=None))
                 listed = await _list_tools(client)
-                try:
-                    yield [Tool.from_mcp(session, t, name=prefix + t.name if prefix else None) for t in listed]
-                except Exception as exc:
-                    # The block's own error: leave the SDK's task groups cleanly (they would wrap it
-                    # in an ExceptionGroup), then raise it as it is. Cancellation passes through.
-                    failure = exc
-                finally:
-                    session.closed = True
+            except Exception as exc:  # the SDK's errors come wrapped in ExceptionGroups: say what happened
+                failure = MCPConnectionError(f"could not open an MCP session with {where}: {_reasons(exc, url)}")
+                failure.__cause__ = exc
+            if failure is None:
+                async with home_loop() as home:
+                    session = _Session(client, home, where)
+                    try:
+                        yield [Tool.from_mcp(session, t, name=prefix + t.name if prefix else None) for t in listed]
+                    except Exception as exc:
+                        # The block's own error: leave the SDK's task groups cleanly (they would wrap
+                        # it in an ExceptionGroup), then raise it as it is. Cancellation passes through.
+                        failure = exc
+                    finally:
+                        session.closed = True
     finally:
         if http is not None:
             with anyio.CancelScope(shield=True, deadline=anyio.current_time() + _CLOSE_TIMEOUT):
@@ -210,6 +247,7 @@ class _Connect:
         Raises:
             ImportError: the ``mcp`` package is missing (``pip install 'asynclm[mcp]'``).
             ValueError: neither or both of ``command`` and ``url``, or options for the other transport.
+            MCPConnectionError: the server could not be started or reached, or the handshake failed.
         """
         return _connect(command, url, headers, env, cwd, timeout, prefix)
 
