@@ -54,15 +54,16 @@ def _leaves(exc: BaseException) -> list[BaseException]:
 
 def _reasons(exc: BaseException, url: str | None) -> str:
     """The leaf exceptions as ``Type: message``, with the URL's credentials (userinfo, query) cut out."""
-    secrets: list[str] = []
+    replacements: list[tuple[str, str]] = []
     if url is not None:
         parts = urlsplit(url)
-        secrets = [s for s in (url, parts.query, parts.password, parts.username) if s]
+        replacements = [(url, _safe_url(url))]
+        replacements += [(s, "***") for s in (parts.query, parts.password, parts.username) if s]
     seen: list[str] = []
     for leaf in _leaves(exc):
         text = f"{type(leaf).__name__}: {leaf}" if str(leaf) else type(leaf).__name__
-        for secret in secrets:
-            text = text.replace(secret, _safe_url(url) if secret == url else "***")  # type: ignore[arg-type]
+        for secret, shown in replacements:
+            text = text.replace(secret, shown)
         if text not in seen:
             seen.append(text)
     return "; ".join(seen)
