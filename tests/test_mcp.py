@@ -292,11 +292,15 @@ async def test_tool_from_mcp_over_a_session_of_your_own() -> None:
         assert await renamed(city="Rome") == "sunny in Rome"  # still calls the server's `weather`
 
 
-async def test_prefix_names_the_tools_of_one_server(http_server: HTTPServer) -> None:
-    async with connect(url=http_server.url, prefix="demo_") as tools:
+async def test_prefix_and_text_results(http_server: HTTPServer) -> None:
+    async with connect(url=http_server.url, prefix="demo_", result_mode="text") as tools:
         assert {t.name for t in tools} == {f"demo_{n}" for n in TOOL_NAMES}
-        add = next(t for t in tools if t.name == "demo_add")
-        assert await add(a=1, b=1) == 2
+        by_name = {t.name: t for t in tools}
+        assert await by_name["demo_add"](a=1, b=1) == "2"  # DSPy's default: the text parts
+        assert await by_name["demo_weather"](city="Oslo") == "sunny in Oslo"
+    with pytest.raises(ValueError, match="result_mode"):
+        async with connect(url=http_server.url, result_mode="json"):  # type: ignore[arg-type]
+            pass
 
 
 # -- lifetime: the server process / connection ends with the block ----------------------------------

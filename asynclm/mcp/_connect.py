@@ -18,7 +18,7 @@ import sys
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from os import PathLike
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 if sys.version_info < (3, 11):
@@ -143,6 +143,7 @@ async def _connect(
     cwd: str | PathLike[str] | None,
     timeout: float | None,
     prefix: str,
+    result_mode: Literal["structured", "text"],
 ) -> AsyncIterator[list[Tool]]:
     if (command is None) == (url is None):
         raise ValueError(
@@ -155,6 +156,8 @@ async def _connect(
         raise ValueError("asynclm.mcp.connect(command=...): headers= apply to an HTTP server (url=...) only")
     if url is not None and not url.startswith(("http://", "https://")):
         raise ValueError(f"asynclm.mcp.connect(url=...): expected an http:// or https:// URL, got {_safe_url(url)!r}")
+    if result_mode not in ("structured", "text"):
+        raise ValueError(f"asynclm.mcp.connect(result_mode={result_mode!r}): use 'structured' or 'text'")
     if timeout is not None and not timeout > 0:
         raise ValueError(f"asynclm.mcp.connect(timeout={timeout!r}): use a number of seconds > 0, or None")
     mcp = _sdk()
@@ -190,7 +193,12 @@ async def _connect(
                 async with home_loop() as home:
                     session = _Session(client, home, where)
                     try:
-                        yield [Tool.from_mcp(session, t, name=prefix + t.name if prefix else None) for t in listed]
+                        yield [
+                            Tool.from_mcp(
+                                session, t, name=prefix + t.name if prefix else None, result_mode=result_mode
+                            )
+                            for t in listed
+                        ]
                     except Exception as exc:
                         # The block's own error: leave the SDK's task groups cleanly (they would wrap
                         # it in an ExceptionGroup), then raise it as it is. Cancellation passes through.
@@ -218,6 +226,7 @@ class _Connect:
         cwd: str | PathLike[str] | None = None,
         timeout: float | None = None,
         prefix: str = "",
+        result_mode: Literal["structured", "text"] = "structured",
     ) -> AbstractAsyncContextManager[list[Tool]]:
         """Connect to an MCP server: ``async with asynclm.mcp.connect(...) as tools:``.
 
@@ -239,6 +248,8 @@ class _Connect:
             timeout: the most seconds to wait for each answer of the server (default: no limit).
             prefix: put before every tool name (``prefix="gh_"``), to tell apart the tools of
                 several servers.
+            result_mode: ``"structured"`` (default): a call returns the structured content when
+                the server sent some, else the text; ``"text"`` (DSPy's default): always the text.
 
         The session is closed when the block exits, also on an error or a cancellation: the
         subprocess is stopped (stdin closed, then terminated, then killed), the HTTP session
@@ -250,7 +261,7 @@ class _Connect:
             ValueError: neither or both of ``command`` and ``url``, or options for the other transport.
             MCPConnectionError: the server could not be started or reached, or the handshake failed.
         """
-        return _connect(command, url, headers, env, cwd, timeout, prefix)
+        return _connect(command, url, headers, env, cwd, timeout, prefix, result_mode)
 
     def sync(
         self,
@@ -262,6 +273,7 @@ class _Connect:
         cwd: str | PathLike[str] | None = None,
         timeout: float | None = None,
         prefix: str = "",
+        result_mode: Literal["structured", "text"] = "structured",
     ) -> AbstractContextManager[list[Tool]]:
         """The same from synchronous code: ``with asynclm.mcp.connect.sync(...) as tools:``.
 
@@ -269,16 +281,16 @@ class _Connect:
         run on) until the block exits; call the tools with ``tool.sync(**args)`` or run a
         program over them with ``program.sync(...)``. Same arguments as ``connect``.
         """
-        return enter_sync(lambda: _connect(command, url, headers, env, cwd, timeout, prefix))
+        return enter_sync(lambda: _connect(command, url, headers, env, cwd, timeout, prefix, result_mode))
 
     def __repr__(self) -> str:
         return "<function asynclm.mcp.connect (with .sync)>"
 
 
 connect = _Connect()
-"""``connect(command=None, *, url=None, headers=None, env=None, cwd=None, timeout=None, prefix="")``:
-connect to an MCP server, ``async with asynclm.mcp.connect(...) as tools:``; ``connect.sync(...)``
-(same arguments) for plain ``with`` in sync code.
+"""``connect(command=None, *, url=None, headers=None, env=None, cwd=None, timeout=None, prefix="",
+result_mode="structured")``: connect to an MCP server, ``async with asynclm.mcp.connect(...) as
+tools:``; ``connect.sync(...)`` (same arguments) for plain ``with`` in sync code.
 
 ``tools`` is a list of ``asynclm.Tool``, one per server tool, with the server's name, description
 and JSON input schema as given (``required`` included), for ``asynclm.ReAct`` or to await.
@@ -290,6 +302,8 @@ and JSON input schema as given (``required`` included), for ``asynclm.ReAct`` or
   every request (never shown in errors).
 - ``timeout``: the most seconds to wait for each answer of the server (default: no limit).
 - ``prefix``: put before every tool name, to tell apart the tools of several servers.
+- ``result_mode``: ``"structured"`` (default): calls return the structured content when the server
+  sent some, else the text; ``"text"``: always the text (DSPy's default).
 
 Leaving the block closes the session (subprocess stopped, HTTP connections closed), also on an
 error or a cancellation; a tool called after that raises ``MCPConnectionClosedError``. Raises

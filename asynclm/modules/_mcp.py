@@ -54,18 +54,18 @@ def wraps_result(output_schema: Any) -> bool:
     return isinstance(properties, dict) and set(properties) == {"result"}
 
 
-def mcp_result_value(tool: str, result: Any, *, unwrap: bool = False) -> Any:
+def mcp_result_value(tool: str, result: Any, *, unwrap: bool = False, text_only: bool = False) -> Any:
     """The value of an MCP ``CallToolResult``: its structured content when present (with
-    ``unwrap``, the value inside a lone ``{"result": ...}``), else its text parts joined by
-    newlines (other parts as a ``[image content: image/png]`` line, or their text for embedded
-    text resources). Raises ``MCPToolError`` for an ``isError`` result."""
+    ``unwrap``, the value inside a lone ``{"result": ...}``) unless ``text_only``, else its text
+    parts joined by newlines (other parts as a ``[image content: image/png]`` line, or their text
+    for embedded text resources). Raises ``MCPToolError`` for an ``isError`` result."""
     parts = list(getattr(result, "content", None) or [])
     lines = [part.text if getattr(part, "type", None) == "text" else _describe_part(part) for part in parts]
     text = "\n".join(str(line) for line in lines)
     if _field(result, "is_error", "isError", False):
         raise MCPToolError(tool, text)
     structured = _field(result, "structured_content", "structuredContent")
-    if structured is not None:
+    if structured is not None and not text_only:
         if unwrap and isinstance(structured, dict) and set(structured) == {"result"}:
             return structured["result"]
         return structured
@@ -81,8 +81,12 @@ def tool_from_mcp(
     mcp_tool: Any,
     *,
     name: str | None = None,
+    result_mode: str = "structured",
 ) -> Tool:
     """A ``cls`` (``Tool``) that calls ``mcp_tool`` through ``call_tool(name, arguments)``."""
+    if result_mode not in ("structured", "text"):
+        raise ValueError(f"Tool.from_mcp(result_mode={result_mode!r}): use 'structured' or 'text'")
+    text_only = result_mode == "text"
     remote = getattr(mcp_tool, "name", None)
     if not isinstance(remote, str) or not remote:
         raise TypeError(f"Tool.from_mcp() needs an MCP tool (an entry of list_tools().tools), got {mcp_tool!r}")
@@ -96,7 +100,7 @@ def tool_from_mcp(
     unwrap = wraps_result(_field(mcp_tool, "output_schema", "outputSchema"))
 
     async def call(**arguments: Any) -> Any:
-        return mcp_result_value(remote, await call_tool(remote, arguments), unwrap=unwrap)
+        return mcp_result_value(remote, await call_tool(remote, arguments), unwrap=unwrap, text_only=text_only)
 
     call.__name__ = call.__qualname__ = local
     desc = getattr(mcp_tool, "description", None) or getattr(mcp_tool, "title", None)

@@ -343,7 +343,9 @@ class Tool(SyncCallable):
         }
 
     @classmethod
-    def from_mcp(cls, session: Any, mcp_tool: Any, *, name: str | None = None) -> Tool:
+    def from_mcp(
+        cls, session: Any, mcp_tool: Any, *, name: str | None = None, result_mode: str = "structured"
+    ) -> Tool:
         """A ``Tool`` that calls ``mcp_tool`` (an entry of an MCP ``list_tools()`` result) over
         ``session`` (an open ``mcp.Client`` or ``mcp.ClientSession``, or anything with an async
         ``call_tool(name, arguments)``).
@@ -355,12 +357,14 @@ class Tool(SyncCallable):
         that is how MCP servers send a return value that is not an object), else its text parts
         joined by newlines; a result flagged ``isError`` raises ``MCPToolError`` with the
         server's text (in ``ReAct``: an observation). Errors of the protocol or the connection
-        are raised as the SDK raises them (in ``ReAct``: observations too). ``asynclm.mcp.connect`` opens a
+        are raised as the SDK raises them (in ``ReAct``: observations too). With
+        ``result_mode="text"`` (DSPy's default) the text parts are returned even when structured
+        content came too. ``asynclm.mcp.connect`` opens a
         session and gives its tools this way.
         """
         from ._mcp import tool_from_mcp
 
-        return tool_from_mcp(cls, session.call_tool, mcp_tool, name=name)
+        return tool_from_mcp(cls, session.call_tool, mcp_tool, name=name, result_mode=result_mode)
 
     def __str__(self) -> str:
         # DSPy's wording, so that ReAct instructions written for DSPy read the same.
