@@ -31,7 +31,7 @@ from asynclm.runtime import HomeLoop, HomeLoopClosedError, enter_sync, home_loop
 
 __all__ = ["MCPConnectionClosedError", "MCPConnectionError", "connect"]
 
-_EXTRA_HINT = "asynclm.mcp needs the MCP SDK (mcp>=2.3): pip install 'asynclm[mcp]'"
+_EXTRA_HINT = "asynclm.mcp needs the MCP SDK (mcp>=2.3, on Python 3.11+): pip install 'asynclm[mcp]'"
 #: The most seconds closing a session may take (the SDK bounds each of its own steps too).
 _CLOSE_TIMEOUT = 15.0
 #: Read timeouts of the HTTP client: server-sent event streams may stay open long.
