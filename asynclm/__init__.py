@@ -83,9 +83,13 @@ _EXPORTS: dict[str, str] = {
     "majority": "asynclm.optimize",
 }
 
-__all__ = ["__version__", *sorted(_EXPORTS)]
+# subpackages behind an extra, imported on first use: ``asynclm.mcp`` (pip install 'asynclm[mcp]')
+_SUBPACKAGES = ("mcp",)
+
+__all__ = ["__version__", *sorted([*_EXPORTS, *_SUBPACKAGES])]
 
 if TYPE_CHECKING:  # static checkers see the real names; at run time they load lazily
+    from asynclm import mcp as mcp
     from asynclm.adapters import (
         Adapter as Adapter,
         ChatAdapter as ChatAdapter,
@@ -164,6 +168,8 @@ if TYPE_CHECKING:  # static checkers see the real names; at run time they load l
 
 
 def __getattr__(name: str) -> Any:
+    if name in _SUBPACKAGES:
+        return importlib.import_module(f"asynclm.{name}")  # the import binds it as an attribute
     module_name = _EXPORTS.get(name)
     if module_name is None:
         raise AttributeError(f"module 'asynclm' has no attribute {name!r}")

@@ -78,7 +78,7 @@ def load_example(name: str) -> Any:
 
 def test_examples_use_only_the_public_api() -> None:
     names = sorted(p.name for p in EXAMPLES.glob("*.py"))
-    assert names == ["fastapi_app.py", "optimize_qa.py", "threads.py", "trio_app.py"]
+    assert names == ["fastapi_app.py", "mcp_agent.py", "optimize_qa.py", "threads.py", "trio_app.py"]
     for name in names:
         tree = ast.parse((EXAMPLES / name).read_text(encoding="utf-8"))
         for node in ast.walk(tree):
@@ -150,6 +150,39 @@ def test_trio_example(tmp_path: Path) -> None:
     assert "essay: cancelled after 0.5 s\n" in out
     for question in trio_app.QUESTIONS[:2]:
         assert f"legacy: {question} {answer_for(question)}\n" in out
+
+
+def test_mcp_agent_example(tmp_path: Path) -> None:
+    """The example starts its own MCP server (stdio) and runs a ReAct over its tools; the fake
+    model asks for both tools in turn, then finishes, and answers from what the tools said."""
+    pytest.importorskip("mcp")
+
+    def respond(request: FakeRequest) -> str:
+        text = request.last_user_message
+        if "next_tool_name" not in request.messages[0]["content"]:
+            answer = "39.2 °F, cloudy" if "39.2" in text and "cloudy" in text else "unknown"
+            return Fields(reasoning="read the observations", answer=answer).render(request)
+        # the server's tools, with their descriptions, are in the agent's instructions
+        assert "weather, whose description is <desc>Today's weather in a city" in request.messages[0]["content"]
+        if "[[ ## observation_1 ## ]]" in text:
+            return Fields(next_thought="done", next_tool_name="finish", next_tool_args={}).render(request)
+        if "[[ ## observation_0 ## ]]" in text:
+            celsius = float(re.search(r"(-?[\d.]+) °C", text).group(1))  # type: ignore[union-attr]
+            return Fields(
+                next_thought="convert", next_tool_name="to_fahrenheit", next_tool_args={"celsius": celsius}
+            ).render(request)
+        return Fields(next_thought="look it up", next_tool_name="weather", next_tool_args={"city": "Oslo"}).render(
+            request
+        )
+
+    with FakeOpenAIServer(respond) as server:
+        out = run_example("mcp_agent.py", "--model", MODEL, "--base-url", server.base_url, env=example_env(tmp_path))
+    assert "tool: weather {'city': {'title': 'City', 'type': 'string'}} required=['city']\n" in out
+    assert "tool: to_fahrenheit" in out
+    assert "  observation_0: 4 °C and cloudy\n" in out
+    assert "  observation_1: 39.2\n" in out
+    assert "  tool_name_2: finish\n" in out
+    assert out.endswith("answer: 39.2 °F, cloudy\n")
 
 
 def test_optimize_example(tmp_path: Path) -> None:

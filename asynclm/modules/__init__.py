@@ -3,6 +3,7 @@
 
 from ._best_of_n import BestOfN, Refine
 from ._callbacks import Callback, current_call_id
+from ._mcp import MCPToolError
 from ._module import Module, ProgramFileError
 from ._multi_chain import MultiChainComparison
 from ._otel import OpenTelemetryCallback
@@ -16,6 +17,7 @@ __all__ = [
     "BestOfN",
     "Callback",
     "ChainOfThought",
+    "MCPToolError",
     "Module",
     "MultiChainComparison",
     "NoLMError",

@@ -14,6 +14,7 @@ an outer level can never exhaust the threads an inner level needs.
 
 from __future__ import annotations
 
+import copy
 import functools
 import inspect
 import json
@@ -140,6 +141,14 @@ class Tool(SyncCallable):
     from the type hints (pydantic; ``$ref``s inlined), the defaults and ``arg_desc``. Give any of
     them to override what is inferred.
 
+    ``args`` may also be a whole JSON object schema (``{"type": "object", "properties": {...},
+    "required": [...]}``, e.g. an MCP tool's input schema): the tool then keeps it as given
+    (``json_schema``, and the ``parameters`` of ``function_schema()``), ``args`` is its
+    ``properties``, and a call missing a ``required`` argument (or passing an unknown one when
+    the schema says ``"additionalProperties": false``) raises ``ToolArgumentError`` before
+    ``fn`` runs; type checks are left to ``fn`` (e.g. the MCP server). ``Tool.from_mcp`` builds
+    such a tool for a tool of an MCP session.
+
     ``await tool(**kwargs)`` (or ``tool.sync(**kwargs)``) first validates the arguments against
     the parameters' type hints, coercing where pydantic's lax mode does (``"3"`` -> ``3``, a dict
     -> a pydantic model); unknown names (unless ``fn`` takes ``**kwargs``), missing required
@@ -198,8 +207,19 @@ class Tool(SyncCallable):
         unknown = sorted(set(descs) - set(self._params))
         if unknown and not self.has_kwargs:
             raise ValueError(f"Tool {self.name!r}: arg_desc names unknown parameter(s) {unknown}")
-        if args is not None:
-            self.args: dict[str, Any] = {k: dict(v) for k, v in args.items()}
+        # A whole object schema given as ``args`` (a parameter's schema is a dict, never the string "object").
+        self._given_schema: dict[str, Any] | None = None
+        if args is not None and args.get("type") == "object":
+            self._given_schema = copy.deepcopy(dict(args))
+            properties = self._given_schema.get("properties") or {}
+            if not isinstance(properties, Mapping):
+                raise ValueError(f"Tool {self.name!r}: the JSON schema's 'properties' must be an object")
+            required = self._given_schema.get("required") or []
+            if not isinstance(required, list) or not all(isinstance(n, str) for n in required):
+                raise ValueError(f"Tool {self.name!r}: the JSON schema's 'required' must be a list of names")
+            self.args: dict[str, Any] = copy.deepcopy(dict(properties))
+        elif args is not None:
+            self.args = {k: dict(v) for k, v in args.items()}
         else:
             self.args = {n: self._schema(p, descs.get(n)) for n, p in self._params.items()}
 
@@ -245,6 +265,12 @@ class Tool(SyncCallable):
                 shown = shown if len(shown) <= 80 else shown[:77] + "..."
                 problems.append(f"argument {key!r} = {shown}: {reasons}")
         missing = [n for n, p in self._params.items() if p.required and n not in kwargs]
+        if self._given_schema is not None:
+            missing += [n for n in self._given_schema.get("required", []) if n not in kwargs and n not in missing]
+            if self._given_schema.get("additionalProperties") is False:
+                problems.extend(
+                    f"unknown argument {key!r}" for key in kwargs if key not in self.args and key not in self._params
+                )
         problems.extend(f"missing required argument {n!r}" for n in missing)
         if problems:
             raise ToolArgumentError(
@@ -253,6 +279,18 @@ class Tool(SyncCallable):
         return parsed
 
     def _describe_params(self) -> str:
+        if self._given_schema is not None:
+            if not self.args:
+                return "no arguments"
+            required = set(self._given_schema.get("required", []))
+            parts = []
+            for n, schema in self.args.items():
+                kind = schema.get("type", "any") if isinstance(schema, Mapping) else "any"
+                extra = "" if n in required else ", optional"
+                if isinstance(schema, Mapping) and "default" in schema:
+                    extra = f", default {schema['default']!r}"
+                parts.append(f"{n} ({kind}{extra})")
+            return ", ".join(parts)
         if not self._params:
             return "no arguments" + (" (any keyword arguments)" if self.has_kwargs else "")
         parts = []
@@ -285,20 +323,48 @@ class Tool(SyncCallable):
 
     # -- description ----------------------------------------------------------------------------
 
+    @property
+    def json_schema(self) -> dict[str, Any]:
+        """The JSON object schema of the tool's arguments: the one given as ``args`` (kept as
+        given, ``required`` included), else built from ``args`` and the required parameters."""
+        if self._given_schema is not None:
+            return copy.deepcopy(self._given_schema)
+        return {
+            "type": "object",
+            "properties": self.args,
+            "required": [n for n, p in self._params.items() if p.required and n in self.args],
+        }
+
     def function_schema(self) -> dict[str, Any]:
         """The tool in OpenAI's function-calling format (``{"type": "function", "function": {...}}``)."""
         return {
             "type": "function",
-            "function": {
-                "name": self.name,
-                "description": self.desc or "",
-                "parameters": {
-                    "type": "object",
-                    "properties": self.args,
-                    "required": [n for n, p in self._params.items() if p.required and n in self.args],
-                },
-            },
+            "function": {"name": self.name, "description": self.desc or "", "parameters": self.json_schema},
         }
+
+    @classmethod
+    def from_mcp(
+        cls, session: Any, mcp_tool: Any, *, name: str | None = None, result_mode: str = "structured"
+    ) -> Tool:
+        """A ``Tool`` that calls ``mcp_tool`` (an entry of an MCP ``list_tools()`` result) over
+        ``session`` (an open ``mcp.Client`` or ``mcp.ClientSession``, or anything with an async
+        ``call_tool(name, arguments)``).
+
+        The tool keeps the server's name (``name=`` renames it for the LM; characters other than
+        letters, digits, ``_`` and ``-`` become ``_``), description and input schema as given.
+        Awaiting it returns the result's structured content when the server sent some (a
+        ``{"result": value}`` wrapper, declared by the tool's output schema, gives ``value``:
+        that is how MCP servers send a return value that is not an object), else its text parts
+        joined by newlines; a result flagged ``isError`` raises ``MCPToolError`` with the
+        server's text (in ``ReAct``: an observation). Errors of the protocol or the connection
+        are raised as the SDK raises them (in ``ReAct``: observations too). With
+        ``result_mode="text"`` (DSPy's default) the text parts are returned even when structured
+        content came too. ``asynclm.mcp.connect`` opens a
+        session and gives its tools this way.
+        """
+        from ._mcp import tool_from_mcp
+
+        return tool_from_mcp(cls, session.call_tool, mcp_tool, name=name, result_mode=result_mode)
 
     def __str__(self) -> str:
         # DSPy's wording, so that ReAct instructions written for DSPy read the same.

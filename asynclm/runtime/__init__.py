@@ -4,6 +4,8 @@ portals, ``asyncify``, ``Parallel``, per-loop resources and process-wide limits.
 Knows nothing about language models; every other layer builds on it.
 """
 
+from ._contexts import enter_sync
+from ._home import HomeLoop, HomeLoopClosedError, home_loop
 from ._iterate import iterate_sync
 from ._limits import ConcurrencyLimiter, CrossLoopEvent, RateLimiter
 from ._parallel import Parallel, call_with_args, run_items
@@ -27,6 +29,8 @@ __all__ = [
     "BoundSyncTwin",
     "ConcurrencyLimiter",
     "CrossLoopEvent",
+    "HomeLoop",
+    "HomeLoopClosedError",
     "Parallel",
     "PortalClosedError",
     "Progress",
@@ -40,6 +44,8 @@ __all__ = [
     "configure",
     "context",
     "current_settings",
+    "enter_sync",
+    "home_loop",
     "is_async_callable",
     "iterate_sync",
     "loop_resource",
