@@ -21,6 +21,7 @@ Errors (all subclasses of ``LMError``)::
 from ._budget import UsageLimitExceeded, UsageLimits, usage_limits
 from ._cache import CacheWarning
 from ._client import LM
+from ._embedder import Embedder
 from ._errors import (
     AuthenticationError,
     BadRequestError,
@@ -46,6 +47,7 @@ __all__ = [
     "BadRequestError",
     "CacheWarning",
     "ContextWindowExceededError",
+    "Embedder",
     "FallbackLM",
     "LMConnectionError",
     "LMError",

@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from ._embeddings import fake_embedding
 from ._server import DEFAULT_FAULTS, FakeOpenAIServer, FakeRequest, Fault, Fields, Headers, Reply, SpawnedFakeServer
 
 if TYPE_CHECKING:
@@ -38,6 +39,7 @@ __all__ = [
     "ScriptedLM",
     "ScriptedRequest",
     "SpawnedFakeServer",
+    "fake_embedding",
     "render_chat",
     "render_json",
 ]

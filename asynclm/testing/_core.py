@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any
 
 from . import _anthropic
+from ._embeddings import fake_embedding
 from ._http import (
     Connection,
     Exchange,
@@ -203,6 +204,8 @@ class ServerCore:
                 )
             else:
                 self._chat(conn, raw, "anthropic")
+        elif route.endswith("/embeddings") and raw.method == "POST":
+            self._embeddings(conn, raw)
         elif route.endswith("/models") and raw.method == "GET":
             data = [{"id": m, "object": "model", "created": 0, "owned_by": "asynclm"} for m in self.models]
             self._simple(conn, raw, 200, dumps({"object": "list", "data": data}))
@@ -215,12 +218,60 @@ class ServerCore:
                 404,
                 error_body(
                     f"FakeOpenAIServer has no route {raw.method} {route}; it serves POST "
-                    "/v1/chat/completions, POST /v1/messages (Anthropic) "
+                    "/v1/chat/completions, POST /v1/messages (Anthropic), POST /v1/embeddings "
                     "and GET /v1/models",
                     "invalid_request_error",
                     "unknown_url",
                 ),
             )
+
+    def _embeddings(self, conn: Connection, raw: RawRequest) -> None:
+        """``POST /v1/embeddings``: each input's ``fake_embedding``, after the server's latency.
+        Counted, logged and faulted (``fail_next``, ``fault_rate``) like a chat request."""
+        self.requests += 1
+        index = self.requests
+        exchange = Exchange(conn, raw.keep_alive, f"req_fake_{index}")
+        conn.exchange = exchange
+        exchange.counted = True
+        self.in_flight += 1
+        if self.in_flight > self.max_in_flight:
+            self.max_in_flight = self.in_flight
+        try:
+            body = loads(raw.body)
+        except JSONDecodeError:
+            body = None
+        request = FakeRequest(index, raw.method, raw.path, raw.headers, raw.body, body)
+        self.request_log.append(request)
+        inputs = body.get("input") if isinstance(body, dict) else None
+        if isinstance(inputs, str):
+            inputs = [inputs]
+        if not isinstance(inputs, list) or not inputs or not all(isinstance(t, str) for t in inputs):
+            exchange.send_error(400, "'input' must be a non-empty string or list of strings", "invalid_request_error")
+            return
+        if self.api_key is not None and raw.headers.get("authorization") != f"Bearer {self.api_key}":
+            exchange.send_error(401, "Incorrect API key provided (FakeOpenAIServer).", "invalid_request_error")
+            return
+        fault: Any = None
+        if self.injected:
+            fault = self.injected.popleft()
+        elif self.fault_rate > 0 and self.faults and self.rng.random() < self.fault_rate:
+            fault = self.rng.choice(self.faults)
+        if isinstance(fault, Fault):
+            self._fault(exchange, request, fault)
+            return
+        dims = body.get("dimensions") if isinstance(body.get("dimensions"), int) else 64
+        data = [
+            {"object": "embedding", "index": i, "embedding": fake_embedding(text, dims)}
+            for i, text in enumerate(inputs)
+        ]
+        tokens = sum(max(1, len(text) // 4) for text in inputs)
+        payload = {
+            "object": "list",
+            "data": data,
+            "model": body.get("model") or self.model,
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        }
+        self._later(exchange, None, exchange.send, 200, dumps(payload))
 
     def _simple(self, conn: Connection, raw: RawRequest, status: int, body: bytes) -> None:
         exchange = Exchange(conn, raw.keep_alive, "req_fake_0")
@@ -603,9 +654,7 @@ class ServerCore:
             i += 1
             if i < len(events) and chunk_delay > 0:
                 exchange.conn.write(b"".join(out))
-                self._later(
-                    exchange, chunk_delay, self._stream_step, exchange, events, i, fault, chunk_delay, [], tail
-                )
+                self._later(exchange, chunk_delay, self._stream_step, exchange, events, i, fault, chunk_delay, [], tail)
                 return
         kind = fault.kind if fault is not None else None
         if kind == "hang":
