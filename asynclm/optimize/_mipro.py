@@ -4,19 +4,21 @@ per predictor by Bayesian search (optuna's TPE), several trials in flight at onc
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.util
 import logging
 import math
 import random
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal, overload
 
 import anyio
+import anyio.to_thread
 
 from asynclm.evaluate import Evaluate, call_metric, metric_score
 from asynclm.modules import Module
-from asynclm.runtime import Progress, context, current_settings, sync_twin
+from asynclm.runtime import Progress, context, current_settings, run_items, sync_twin
 from asynclm.signatures import Example
 
 from ._base import Teleprompter, check_trainset, mark_compiled
@@ -135,6 +137,57 @@ class ScoredPrograms(Sequence[dict[str, Any]]):
 def _check_int(who: str, name: str, value: Any, minimum: int) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
         raise ValueError(f"{who}({name}={value!r}): use an int >= {minimum}")
+
+
+async def _all(*fns: Callable[[], Awaitable[Any]]) -> list[Any]:
+    """Run the coroutine functions concurrently; their results in order. The first error cancels
+    the others and is raised with its own type."""
+    return await run_items([(fn, ()) for fn in fns], concurrency=max(1, len(fns)), max_errors=0)
+
+
+class _Scorer:
+    """Scores a candidate program on examples with ``Evaluate``; every program run of every
+    evaluation in flight shares one ``concurrency`` limit. An evaluation that fails (more than
+    ``max_errors`` failed examples) scores 0, as in DSPy; a metric returning something that is not
+    a score raises."""
+
+    def __init__(self, optimizer: MIPROv2, valset: list[Example]) -> None:
+        self.limiter = anyio.CapacityLimiter(optimizer.concurrency)
+        self.misuse: list[TypeError] = []
+        self.metric = optimizer.metric
+        self.evaluate = Evaluate(
+            devset=valset,
+            metric=self.checked_metric,
+            concurrency=optimizer.concurrency,
+            max_errors=optimizer.max_errors,
+            progress=False,
+        )
+
+    async def checked_metric(self, example: Example, prediction: Any, trace: Any = None) -> float:
+        value = await call_metric(self.metric, example, prediction)
+        try:
+            return metric_score(value, self.metric)
+        except TypeError as exc:  # a bug in the metric, not a failed example
+            self.misuse.append(exc)
+            raise
+
+    async def __call__(self, candidate: Module, examples: list[Example]) -> float:
+        limiter = self.limiter
+
+        async def run(**inputs: Any) -> Any:
+            async with limiter:
+                return await candidate(**inputs)
+
+        try:
+            result = await self.evaluate(run, devset=examples)
+        except Exception as exc:
+            if self.misuse:
+                raise self.misuse[0] from None
+            logger.error("MIPROv2: an evaluation failed, scoring 0 (as DSPy does): %r", exc)
+            return 0.0
+        if self.misuse:
+            raise self.misuse[0]
+        return result.score
 
 
 class MIPROv2(Teleprompter):
@@ -325,7 +378,8 @@ class MIPROv2(Teleprompter):
             raise TypeError(f"{who}.compile: the program must be an asynclm Module, got {type(student).__name__}")
         if not student.predictors():
             raise ValueError(f"{who}.compile: the program has no predictors (Predict modules) to optimize")
-        optuna = _import_optuna()
+        if not _optuna_available():
+            raise ImportError(_EXTRA_HINT)
         max_boot = self.max_bootstrapped_demos if max_bootstrapped_demos is None else max_bootstrapped_demos
         max_lab = self.max_labeled_demos if max_labeled_demos is None else max_labeled_demos
         seed = self.seed if seed is None else seed
@@ -396,12 +450,6 @@ class MIPROv2(Teleprompter):
                 f"{who} needs a prompt model: pass MIPROv2(prompt_model=asynclm.LM(...)) or asynclm.configure(lm=...)"
             )
         program = student.deepcopy()
-
-        with self._task_context():
-            demo_candidates: list[list[list[Example]]] | None = await self._demo_candidates(
-                program, train, teacher, rng, num_demo_sets, max_boot, max_lab, zeroshot
-            )
-
         proposer = GroundedProposer(
             prompt_model=prompt_model,
             rng=rng,
@@ -413,15 +461,41 @@ class MIPROv2(Teleprompter):
             init_temperature=self.init_temperature,
             concurrency=self.concurrency,
         )
-        instruction_candidates = await proposer.propose(program, train, demo_candidates, num_instructions)
+        score = _Scorer(self, val)
+
+        # Step 1, with what needs no demos alongside: the dataset summary (prompt model) and
+        # importing optuna (in a worker thread).
+        async def import_optuna() -> Any:
+            return await anyio.to_thread.run_sync(_import_optuna)
+
+        async def bootstrap() -> list[list[list[Example]]]:
+            with self._task_context():
+                return await self._demo_candidates(
+                    program, train, teacher, rng, num_demo_sets, max_boot, max_lab, zeroshot
+                )
+
+        optuna, _, demo_sets = await _all(import_optuna, functools.partial(proposer.prepare, train), bootstrap)
+        demo_candidates: list[list[list[Example]]] | None = demo_sets
+
+        # Step 2, with the full evaluation of the program as it is (the search's first trial).
+        async def default_score() -> float:
+            with self._task_context():
+                return await score(program, val)
+
+        instruction_candidates, baseline = await _all(
+            functools.partial(proposer.propose, program, train, demo_candidates, num_instructions), default_score
+        )
         for i, candidates in enumerate(instruction_candidates):
             logger.info("%s: instruction candidates of predictor %d: %r", who, i, candidates)
         if zeroshot:
             demo_candidates = None
 
+        # Step 3.
         with self._task_context():
             best = await self._search(
                 optuna,
+                score,
+                baseline,
                 program,
                 instruction_candidates,
                 demo_candidates,
@@ -496,9 +570,7 @@ class MIPROv2(Teleprompter):
                     concurrency=share,
                 ).compile(program, trainset=examples, teacher=teacher)
 
-        async with anyio.create_task_group() as tg:
-            for index in range(len(plans)):
-                tg.start_soon(make, index)
+        await _all(*(functools.partial(make, index) for index in range(len(plans))))
         sets: list[list[list[Example]]] = [[] for _ in program.predictors()]
         for made in programs:
             assert made is not None
@@ -511,6 +583,8 @@ class MIPROv2(Teleprompter):
     async def _search(
         self,
         optuna: Any,
+        score: _Scorer,
+        default_score: float,
         program: Module,
         instruction_candidates: list[list[str]],
         demo_candidates: list[list[list[Example]]] | None,
@@ -523,42 +597,6 @@ class MIPROv2(Teleprompter):
         full_eval_steps: int,
     ) -> Module:
         who = "MIPROv2"
-        limiter = anyio.CapacityLimiter(self.concurrency)
-        misuse: list[TypeError] = []
-        metric = self.metric
-
-        async def checked_metric(example: Example, prediction: Any, trace: Any = None) -> float:
-            value = await call_metric(metric, example, prediction)
-            try:
-                return metric_score(value, metric)
-            except TypeError as exc:  # a bug in the metric, not a failed example
-                misuse.append(exc)
-                raise
-
-        evaluate = Evaluate(
-            devset=valset,
-            metric=checked_metric,
-            concurrency=self.concurrency,
-            max_errors=self.max_errors,
-            progress=False,
-        )
-
-        async def score(candidate: Module, examples: list[Example]) -> float:
-            async def run(**inputs: Any) -> Any:
-                async with limiter:
-                    return await candidate(**inputs)
-
-            try:
-                result = await evaluate(run, devset=examples)
-            except Exception as exc:
-                if misuse:
-                    raise misuse[0] from None
-                logger.error("%s: an evaluation failed, scoring 0 (as DSPy does): %r", who, exc)
-                return 0.0
-            if misuse:
-                raise misuse[0]
-            return result.score
-
         num_predictors = len(program.predictors())
         distributions: dict[str, Any] = {}
         for i in range(num_predictors):
@@ -607,8 +645,7 @@ class MIPROv2(Teleprompter):
         total_eval_calls = 0
 
         try:
-            # trial 1: the program as it is, on the whole valset
-            default_score = await score(program, valset)
+            # trial 1: the program as it is, on the whole valset (scored before the search)
             total_eval_calls += len(valset)
             trial_logs[1] = {
                 "full_eval_score": default_score,
@@ -701,20 +738,9 @@ class MIPROv2(Teleprompter):
         return result
 
     @staticmethod
-    async def _evaluate_all(
-        score: Callable[[Module, list[Example]], Any], jobs: list[tuple[Module, list[Example]]]
-    ) -> list[float]:
+    async def _evaluate_all(score: _Scorer, jobs: list[tuple[Module, list[Example]]]) -> list[float]:
         """Score every (program, examples) job concurrently; the scores in the jobs' order."""
-        scores: list[float] = [0.0] * len(jobs)
-
-        async def one(index: int) -> None:
-            candidate, examples = jobs[index]
-            scores[index] = await score(candidate, examples)
-
-        async with anyio.create_task_group() as tg:
-            for index in range(len(jobs)):
-                tg.start_soon(one, index)
-        return scores
+        return await _all(*(functools.partial(score, candidate, examples) for candidate, examples in jobs))
 
     async def _full_evaluations(
         self,
@@ -724,7 +750,7 @@ class MIPROv2(Teleprompter):
         distributions: dict[str, Any],
         param_scores: dict[str, list[tuple[float, Module, dict[str, Any]]]],
         fully_evaluated: dict[str, dict[str, Any]],
-        score: Callable[[Module, list[Example]], Any],
+        score: _Scorer,
         valset: list[Example],
         trial_logs: dict[int, dict[str, Any]],
         score_data: list[dict[str, Any]],

@@ -12,10 +12,8 @@ import re
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-import anyio
-
 from asynclm.modules import Module, Predict
-from asynclm.runtime import context
+from asynclm.runtime import context, run_items
 from asynclm.signatures import Example, InputField, OutputField, Signature
 
 __all__ = ["TIPS", "GroundedProposer", "describe_program_structure", "render_examples"]
@@ -233,6 +231,17 @@ class GroundedProposer:
         summary = await self._ask(_SUMMARIZE, "summary", config, observations=observations)
         return strip_prefix(summary)
 
+    async def prepare(self, trainset: Sequence[Example]) -> None:
+        """Summarize the dataset (when ``data_aware``): it needs no demos, so ``MIPROv2`` runs it
+        while the demo sets are bootstrapped."""
+        if not self.data_aware:
+            return
+        try:
+            self.dataset_summary = await self.summarize_dataset(trainset)
+        except Exception as exc:  # as DSPy: go on without it
+            logger.warning("MIPROv2: the dataset summary failed (%r); proposing without it", exc)
+            self.data_aware = False
+
     async def propose(
         self,
         program: Module,
@@ -243,12 +252,8 @@ class GroundedProposer:
         """``num_candidates`` instructions per predictor (index 0 is the predictor's own
         instruction, as in DSPy, which replaces the first proposal with it)."""
         predictors = program.predictors()
-        if self.data_aware:
-            try:
-                self.dataset_summary = await self.summarize_dataset(trainset)
-            except Exception as exc:  # as DSPy: go on without it
-                logger.warning("MIPROv2: the dataset summary failed (%r); proposing without it", exc)
-                self.data_aware = False
+        if self.data_aware and self.dataset_summary is None:
+            await self.prepare(trainset)
         use_demos = self.fewshot_aware and bool(demo_candidates)
         num_sets = max(len(demo_candidates[0]), 1) if demo_candidates else num_candidates
         per_predictor = len(range(num_sets)[: min(num_candidates, num_sets)])
@@ -287,15 +292,12 @@ class GroundedProposer:
                         )
                     )
 
-                async with anyio.create_task_group() as tg:
-                    for i in range(len(predictors)):
-                        tg.start_soon(describe, i)
+                await run_items([(describe, (i,)) for i in range(len(predictors))], concurrency=len(predictors))
             except Exception as exc:  # as DSPy: go on without it
                 logger.warning("MIPROv2: describing the program failed (%r); proposing without it", exc)
                 program_aware = False
 
         results: list[list[str]] = [[pred.signature.instructions] * per_predictor for pred in predictors]
-        limiter = anyio.CapacityLimiter(self.concurrency)
 
         async def one(i: int, j: int) -> None:
             tip, rollout = draws[i][j]
@@ -315,19 +317,17 @@ class GroundedProposer:
                 )
             if tip:
                 inputs["tip"] = tip
-            async with limiter:
-                text = await self._ask(
-                    sig,
-                    "proposed_instruction",
-                    {"temperature": self.init_temperature, "rollout_id": rollout},
-                    **inputs,
-                )
+            text = await self._ask(
+                sig,
+                "proposed_instruction",
+                {"temperature": self.init_temperature, "rollout_id": rollout},
+                **inputs,
+            )
             results[i][j] = strip_prefix(text) or predictors[i].signature.instructions
 
-        async with anyio.create_task_group() as tg:
-            for i in range(len(predictors)):
-                for j in range(1, per_predictor):  # proposal 0 is replaced by the original instruction
-                    tg.start_soon(one, i, j)
+        # proposal 0 of each predictor is replaced by its original instruction: not asked for
+        jobs = [(one, (i, j)) for i in range(len(predictors)) for j in range(1, per_predictor)]
+        await run_items(jobs, concurrency=self.concurrency)
         return results
 
     @staticmethod
