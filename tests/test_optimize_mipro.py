@@ -72,10 +72,13 @@ def prompt_answer(request: FakeRequest) -> dict[str, str]:
 
 
 def is_task(request: FakeRequest) -> bool:
-    return "word" in request.inputs  # the program's own calls; the prompt model's have other inputs
+    # the program's own calls; the prompt model's have other inputs
+    return "word" in request.inputs or set(request.inputs) == {"draft"}
 
 
 def respond(request: FakeRequest) -> Reply:
+    if set(request.inputs) == {"draft"}:  # TwoStep's second step copies the draft
+        return Reply(text=Fields(final=request.inputs["draft"].strip()).render(request))
     if is_task(request):
         return Reply(text=Fields(answer=task_answer(request)).render(request))
     return Reply(text=Fields(prompt_answer(request)).render(request))
@@ -250,6 +253,53 @@ async def test_cancel_mid_compile_aborts_the_requests_in_flight() -> None:
                 await server.wait_until(lambda s: s.in_flight >= 4)
                 tg.cancel_scope.cancel()
             await server.wait_until(lambda s: s.in_flight == 0 and s.client_disconnects >= 4)
+
+
+class TwoStep(asynclm.Module):
+    """A program of two predictors: the answer, then a copy of it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.answer = asynclm.Predict("word -> answer")
+        self.copy = asynclm.Predict("draft -> final")
+
+    async def forward(self, word: str) -> Any:
+        draft = await self.answer(word=word)
+        return await self.copy(draft=draft.answer)
+
+
+def final_exact(example: asynclm.Example, prediction: Any, trace: Any = None) -> bool:
+    return bool(example.answer == prediction.final)
+
+
+async def test_a_program_of_two_predictors() -> None:
+    with FakeOpenAIServer(respond) as server:
+        task, prompt = models(server)
+        student = TwoStep()
+        mipro = MIPROv2(final_exact, prompt_model=prompt, task_model=task, seed=1)
+        best = await mipro.compile(student, trainset=TRAIN, valset=VAL)
+        with asynclm.context(lm=task):
+            result = await asynclm.Evaluate(devset=TEST, metric=final_exact, progress=False)(best)
+        assert result.score == 100.0
+        assert best.answer.signature.instructions == GOOD and student.answer.demos == []
+        # one instruction and one demo set per predictor in each trial (DSPy's parameter names)
+        assert {"0_predictor_instruction", "0_predictor_demos", "1_predictor_instruction", "1_predictor_demos"} <= set(
+            best.trial_logs[2]
+        )
+        assert len(best.instruction_candidates) == 2
+        # the prompt model was shown the program's structure and the user's own code
+        described = [r.inputs["program_code"] for r in server.request_log if "program_code" in r.inputs]
+        assert described and all("class TwoStep" in code and "draft -> final" in code for code in described)
+        # light with two predictors: DSPy's formula gives max(2 * 4 * log2(6), 9) = 20 trials
+        assert max(best.trial_logs) == 21
+
+
+async def test_a_metric_that_returns_no_score_raises() -> None:
+    with FakeOpenAIServer(respond) as server:
+        task, prompt = models(server)
+        mipro = MIPROv2(lambda ex, pred, trace=None: "yes", prompt_model=prompt, task_model=task)
+        with pytest.raises(TypeError, match="a metric must return a number"):
+            await mipro.compile(asynclm.Predict("word -> answer"), trainset=TRAIN, valset=VAL)
 
 
 def test_sync_compile_and_save_load_round_trip(tmp_path: Path) -> None:
