@@ -21,6 +21,7 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from bench._common import BENCH_DIR, ROOT, run_json
@@ -82,12 +83,13 @@ def _start_server(latency: float) -> tuple[subprocess.Popen[str], str]:
     return proc, f"http://127.0.0.1:{int(line[len(SERVE_READY) :])}/v1"
 
 
-def main() -> None:
-    if len(sys.argv) >= 2 and sys.argv[1] == "serve":
-        serve(float(sys.argv[2]))
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["serve"]:
+        serve(float(argv[1]))
         return
-    if len(sys.argv) >= 2 and sys.argv[1] == "asynclm":
-        print(json.dumps(run_asynclm(json.loads(sys.argv[2]))))
+    if argv[:1] == ["asynclm"]:
+        print(json.dumps(run_asynclm(json.loads(argv[1]))))
         return
     parser = argparse.ArgumentParser(prog="python -m bench.bench_mipro", description=__doc__.split("\n")[0])
     parser.add_argument("--threads", default="16,32", help="DSPy's num_threads settings to try")
@@ -95,7 +97,8 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true")
     parser.add_argument("--skip-dspy", action="store_true")
     parser.add_argument("--dspy-python", default=None, help="a Python with dspy and optuna installed")
-    args = parser.parse_args()
+    parser.add_argument("--out", default=None, help="where to write the JSON (default: bench/results/)")
+    args = parser.parse_args(argv)
     latency = 0.005 if args.smoke else 0.05
     sizes = {"n_train": 20, "n_val": 60, "n_test": 20} if args.smoke else {}
     base = {"auto": "light", "seed": 0, "sizes": sizes}
@@ -104,7 +107,9 @@ def main() -> None:
     for k in (4, 1):
         rows.append((f"asynclm trials_in_flight={k}, concurrency=32", {"side": "asynclm", "trials_in_flight": k}))
     dspy_python = args.dspy_python or str(BENCH_DIR / ".venv-dspy" / "bin" / "python")
-    if not args.skip_dspy:
+    if not args.skip_dspy and not Path(dspy_python).exists():
+        print(f"DSPy rows skipped: no {dspy_python} (run `python -m bench` once to make it)", file=sys.stderr)
+    elif not args.skip_dspy:
         for t in (int(x) for x in args.threads.split(",")):
             rows.append((f"DSPy MIPROv2 num_threads={t}", {"side": "dspy", "threads": t}))
 
@@ -142,10 +147,14 @@ def main() -> None:
         val = statistics.median(r["val_score"] for r in runs)
         summary[label] = {"wall_s": wall, "test_score": test, "val_score": val, "runs": runs}
         print(f"| {label} | {wall:.2f} | {test:.1f} | {val:.1f} |")
-    out = BENCH_DIR / "results" / f"mipro-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.json"
+    out = (
+        Path(args.out)
+        if args.out
+        else BENCH_DIR / "results" / f"mipro-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.json"
+    )
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps({"latency": latency, "rows": summary}, indent=2) + "\n")
-    print(f"\nwritten: {out.relative_to(ROOT)}")
+    print(f"\nwritten: {out}")
 
 
 if __name__ == "__main__":

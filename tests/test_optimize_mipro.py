@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import random
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -362,3 +364,18 @@ def test_missing_optuna_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None
         MIPROv2(exact)
     with pytest.raises(ImportError, match=r"asynclm\[optuna\]"):
         mipro.compile.sync(asynclm.Predict("word -> answer"), trainset=TRAIN, valset=VAL)
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.skipif(not (ROOT / "bench" / "bench_mipro.py").exists(), reason="needs the source tree")
+def test_the_benchmark_harness_runs(tmp_path: Path) -> None:
+    # tiny data, 5 ms latency, no DSPy: the harness works end to end (no timing asserted)
+    out = tmp_path / "mipro.json"
+    cmd = [sys.executable, "-m", "bench.bench_mipro", "--smoke", "--skip-dspy", "--out", str(out)]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert sorted(rows) == [f"asynclm trials_in_flight={k}, concurrency=32" for k in (1, 4)]
+    assert all(row["test_score"] == 100.0 for row in rows.values())
