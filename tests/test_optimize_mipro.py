@@ -207,7 +207,7 @@ async def test_same_result_at_any_concurrency(trials_in_flight: int) -> None:
         assert chosen(best)[0][0] == GOOD
 
 
-async def test_trials_in_flight_run_at_once_within_the_concurrency() -> None:
+async def test_trials_in_flight_run_at_once_within_the_limits() -> None:
     in_flight = peak = 0
 
     async def counting(request: FakeRequest) -> Reply:  # runs on the server's own asyncio loop
@@ -224,21 +224,27 @@ async def test_trials_in_flight_run_at_once_within_the_concurrency() -> None:
 
     with FakeOpenAIServer(counting) as server:
         task, prompt = models(server)
-        mipro = MIPROv2(
-            exact,
-            prompt_model=prompt,
-            task_model=task,
-            auto=None,
-            num_candidates=3,
-            minibatch=False,
-            trials_in_flight=4,
-            concurrency=30,
-            max_bootstrapped_demos=0,
-            max_labeled_demos=0,
+        zero_shot: dict[str, Any] = {
+            "auto": None,
+            "num_candidates": 3,
+            "max_bootstrapped_demos": 0,
+            "max_labeled_demos": 0,
+            "minibatch": False,
+            "trials_in_flight": 4,
+        }
+        program = asynclm.Predict("word -> answer")
+        await MIPROv2(exact, prompt_model=prompt, task_model=task, concurrency=30, **zero_shot).compile(
+            program, trainset=TRAIN, valset=VAL, num_trials=4
         )
-        await mipro.compile(asynclm.Predict("word -> answer"), trainset=TRAIN, valset=VAL, num_trials=4)
         # four trials of 20 examples each were in flight together, never more than `concurrency`
         assert 20 < peak <= 30
+
+        peak = 0
+        limited = asynclm.LM("openai/task", base_url=server.base_url, api_key="k", cache=False, max_concurrency=5)
+        await MIPROv2(exact, prompt_model=prompt, task_model=limited, **zero_shot).compile(
+            program, trainset=TRAIN, valset=VAL, num_trials=4
+        )
+        assert peak == 5  # the LM's own limit holds over all the trials in flight
 
 
 async def test_cancel_mid_compile_aborts_the_requests_in_flight() -> None:

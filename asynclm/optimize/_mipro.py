@@ -466,7 +466,8 @@ class MIPROv2(Teleprompter):
         # Step 1, with what needs no demos alongside: the dataset summary (prompt model) and
         # importing optuna (in a worker thread).
         async def import_optuna() -> Any:
-            return await anyio.to_thread.run_sync(_import_optuna)
+            # a cancelled compile does not wait for the import (it finishes in its thread)
+            return await anyio.to_thread.run_sync(_import_optuna, abandon_on_cancel=True)
 
         async def bootstrap() -> list[list[list[Example]]]:
             with self._task_context():
