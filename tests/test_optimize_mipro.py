@@ -342,6 +342,9 @@ def test_bad_arguments() -> None:
         MIPROv2(exact, trials_in_flight=0)
     with pytest.raises(ValueError, match="concurrency=-1"):
         MIPROv2(exact, concurrency=-1)
+    with pytest.raises(ValueError, match="not both"):
+        MIPROv2(exact, concurrency=8, num_threads=16)
+    assert MIPROv2(exact, num_threads=16).concurrency == 16  # DSPy's name
     with pytest.raises(TypeError, match="metric"):
         MIPROv2("exact")  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="unknown setting"):
@@ -351,6 +354,8 @@ def test_bad_arguments() -> None:
         MIPROv2(exact).compile.sync(program, trainset=TRAIN, num_trials=5)
     with pytest.raises(ValueError, match="suggests num_trials=9"):
         MIPROv2(exact, auto=None, num_candidates=5).compile.sync(program, trainset=TRAIN)
+    with pytest.raises(ValueError, match="no confirmation prompt"):
+        MIPROv2(exact).compile.sync(program, trainset=TRAIN, requires_permission_to_run=True)
     with pytest.raises(ValueError, match="trainset is empty"):
         MIPROv2(exact).compile.sync(program, trainset=[])
     with pytest.raises(ValueError, match="valset is empty"):

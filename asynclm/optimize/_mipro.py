@@ -248,6 +248,7 @@ class MIPROv2(Teleprompter):
         init_temperature: the prompt model's temperature when proposing.
         track_stats: attach the attributes above to the returned program.
         progress: show a bar over the trials with the best score so far.
+        num_threads: DSPy's name for ``concurrency`` (they are tasks, not threads).
     """
 
     def __init__(
@@ -272,8 +273,14 @@ class MIPROv2(Teleprompter):
         init_temperature: float = 1.0,
         track_stats: bool = True,
         progress: bool = False,
+        num_threads: int | None = None,
     ) -> None:
         who = "MIPROv2"
+        if num_threads is not None:  # DSPy's name for it
+            _check_int(who, "num_threads", num_threads, 1)
+            if concurrency not in (32, num_threads):
+                raise ValueError(f"{who}: give concurrency={concurrency} or num_threads={num_threads}, not both")
+            concurrency = num_threads
         if not callable(metric):
             raise TypeError(f"{who}(metric={metric!r}): the metric must be a function metric(example, prediction)")
         if auto not in (None, "light", "medium", "heavy"):
@@ -372,8 +379,14 @@ class MIPROv2(Teleprompter):
         view_data_batch_size: int = 10,
         tip_aware_proposer: bool = True,
         fewshot_aware_proposer: bool = True,
+        requires_permission_to_run: bool | None = None,
     ) -> Module:
         who = "MIPROv2"
+        if requires_permission_to_run:
+            raise ValueError(
+                f"{who}.compile: there is no confirmation prompt (DSPy removed it too); "
+                "leave out requires_permission_to_run"
+            )
         if not isinstance(student, Module):
             raise TypeError(f"{who}.compile: the program must be an asynclm Module, got {type(student).__name__}")
         if not student.predictors():
