@@ -81,6 +81,7 @@ _EXPORTS: dict[str, str] = {
     "BootstrapFewShotWithRandomSearch": "asynclm.optimize",
     "Ensemble": "asynclm.optimize",
     "KNNFewShot": "asynclm.optimize",
+    "MIPROv2": "asynclm.optimize",
     "majority": "asynclm.optimize",
 }
 
@@ -145,6 +146,7 @@ if TYPE_CHECKING:  # static checkers see the real names; at run time they load l
         Ensemble as Ensemble,
         KNNFewShot as KNNFewShot,
         LabeledFewShot as LabeledFewShot,
+        MIPROv2 as MIPROv2,
         majority as majority,
     )
     from asynclm.runtime import (

@@ -1,5 +1,5 @@
 """Optimizers: ``LabeledFewShot``, ``BootstrapFewShot``, ``BootstrapFewShotWithRandomSearch``,
-``KNNFewShot`` and ``Ensemble`` (with ``majority``). Each ``compile`` is a coroutine with a
+``KNNFewShot``, ``Ensemble`` (with ``majority``) and ``MIPROv2``. Each ``compile`` is a coroutine with a
 ``.sync`` twin and returns a new program, leaving the given one untouched."""
 
 from ._base import Optimizer, Teleprompter
@@ -7,6 +7,7 @@ from ._bootstrap import BootstrapFewShot
 from ._ensemble import Ensemble, EnsembledProgram, majority
 from ._knn import KNNFewShot
 from ._labeled import LabeledFewShot
+from ._mipro import MIPROv2, ScoredPrograms, TrialLogs
 from ._random_search import BootstrapFewShotWithRandomSearch, Candidate, CandidatePrograms
 
 __all__ = [
@@ -18,7 +19,10 @@ __all__ = [
     "EnsembledProgram",
     "KNNFewShot",
     "LabeledFewShot",
+    "MIPROv2",
     "Optimizer",
+    "ScoredPrograms",
     "Teleprompter",
+    "TrialLogs",
     "majority",
 ]
