@@ -75,6 +75,8 @@ _EXPORTS: dict[str, str] = {
     "Ensemble": "asynclm.optimize",
     "KNNFewShot": "asynclm.optimize",
     "majority": "asynclm.optimize",
+    "GEPA": "asynclm.optimize",
+    "ScoreWithFeedback": "asynclm.optimize",
 }
 
 __all__ = ["__version__", *sorted(_EXPORTS)]
@@ -122,11 +124,13 @@ if TYPE_CHECKING:  # static checkers see the real names; at run time they load l
         streamify as streamify,
     )
     from asynclm.optimize import (
+        GEPA as GEPA,
         BootstrapFewShot as BootstrapFewShot,
         BootstrapFewShotWithRandomSearch as BootstrapFewShotWithRandomSearch,
         Ensemble as Ensemble,
         KNNFewShot as KNNFewShot,
         LabeledFewShot as LabeledFewShot,
+        ScoreWithFeedback as ScoreWithFeedback,
         majority as majority,
     )
     from asynclm.runtime import (
