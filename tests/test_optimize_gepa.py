@@ -64,8 +64,10 @@ class World:
         self.lock = threading.Lock()
 
     def __call__(self, request: FakeRequest) -> Any:
-        if request.model == "reflect":
-            return self.reflect(request.last_user_message)
+        if request.model == "reflect":  # GEPA's ProposeInstruction, through the JSON adapter
+            inputs = request.inputs
+            assert "response_format" in request.json
+            return Fields(new_instruction=self.propose(inputs["current_instruction"], request.last_user_message))
         system = str(request.messages[0]["content"])
         inputs = request.inputs
         if "question" in inputs:
@@ -74,16 +76,21 @@ class World:
         draft = inputs["draft"].strip()
         return Fields(answer=draft + "!" if "EXCLAIM" in system else draft)
 
-    def reflect(self, prompt: str) -> str:
+    def propose(self, current: str, prompt: str) -> str:
+        """Copy the words the feedback asks for into the instruction (if lucky)."""
         with self.lock:
             self.reflection_prompts.append(prompt)
-        current = prompt.split("```")[1].strip()
+        current = current.strip()
         words = sorted(set(re.findall(r"must contain the word (\w+)", prompt)))
         lucky = int(hashlib.sha256(prompt.encode()).hexdigest()[:8], 16) % self.luck == 0
         if not lucky:
             words = ["PLEASE"]
-        new = current + "".join(f" Use {w}." for w in words if w not in current)
-        return f"Here is a better instruction:\n```\n{new}\n```\nGood luck."
+        return current + "".join(f" Use {w}." for w in words if w not in current)
+
+    def text_reflection(self, prompt: str) -> str:
+        """The same, as a plain function of a text prompt answering in a fenced block."""
+        current = prompt.split("```")[1]
+        return f"Here is a better instruction:\n```\n{self.propose(current, prompt)}\n```\nGood luck."
 
 
 def score_of(gold: asynclm.Example, pred: asynclm.Prediction) -> float:
@@ -197,8 +204,23 @@ async def test_gepa_learns_the_instructions_from_feedback() -> None:
 
         # the reflection model saw each predictor's traced inputs, outputs and the metric's feedback
         prompt = world.reflection_prompts[0]
-        assert "## Inputs" in prompt and "## Generated Outputs" in prompt and "## Feedback" in prompt
+        assert '"Inputs": {"' in prompt and '"Generated Outputs": {"' in prompt and '"Feedback": "' in prompt
         assert "must contain the word" in prompt
+
+
+async def test_gepa_with_a_plain_function_as_reflection_lm() -> None:
+    """A function of a text prompt works as the reflection LM (the gepa package's convention):
+    it gets GEPA's markdown prompt and answers with the instruction in a fenced block."""
+    world = World()
+    with FakeOpenAIServer(world) as server:
+        task, _ = lms(server)
+        best = await GEPA(
+            AsyncCountingMetric(), reflection_lm=world.text_reflection, max_metric_calls=80, progress=False
+        ).compile(Pipeline(task), trainset=TRAIN, valset=VAL)
+        assert await test_score(best) == 100.0
+        prompt = world.reflection_prompts[0]
+        assert "## Inputs" in prompt and "## Generated Outputs" in prompt and "## Feedback" in prompt
+        assert all(r.model == "task" for r in server.request_log)
 
 
 def test_gepa_compile_sync_and_save_load(tmp_path: Path) -> None:
@@ -307,6 +329,23 @@ async def test_gepa_proposals_per_round_reach_the_goal_in_fewer_rounds() -> None
             assert results.val_aggregate_scores[results.best_idx] == 1.0
             found[k] = results.rounds[results.best_idx]
     assert found[4] * 3 <= found[1], found
+
+
+async def test_gepa_honours_lm_limits_and_track_usage() -> None:
+    world = World()
+    with FakeOpenAIServer(world, latency=0.005) as server:
+        task = asynclm.LM("openai/task", base_url=server.base_url, api_key="sk-test", cache=False, max_concurrency=2)
+        _, reflect = lms(server)
+        with asynclm.track_usage() as usage:
+            best = await GEPA(
+                CountingMetric(), reflection_lm=reflect, max_metric_calls=60, proposals_per_round=4, progress=False
+            ).compile(Pipeline(task), trainset=TRAIN, valset=VAL)
+        task_calls = sum(1 for r in server.request_log if r.model == "task")
+        assert usage.calls == server.requests == task_calls + len(world.reflection_prompts)  # reflections included
+        assert usage.total_tokens > 0
+        # two program calls per metric call (two predictors), never more than 2 task requests in flight
+        assert task_calls == 2 * best.detailed_results.total_metric_calls
+        assert server.max_in_flight <= 2 + 4  # the task LM's 2, plus at most one reflection per proposal
 
 
 # -- cancellation ----------------------------------------------------------------------------------

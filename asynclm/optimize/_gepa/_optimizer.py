@@ -27,7 +27,7 @@ from asynclm.signatures import Example
 
 from .._base import Teleprompter, check_trainset
 from ._feedback import read_result
-from ._reflection import extract_instruction, reflect, render_prompt
+from ._reflection import propose_instruction
 from ._result import GEPAResult
 from ._state import (
     AUTO_CANDIDATES,
@@ -131,8 +131,10 @@ class GEPA(Teleprompter):
             When GEPA asks for feedback to improve one predictor, ``pred_name`` is its name and
             ``pred_trace`` its call (``[(predictor, inputs, prediction)]``). A metric taking only
             ``(gold, pred)`` or ``(gold, pred, trace)`` also works (feedback is then the score).
-        reflection_lm: the LM that proposes new instructions (an ``asynclm.LM``, or any function
-            of a prompt string returning text, sync or async). A strong model pays off here.
+        reflection_lm: the LM that proposes new instructions: an ``asynclm.LM`` (asked through a
+            ``Predict`` with the JSON adapter, as DSPy 3.4 does), or a plain function of a prompt
+            string returning text, sync or async (given one text prompt, as the ``gepa`` package
+            does). A strong model pays off here.
         auto: ``"light"``, ``"medium"`` or ``"heavy"``: the budget from DSPy's formula. Give
             exactly one of ``auto``, ``max_metric_calls``, ``max_full_evals``.
         max_metric_calls: the budget in metric calls (one per program run on one example). A hard
@@ -423,11 +425,7 @@ class _Run:
         texts: dict[str, str] = {}
 
         async def one(name: str) -> None:
-            reply = await reflect(self.opt.reflection_lm, render_prompt(parent[name], dataset[name]))
-            text = extract_instruction(reply)
-            if not text:
-                raise ValueError(f"the reflection LM proposed an empty instruction for {name!r}: {reply!r}")
-            texts[name] = text
+            texts[name] = await propose_instruction(self.opt.reflection_lm, parent[name], dataset[name])
 
         await _together(functools.partial(one, name) for name in dataset)
         return {name: texts[name] for name in dataset}

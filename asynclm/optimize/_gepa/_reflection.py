@@ -1,20 +1,46 @@
 """The reflection step: show the reflection LM a predictor's instruction and what it did on a
 minibatch (inputs, outputs, feedback), and read back the new instruction it proposes.
 
-The prompt follows GEPA's: the current instruction in a fenced block, then each example as
-markdown (``# Example n``, ``## Inputs``, ``## Generated Outputs``, ``## Feedback``), then the
-request to infer the task, keep every niche or domain fact the feedback reveals, keep any
-strategy that worked, and answer with the new instruction in a fenced block."""
+An LM is asked through a ``Predict`` with the ``ProposeInstruction`` signature and the
+``JSONAdapter`` (as DSPy 3.4 does): inputs ``current_instruction`` and
+``examples_with_feedback`` (the records as a JSON list), output ``new_instruction``. A plain
+function ``prompt -> text`` gets one text prompt instead (the ``gepa`` package's convention): the
+current instruction in a fenced block, each example as markdown (``# Example n``, ``## Inputs``,
+``## Generated Outputs``, ``## Feedback``), and the answer expected in a fenced block. Both ask
+the same thing: infer the task, write down every niche or domain fact the feedback reveals, keep
+any strategy that worked."""
 
 from __future__ import annotations
 
+import functools
+import inspect
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from asynclm.adapters import JSONAdapter
+from asynclm.modules import Predict, trace_scope
 from asynclm.runtime import asyncify, is_async_callable
+from asynclm.signatures import InputField, OutputField, Signature
 
-__all__ = ["extract_instruction", "reflect", "render_prompt"]
+__all__ = ["ProposeInstruction", "extract_instruction", "propose_instruction", "reflect", "render_prompt"]
+
+
+class ProposeInstruction(Signature):
+    """An assistant was given instructions for a task I need done. Below are those instructions, some of the task inputs it received, what it answered to each, and feedback on how each answer could have been better.
+
+    Write new instructions for the assistant.
+
+    Study the inputs to work out their format and what the task really asks for, and describe the task in detail.
+
+    Study every answer together with its feedback. Write into the instructions all the specific facts, conventions and domain knowledge the feedback reveals: the assistant will not see this feedback again, so whatever it teaches must be in the instructions. If the assistant used a strategy that works in general, describe that strategy too."""  # noqa: E501
+
+    current_instruction: str = InputField(desc="The instructions the assistant was given.")
+    examples_with_feedback: list[dict[str, Any]] = InputField(
+        desc="Task inputs the assistant received, its answer to each, and feedback on how the answer could be better."
+    )
+    new_instruction: str = OutputField(desc="The new instructions for the assistant.")
+
 
 _PROMPT = "\n".join(
     [
@@ -83,6 +109,29 @@ def extract_instruction(text: str) -> str:
         return stripped
     inner = text[start:end]
     return _LANGUAGE_TAG.sub("", inner, count=1).strip()
+
+
+def _is_plain_function(obj: Any) -> bool:
+    while isinstance(obj, functools.partial):
+        obj = obj.func
+    return inspect.isfunction(obj) or inspect.ismethod(obj) or inspect.isbuiltin(obj)
+
+
+async def propose_instruction(reflection_lm: Any, instruction: str, records: Sequence[Mapping[str, Any]]) -> str:
+    """The new instruction the reflection LM proposes for one predictor. Raises ``ValueError`` if
+    it is empty."""
+    if _is_plain_function(reflection_lm):
+        text = extract_instruction(await reflect(reflection_lm, render_prompt(instruction, records)))
+    else:
+        proposer = Predict(ProposeInstruction, lm=reflection_lm, adapter=JSONAdapter())
+        with trace_scope():  # not part of any trace the caller collects
+            prediction = await proposer(
+                current_instruction=instruction, examples_with_feedback=[dict(r) for r in records]
+            )
+        text = str(prediction.new_instruction).strip()
+    if not text:
+        raise ValueError("the reflection LM proposed an empty instruction")
+    return text
 
 
 async def reflect(reflection_lm: Any, prompt: str) -> str:
