@@ -111,7 +111,8 @@ def main() -> None:
                 results[label].append(out)
                 print(f"  {label}: {out}", file=sys.stderr, flush=True)
     print(
-        f"\nGEPA, max_metric_calls={args.budget}, server latency {1000 * args.latency:.0f} ms, median of {args.repeat}\n"
+        f"\nGEPA, max_metric_calls={args.budget}, server latency {1000 * args.latency:.0f} ms, "
+        f"median of {args.repeat}\n"
     )
     print("| run | wall s | best val score | metric calls | candidates |")
     print("|---|---|---|---|---|")
