@@ -60,5 +60,13 @@ def reflection_model(current: str, prompt: str) -> str:
     return json.dumps({"new_instruction": new})
 
 
-def result_summary(scores: list[float], total_calls: Any, candidates: int, wall: float) -> dict[str, Any]:
-    return {"wall_s": wall, "best_val_score": max(scores), "metric_calls": total_calls, "candidates": candidates}
+def result_summary(
+    scores: list[float], total_calls: Any, candidates: int, wall: float, parents: Any, discovery: Any
+) -> dict[str, Any]:
+    return {
+        "wall_s": wall,
+        "best_val_score": max(scores),
+        "metric_calls": total_calls,
+        "candidates": candidates,
+        "steps": {"parents": parents, "scores": scores, "discovery": discovery},
+    }

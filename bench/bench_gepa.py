@@ -2,6 +2,9 @@
 
     python -m bench.bench_gepa [--budget 300] [--latency 0.05] [--repeat 1] [--skip-dspy]
 
+It also checks that asynclm with ``proposals_per_round=1`` takes DSPy's steps: the same
+candidates, parents, validation scores and metric calls at each discovery.
+
 A ``FakeOpenAIServer`` in this process plays the task model and the reflection model with
 ``--latency`` on every call; each compile runs in a fresh interpreter: asynclm's ``GEPA`` with
 ``proposals_per_round`` 1 and 8, DSPy's ``dspy.GEPA`` with several ``num_threads``. Prints a
@@ -55,7 +58,14 @@ def _client(url: str, budget: int, k: int, backend: str) -> None:
         best = await gepa.compile(Pipeline(task), trainset=train, valset=val)
         wall = time.perf_counter() - t0
         r = best.detailed_results
-        return result_summary(list(r.val_aggregate_scores), r.total_metric_calls, len(r.candidates), wall)
+        return result_summary(
+            list(r.val_aggregate_scores),
+            r.total_metric_calls,
+            len(r.candidates),
+            wall,
+            r.parents,
+            r.discovery_eval_counts,
+        )
 
     print(json.dumps(anyio.run(main, backend=backend)))
 
@@ -120,7 +130,15 @@ def main() -> None:
         wall = statistics.median(r["wall_s"] for r in runs)
         best = statistics.median(r["best_val_score"] for r in runs)
         print(f"| {label} | {wall:.1f} | {best:.2f} | {runs[0]['metric_calls']} | {runs[0]['candidates']} |")
-    print(json.dumps({k: v for k, v in results.items()}), file=sys.stderr)
+    ones = [r["steps"] for label, runs in results.items() if "proposals_per_round=1" in label for r in runs]
+    theirs = [r["steps"] for label, runs in results.items() if label.startswith("DSPy") for r in runs]
+    if ones and theirs:
+        same = all(step == ones[0] for step in ones + theirs)
+        print(
+            "\nasynclm with proposals_per_round=1 and DSPy found the same candidates (parents, validation scores, "
+            f"metric calls at discovery): {'yes' if same else 'NO'}"
+        )
+    print(json.dumps(results), file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -48,7 +48,18 @@ def main() -> None:
     best = gepa.compile(Pipeline(), trainset=train, valset=val)
     wall = time.perf_counter() - t0
     r = best.detailed_results
-    print(json.dumps(result_summary(list(r.val_aggregate_scores), r.total_metric_calls, len(r.candidates), wall)))
+    print(
+        json.dumps(
+            result_summary(
+                list(r.val_aggregate_scores),
+                r.total_metric_calls,
+                len(r.candidates),
+                wall,
+                r.parents,
+                r.discovery_eval_counts,
+            )
+        )
+    )
 
 
 if __name__ == "__main__":
