@@ -348,6 +348,68 @@ async def test_gepa_honours_lm_limits_and_track_usage() -> None:
         assert server.max_in_flight <= 2 + 4  # the task LM's 2, plus at most one reflection per proposal
 
 
+class SplitWorld:
+    """A task where two candidates are each best on different examples: words that start with a
+    vowel need VOWEL in ``first``'s instructions, the others need CONSON in ``second``'s. Two
+    siblings that each learned one rule sit on the Pareto front together, and merging them
+    gives a program that is right everywhere."""
+
+    def __call__(self, request: FakeRequest) -> Any:
+        inputs = request.inputs
+        if request.model == "reflect":
+            prompt = request.last_user_message
+            current = inputs["current_instruction"].strip()
+            words = sorted(set(re.findall(r"must contain the word (\w+)", prompt)))
+            key = current + "|" + ",".join(sorted(re.findall(r'"(?:question|draft)": "(\w+)"', prompt)))
+            if int(hashlib.sha256(key.encode()).hexdigest()[:8], 16) % 2:
+                words = []
+            return Fields(new_instruction=current + "".join(f" Use {w}." for w in words if w not in current))
+        system = str(request.messages[0]["content"])
+        if "question" in inputs:
+            word = inputs["question"].strip()
+            return Fields(draft=word.upper() if word[0] in "aeiou" and "VOWEL" in system else word)
+        draft = inputs["draft"].strip()
+        return Fields(answer=draft.upper() if draft[0].lower() not in "aeiou" and "CONSON" in system else draft)
+
+
+def split_metric(gold: Any, pred: Any, trace: Any = None, pred_name: Any = None, pred_trace: Any = None) -> Any:
+    word, answer = gold.word, str(pred.answer)
+    score = float(answer == word.upper())
+    if pred_name is None or score:
+        return score
+    if pred_name == "first" and word[0] in "aeiou":
+        return ScoreWithFeedback(0.0, "A vowel word must be capitalised: the instructions must contain the word VOWEL.")
+    if pred_name == "second" and word[0] not in "aeiou":
+        return ScoreWithFeedback(0.0, "Capitalise consonant words: the instructions must contain the word CONSON.")
+    return ScoreWithFeedback(0.0, "Wrong, but not because of this step.")
+
+
+async def test_gepa_merges_two_front_candidates() -> None:
+    words = ["apple", "river", "eagle", "stone", "onion", "tiger", "umbra", "maple"]
+    train = [asynclm.Example(question=w, word=w).with_inputs("question") for w in words]
+    val = [asynclm.Example(question=w, word=w).with_inputs("question") for w in ["ocean", "piano", "igloo", "lemon"]]
+    with FakeOpenAIServer(SplitWorld()) as server:
+        task, reflect = lms(server)
+        best = await GEPA(
+            split_metric, reflection_lm=reflect, max_metric_calls=300, proposals_per_round=4, seed=0, progress=False
+        ).compile(Pipeline(task), trainset=train, valset=val)
+        results = best.detailed_results
+        merged = [i for i, origin in enumerate(results.origins) if origin == "merge"]
+        assert merged, results.log
+        i = merged[0]
+        a, b = results.parents[i]
+        assert results.val_aggregate_scores[i] == 1.0
+        assert results.val_aggregate_scores[a] == results.val_aggregate_scores[b] == 0.5
+        # each parent is right where the other is wrong (vowel words vs the others)
+        pairs = list(zip(results.val_subscores[a], results.val_subscores[b], strict=True))
+        assert (1.0, 0.0) in pairs and (0.0, 1.0) in pairs
+        # the child takes from each parent the predictor it changed
+        taken = {results.instructions[a]["first"], results.instructions[b]["first"]}
+        assert results.instructions[i]["first"] in taken and "VOWEL" in results.instructions[i]["first"]
+        assert "CONSON" in results.instructions[i]["second"]
+        assert (await Evaluate(devset=val, metric=split_metric, progress=False)(best)).score == 100.0
+
+
 # -- cancellation ----------------------------------------------------------------------------------
 
 
