@@ -83,6 +83,8 @@ _EXPORTS: dict[str, str] = {
     "KNNFewShot": "asynclm.optimize",
     "MIPROv2": "asynclm.optimize",
     "majority": "asynclm.optimize",
+    "GEPA": "asynclm.optimize",
+    "ScoreWithFeedback": "asynclm.optimize",
 }
 
 # subpackages behind an extra, imported on first use: ``asynclm.mcp`` (pip install 'asynclm[mcp]')
@@ -141,12 +143,14 @@ if TYPE_CHECKING:  # static checkers see the real names; at run time they load l
         streamify as streamify,
     )
     from asynclm.optimize import (
+        GEPA as GEPA,
         BootstrapFewShot as BootstrapFewShot,
         BootstrapFewShotWithRandomSearch as BootstrapFewShotWithRandomSearch,
         Ensemble as Ensemble,
         KNNFewShot as KNNFewShot,
         LabeledFewShot as LabeledFewShot,
         MIPROv2 as MIPROv2,
+        ScoreWithFeedback as ScoreWithFeedback,
         majority as majority,
     )
     from asynclm.runtime import (
