@@ -15,8 +15,10 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Literal, get_origin
 
 from asynclm.signatures import Example, History, Signature, SignatureField
+from asynclm.signatures._media import is_media_annotation
 
 from ._errors import ParseError
+from ._media import no_media_outputs, rendering
 from ._values import format_input_value
 
 SignatureLike = str | Signature | type[Signature]
@@ -102,17 +104,27 @@ class Adapter(ABC):
         the user turn with ``inputs`` and a reminder of the output format. Input fields absent
         from ``inputs`` are left out."""
         sig = Signature.ensure(signature)
-        messages: list[Message] = [{"role": "system", "content": self._system_message(sig)}]
-        messages.extend(self.format_demos(sig, demos or ()))
-        history_field = self._history_field(sig)
-        if history_field is not None:
-            sig_wo = sig.memo((type(self), "without-history"), lambda: sig.delete(history_field))
-            # DSPy's hook signature, so DSPy adapters' overrides work unchanged (they may delete
-            # the history from the inputs they get: a copy)
-            messages.extend(self.format_conversation_history(sig_wo, history_field, dict(inputs)))
-            sig = sig_wo
-        messages.append({"role": "user", "content": self.format_user_message_content(sig, inputs, main_request=True)})
-        return messages
+        _check_outputs(sig)
+
+        def build() -> list[Message]:
+            nonlocal sig
+            messages: list[Message] = [{"role": "system", "content": self._system_message(sig)}]
+            messages.extend(self.format_demos(sig, demos or ()))
+            history_field = self._history_field(sig)
+            if history_field is not None:
+                sig_wo = sig.memo((type(self), "without-history"), lambda: sig.delete(history_field))
+                # DSPy's hook signature, so DSPy adapters' overrides work unchanged (they may delete
+                # the history from the inputs they get: a copy)
+                messages.extend(self.format_conversation_history(sig_wo, history_field, dict(inputs)))
+                sig = sig_wo
+            messages.append(
+                {"role": "user", "content": self.format_user_message_content(sig, inputs, main_request=True)}
+            )
+            return messages
+
+        # Media inputs (Image, Audio, File) become content parts; without media the messages
+        # are plain strings, exactly as if this step did not exist.
+        return rendering(build)
 
     @abstractmethod
     def parse(self, signature: SignatureLike, completion: str) -> dict[str, Any]:
@@ -122,6 +134,7 @@ class Adapter(ABC):
         """The assistant text that ``parse`` reads back to ``outputs`` (every output field
         is required): ``parse(sig, format_completion(sig, v)) == v``."""
         sig = Signature.ensure(signature)
+        _check_outputs(sig)
         missing = [name for name in sig.output_fields if name not in outputs]
         if missing:
             raise ValueError(f"format_completion: missing output field(s) {missing} for {sig.signature!r}")
@@ -265,6 +278,20 @@ class Adapter(ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
+
+
+def _check_outputs(sig: Signature) -> None:
+    """Reject media types in output fields (checked once per signature)."""
+
+    def find() -> tuple[str, SignatureField] | None:
+        for name, f in sig.output_fields.items():
+            if is_media_annotation(f.annotation):
+                return name, f
+        return None
+
+    bad = sig.memo("media-output", find)
+    if bad is not None:
+        no_media_outputs(*bad)
 
 
 def _is_enum(tp: Any) -> bool:

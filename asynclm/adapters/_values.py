@@ -19,7 +19,9 @@ from typing import Any
 import pydantic
 from pydantic_core import to_jsonable_python
 
-from asynclm.signatures import SignatureField
+from asynclm.signatures import Media, SignatureField
+
+from ._media import media_text
 
 # A line that ChatAdapter.parse would take as a field marker (DSPy: the stripped line starts with it).
 HEADER_LINE = re.compile(r"^[^\S\n]*\[\[ ## (\w+) ## \]\]", re.MULTILINE)
@@ -54,9 +56,13 @@ def _format_blob(blob: str) -> str:
 
 def format_input_value(field: SignatureField, value: Any) -> str:
     """An input value as prompt text (DSPy's ``format_field_value``): a list given to a ``str``
-    field becomes a numbered «list»; lists, dicts and models become JSON; scalars use ``str``."""
+    field becomes a numbered «list»; lists, dicts and models become JSON; scalars use ``str``.
+    Media values (and lists of them) become placeholders that ``Adapter.format`` turns into
+    content parts."""
     if isinstance(value, str):
         return value
+    if isinstance(value, Media) or (isinstance(value, list | tuple) and value and isinstance(value[0], Media)):
+        return media_text(field, value)
     if isinstance(value, list) and field.annotation is str:
         if not value:
             return "N/A"
