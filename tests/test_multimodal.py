@@ -501,3 +501,25 @@ def test_import_asynclm_exports_the_media_names() -> None:
     for name in ("Image", "Audio", "File", "MediaError", "MediaTooLargeError", "MediaTypeError"):
         assert name in alm.__all__ and getattr(alm, name) is getattr(alm.signatures, name)
     assert issubclass(MediaTooLargeError, MediaError) and issubclass(MediaError, ValueError)
+
+
+def test_urls_data_uris_and_saved_dicts_given_to_media_fields_are_validated() -> None:
+    sig = alm.Signature("photo: Image, shots: list[Image], clip: Optional[Audio], note: str | Image -> a")
+    inputs = {
+        "photo": "https://example.com/a.png",
+        "shots": [f"data:image/png;base64,{PNG_B64}", {"media": "image", "url": "https://example.com/b.png"}],
+        "clip": {"data": b64(WAV)},
+        "note": "just text",
+    }
+    content = alm.ChatAdapter().format(sig, [], inputs)[-1]["content"]
+    assert [p for p in content if p["type"] != "text"] == [
+        {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}},
+        {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{PNG_B64}"}},
+        {"type": "image_url", "image_url": {"url": "https://example.com/b.png"}},
+        {"type": "input_audio", "input_audio": {"data": b64(WAV), "format": "wav"}},
+    ]
+    assert "[[ ## note ## ]]\njust text" in content[-1]["text"]
+    empty = alm.ChatAdapter().format("shots: list[Image] -> a", [], {"shots": []})
+    assert empty[-1]["content"].startswith("[[ ## shots ## ]]\n[]\n\n")
+    with pytest.raises(MediaError, match=r"input field 'photo' \(Image\): Image: 'cat\.png' is not an http"):
+        alm.ChatAdapter().format(sig, [], {**inputs, "photo": "cat.png"})

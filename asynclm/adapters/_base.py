@@ -15,10 +15,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Literal, get_origin
 
 from asynclm.signatures import Example, History, Signature, SignatureField
-from asynclm.signatures._media import is_media_annotation
 
 from ._errors import ParseError
-from ._media import no_media_outputs, rendering
+from ._media import no_media_outputs, raw_message, rendering
 from ._values import format_input_value
 
 SignatureLike = str | Signature | type[Signature]
@@ -104,10 +103,11 @@ class Adapter(ABC):
         the user turn with ``inputs`` and a reminder of the output format. Input fields absent
         from ``inputs`` are left out."""
         sig = Signature.ensure(signature)
-        _check_outputs(sig)
 
         def build() -> list[Message]:
             nonlocal sig
+            # (the system message is made once per signature; that is also when media types in
+            # output fields are rejected)
             messages: list[Message] = [{"role": "system", "content": self._system_message(sig)}]
             messages.extend(self.format_demos(sig, demos or ()))
             history_field = self._history_field(sig)
@@ -168,7 +168,11 @@ class Adapter(ABC):
     # -- DSPy-compatible building blocks (overridable) ------------------------------------------
 
     def _system_message(self, sig: Signature) -> str:
-        return sig.memo((type(self), "system"), lambda: self.format_system_message(sig))
+        return sig.memo((type(self), "system"), lambda: self._checked_system_message(sig))
+
+    def _checked_system_message(self, sig: Signature) -> str:
+        _check_outputs(sig)
+        return self.format_system_message(sig)
 
     def format_system_message(self, signature: Signature) -> str:
         return (
@@ -260,7 +264,7 @@ class Adapter(ABC):
         messages: list[Message] = []
         for turn in _history_messages(inputs.get(history_field_name)):
             if "role" in turn and "content" in turn and _PASS_THROUGH_KEYS.issuperset(turn):
-                messages.append(dict(turn))
+                messages.append(raw_message(turn))
                 continue
             messages.append({"role": "user", "content": self.format_user_message_content(signature, turn)})
             outputs = {k: v for k, v in turn.items() if k in signature.output_fields}
@@ -281,17 +285,10 @@ class Adapter(ABC):
 
 
 def _check_outputs(sig: Signature) -> None:
-    """Reject media types in output fields (checked once per signature)."""
-
-    def find() -> tuple[str, SignatureField] | None:
-        for name, f in sig.output_fields.items():
-            if is_media_annotation(f.annotation):
-                return name, f
-        return None
-
-    bad = sig.memo("media-output", find)
-    if bad is not None:
-        no_media_outputs(*bad)
+    """Reject media types in output fields."""
+    for name, f in sig.output_fields.items():
+        if f.has_media:
+            no_media_outputs(name, f)
 
 
 def _is_enum(tp: Any) -> bool:

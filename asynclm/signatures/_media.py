@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import base64
 import binascii
-import contextvars
 import functools
 import mimetypes
 import os
+import threading
 import urllib.parse
 from collections.abc import Mapping
 from typing import Any, ClassVar, Literal
@@ -35,7 +35,17 @@ DEFAULT_MAX_BYTES = 20 * 1024 * 1024
 
 # Set by the adapters while they render a prompt: a media value met by pydantic's serializer
 # then is one nested where no content part can go (inside a dict, a model or an output value).
-RENDERING: contextvars.ContextVar[object | None] = contextvars.ContextVar("asynclm_media_rendering", default=None)
+# Formatting is synchronous (no await inside), so per-thread state is enough, and cheaper than a
+# ContextVar; ``rendering`` saves and restores it, so nested formats work.
+class _Rendering(threading.local):
+    slots: list[Any] | None = None
+
+
+RENDERING = _Rendering()
+
+
+# Every media class (subclasses too): ``type(v) in MEDIA_CLASSES`` is the adapters' fast test.
+MEDIA_CLASSES: set[type] = set()
 
 
 class MediaError(ValueError):
@@ -198,6 +208,10 @@ class Media(pydantic.BaseModel):
     url: str | None = None
     data: bytes | None = None
     mime_type: str | None = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        MEDIA_CLASSES.add(cls)
 
     def __init__(self, source: Any = None, /, **fields: Any) -> None:
         if source is not None:
@@ -423,7 +437,7 @@ class Media(pydantic.BaseModel):
 
     @pydantic.model_serializer(mode="plain")
     def _dump(self) -> dict[str, Any]:
-        if RENDERING.get() is not None:
+        if RENDERING.slots is not None:
             raise MediaError(
                 f"{self!r} is nested inside another value: {type(self).__name__} values can only be sent as "
                 "the whole value of an input field (photo: Image) or as the items of a list input "
