@@ -523,3 +523,13 @@ def test_urls_data_uris_and_saved_dicts_given_to_media_fields_are_validated() ->
     assert empty[-1]["content"].startswith("[[ ## shots ## ]]\n[]\n\n")
     with pytest.raises(MediaError, match=r"input field 'photo' \(Image\): Image: 'cat\.png' is not an http"):
         alm.ChatAdapter().format(sig, [], {**inputs, "photo": "cat.png"})
+
+
+def test_history_with_media_inside_a_saved_demo_round_trips() -> None:
+    history = History(messages=[{"photo": alm.Image.from_bytes(PNG), "question": "q", "answer": "a"}])
+    ex = Example(history=history, question="next", answer="b")
+    back = Example.from_json_dict(json.loads(json.dumps(ex.to_json_dict())))
+    assert back["history"] == {"messages": [{"photo": alm.Image.from_bytes(PNG), "question": "q", "answer": "a"}]}
+    sig = alm.Signature("history: History, photo: Optional[Image], question -> answer")
+    messages = alm.ChatAdapter().format(sig, [], {"history": back["history"], "photo": None, "question": "next"})
+    assert messages[1]["content"][1] == {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{PNG_B64}"}}
