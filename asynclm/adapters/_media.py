@@ -11,18 +11,35 @@ from __future__ import annotations
 
 import re
 import secrets
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 import pydantic
 from pydantic_core import PydanticSerializationError
 
-from asynclm.signatures import Audio, File, Image, Media, MediaError, SignatureField
-from asynclm.signatures._media import RENDERING
+from asynclm.signatures import SignatureField
+from asynclm.signatures._media_state import MEDIA_CLASSES, RENDERING
+
+if TYPE_CHECKING:
+    from asynclm.signatures import Media
+
+# The media classes themselves (pydantic models) are imported only once a media value shows up.
+
+
+def _media_error_type() -> type[Exception]:
+    from asynclm.signatures._media import MediaError
+
+    return MediaError
+
+
+def _media_error(message: str) -> Exception:
+    return _media_error_type()(message)
 
 
 def content_part(media: Media) -> dict[str, Any]:
     """The OpenAI chat content part for ``media``."""
+    from asynclm.signatures._media import Audio, File, Image
+
     if isinstance(media, Image):
         image_url: dict[str, Any] = {"url": media.data_uri}
         if media.detail is not None:
@@ -32,7 +49,7 @@ def content_part(media: Media) -> dict[str, Any]:
         return {"type": "input_audio", "input_audio": {"data": media.base64, "format": media.format}}
     if isinstance(media, File):
         return {"type": "file", "file": {"file_data": media.data_uri, "filename": media.name}}
-    raise MediaError(f"no content part for {type(media).__name__}; use Image, Audio or File")
+    raise _media_error(f"no content part for {type(media).__name__}; use Image, Audio or File")
 
 
 def _split(slots: list[Any], messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -68,7 +85,7 @@ def _placeholder(slots: list[Any], media: Media) -> str:
 
 def _require_user(message: Mapping[str, Any], where: str) -> None:
     if message.get("role") != "user":
-        raise MediaError(
+        raise _media_error(
             f"a media value ended up in {where} of the {message.get('role')!r} message; Image, Audio and "
             "File can only be sent in user messages, as input fields (models cannot be shown media as "
             "their own answers)"
@@ -80,7 +97,7 @@ def raw_message(turn: Mapping[str, Any]) -> dict[str, Any]:
     itself, or items of a content list, next to strings and ready-made parts) become parts."""
     message = dict(turn)
     content = message["content"]
-    if isinstance(content, Media) or (isinstance(content, list) and any(isinstance(p, Media) for p in content)):
+    if type(content) in MEDIA_CLASSES or (isinstance(content, list) and any(type(p) in MEDIA_CLASSES for p in content)):
         _require_user(message, "a history message")
         items = content if isinstance(content, list) else [content]
         message["content"] = [_raw_part(p) for p in items]
@@ -88,35 +105,35 @@ def raw_message(turn: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _raw_part(item: Any) -> Any:
-    if isinstance(item, Media):
+    if type(item) in MEDIA_CLASSES:
         return content_part(item)
     return {"type": "text", "text": item} if isinstance(item, str) else item
 
 
 def as_media(field: SignatureField, value: Any) -> Any:
     """``value`` validated against a media-typed input field (``"https://..."`` -> ``Image``)."""
-    if isinstance(value, Media) or (isinstance(value, list) and all(isinstance(v, Media) for v in value)):
+    if type(value) in MEDIA_CLASSES or (isinstance(value, list) and all(type(v) in MEDIA_CLASSES for v in value)):
         return value
     try:
         return field.type_adapter.validate_python(value)
     except pydantic.ValidationError as exc:
         reasons = "; ".join(str(e.get("msg", "")).removeprefix("Value error, ") for e in exc.errors()[:3])
-        raise MediaError(f"input field {field.name!r} ({field.type_name}): {reasons}") from None
+        raise _media_error(f"input field {field.name!r} ({field.type_name}): {reasons}") from None
 
 
-def media_text(field: SignatureField, value: Media | Sequence[Media]) -> str:
+def media_text(field: SignatureField, value: Any) -> str:
     """The placeholder text for a media value (or a list of them) of input ``field``."""
     slots = RENDERING.slots
     if slots is None:
-        raise MediaError(
+        raise _media_error(
             f"field {field.name!r} holds a media value, which only Adapter.format can place (as content "
             "parts of a user message)"
         )
-    if isinstance(value, Media):
+    if type(value) in MEDIA_CLASSES:
         return _placeholder(slots, value)
     for item in value:
-        if not isinstance(item, Media):
-            raise MediaError(
+        if type(item) not in MEDIA_CLASSES:
+            raise _media_error(
                 f"field {field.name!r}: a list mixes media values with {type(item).__name__} items; give the "
                 "media values and the other items in separate input fields"
             )
@@ -131,7 +148,7 @@ def rendering(build: Callable[[], list[dict[str, Any]]]) -> list[dict[str, Any]]
     try:
         messages = build()
     except PydanticSerializationError as exc:
-        if isinstance(exc.__cause__, MediaError):
+        if isinstance(exc.__cause__, _media_error_type()):
             raise exc.__cause__ from None
         raise
     finally:
@@ -140,7 +157,7 @@ def rendering(build: Callable[[], list[dict[str, Any]]]) -> list[dict[str, Any]]
 
 
 def no_media_outputs(name: str, field: SignatureField) -> None:
-    raise MediaError(
+    raise _media_error(
         f"output field {name!r} has the type {field.type_name}: Image, Audio and File are input types only "
         "(models answer in text); make it an input field or change its type"
     )

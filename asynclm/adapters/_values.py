@@ -20,7 +20,7 @@ import pydantic
 from pydantic_core import to_jsonable_python
 
 from asynclm.signatures import SignatureField
-from asynclm.signatures._media import MEDIA_CLASSES
+from asynclm.signatures._media_state import MEDIA_CLASSES
 
 from ._media import as_media, media_text
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
-from ._media import revive_media
+from ._media_state import revive_media
 
 _MISSING = object()
 

@@ -13,12 +13,13 @@ import binascii
 import functools
 import mimetypes
 import os
-import threading
 import urllib.parse
 from collections.abc import Mapping
 from typing import Any, ClassVar, Literal
 
 import pydantic
+
+from ._media_state import MEDIA_CLASSES, RENDERING, is_media_annotation, revive_media
 
 __all__ = [
     "Audio",
@@ -29,25 +30,13 @@ __all__ = [
     "MediaTooLargeError",
     "MediaTypeError",
     "is_media_annotation",
+    "revive_media",
 ]
 
 DEFAULT_MAX_BYTES = 20 * 1024 * 1024
 
 # Set by the adapters while they render a prompt: a media value met by pydantic's serializer
 # then is one nested where no content part can go (inside a dict, a model or an output value).
-# Formatting is synchronous (no await inside), so per-thread state is enough, and cheaper than a
-# ContextVar; ``rendering`` saves and restores it, so nested formats work.
-class _Rendering(threading.local):
-    slots: list[Any] | None = None
-
-
-RENDERING = _Rendering()
-
-
-# Every media class (subclasses too): ``type(v) in MEDIA_CLASSES`` is the adapters' fast test.
-MEDIA_CLASSES: set[type] = set()
-
-
 class MediaError(ValueError):
     """A media value that cannot be built or cannot be sent where it was put."""
 
@@ -657,32 +646,14 @@ class File(Media):
         return {} if self.filename is None else {"filename": self.filename}
 
 
-_MEDIA_TYPES = (Image, Audio, File)
+MEDIA_CLASSES.add(Media)
+_BY_KIND: dict[str, type[Media]] = {cls.kind: cls for cls in (Image, Audio, File)}
 
 
-def is_media_annotation(tp: Any) -> bool:
-    """Whether a field type is, or contains (``list[Image]``, ``Image | None``), a media type."""
-    if isinstance(tp, type) and issubclass(tp, Media):
-        return True
-    args = getattr(tp, "__args__", None)
-    if not args:
-        return False
-    return any(is_media_annotation(a) for a in args if a is not Ellipsis)
-
-
-def revive_media(value: Any) -> Any:
-    """``value`` with every dict written by a media value's ``model_dump`` (``{"media": "image",
-    ...}``) turned back into that value, in nested lists and dicts too (saved demos, history)."""
-    if isinstance(value, dict):
-        tag = value.get("media")
-        if isinstance(tag, str):
-            cls = _BY_KIND.get(tag)
-            if cls is not None and set(value) <= {"media", *cls.model_fields}:
-                return cls.model_validate(value)
-        return {k: revive_media(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [revive_media(v) for v in value]
-    return value
-
-
-_BY_KIND: dict[str, type[Media]] = {cls.kind: cls for cls in _MEDIA_TYPES}
+def revive_one(value: dict[str, Any]) -> Media | None:
+    """The media value a ``{"media": kind, ...}`` dict describes, or ``None`` when the dict has
+    other keys (then it is the user's own data)."""
+    cls = _BY_KIND[value["media"]]
+    if set(value) <= {"media", *cls.model_fields}:
+        return cls.model_validate(value)
+    return None

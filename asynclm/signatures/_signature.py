@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, ClassVar, Concatenate, Generic, Literal, ParamSpec, TypeVar, cast
 
 from ._errors import SignatureError
-from ._media import is_media_annotation
+from ._media_state import is_media_annotation
 from ._types import annotation_name, is_round_trippable, parse_type, type_to_str
 
 if TYPE_CHECKING:
