@@ -7,6 +7,8 @@ import base64
 import io
 import json
 import os
+import subprocess
+import sys
 import wave
 from pathlib import Path
 from typing import Any, Optional
@@ -533,3 +535,23 @@ def test_history_with_media_inside_a_saved_demo_round_trips() -> None:
     sig = alm.Signature("history: History, photo: Optional[Image], question -> answer")
     messages = alm.ChatAdapter().format(sig, [], {"history": back["history"], "photo": None, "question": "next"})
     assert messages[1]["content"][1] == {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{PNG_B64}"}}
+
+
+def test_model_copy_does_not_keep_the_old_base64() -> None:
+    img = alm.Image.from_bytes(PNG)
+    assert img.base64 == PNG_B64
+    other = img.model_copy(update={"data": PNG + b"tail"})
+    assert other.base64 == b64(PNG + b"tail") and img.base64 == PNG_B64
+
+
+def test_media_types_load_on_first_use() -> None:
+    """Programs without media never build the media classes (pydantic models) at import."""
+    code = (
+        "import sys, asynclm as alm\n"
+        "alm.ChatAdapter().format('q -> a', [], {'q': 'x'})\n"
+        "alm.Signature('q: list[str] -> a').to_dict()\n"
+        "alm.Example.from_json_dict({'fields': {'q': {'media': 'x'}}, 'input_keys': None})\n"
+        "assert 'asynclm.signatures._media' not in sys.modules, 'loaded early'\n"
+        "assert alm.Signature('p: Image -> a').input_fields['p'].annotation is alm.Image\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(alm.__file__).parent.parent)

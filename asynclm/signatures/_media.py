@@ -260,6 +260,12 @@ class Media(pydantic.BaseModel):
         assert self.data is not None
         return base64.b64encode(self.data).decode("ascii")
 
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Any:
+        """A copy with ``update`` applied (not validated, as in pydantic)."""
+        copy = super().model_copy(update=update, deep=deep)
+        copy.__dict__.pop("_b64", None)  # the cached base64 may belong to the old data
+        return copy
+
     @property
     def data_uri(self) -> str:
         """``data:<mime>;base64,<data>`` for inline media; the URL itself otherwise."""
