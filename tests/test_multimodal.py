@@ -86,7 +86,7 @@ def test_image_from_pil() -> None:
     assert made.mime_type == "image/png"
     assert pil.open(io.BytesIO(made.data or b"")).size == (3, 2)
     assert alm.Image.from_pil(img, "jpeg").mime_type == "image/jpeg"
-    assert alm.Image(img) == made  # a PIL image validates too
+    assert alm.Image(img) == made == alm.Image.from_PIL(img)  # a PIL image validates too; DSPy's name
     with pytest.raises(TypeError, match=r"PIL\.Image\.Image"):
         alm.Image.from_pil(b"not an image")
 

@@ -534,6 +534,8 @@ class Image(Media):
         fields = cls._from_pil_fields(img, format, max_bytes)
         return cls.model_construct(**fields)
 
+    from_PIL = from_pil  # DSPy's spelling
+
     @classmethod
     def _from_pil_fields(cls, img: Any, fmt: str | None, max_bytes: int | None = None) -> dict[str, Any]:
         try:
