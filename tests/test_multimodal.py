@@ -555,3 +555,70 @@ def test_media_types_load_on_first_use() -> None:
         "assert alm.Signature('p: Image -> a').input_fields['p'].annotation is alm.Image\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(alm.__file__).parent.parent)
+
+
+DSPY_MARK = "<<CUSTOM-TYPE-START-IDENTIFIER>>{}<<CUSTOM-TYPE-END-IDENTIFIER>>"
+
+
+def test_values_saved_by_dspy_and_openai_parts_validate() -> None:
+    """DSPy 3 saves its media as its custom-type marker around the content parts (as in
+    ``program.save``'s demos); asynclm reads those, and bare OpenAI content parts too."""
+    url_part = {"type": "image_url", "image_url": {"url": "https://e.com/a.png"}}
+    png_part = {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{PNG_B64}", "detail": "low"}}
+    wav_part = {"type": "input_audio", "input_audio": {"data": b64(WAV), "format": "wav"}}
+    pdf_part = {"type": "file", "file": {"file_data": f"data:application/pdf;base64,{b64(PDF)}", "filename": "r.pdf"}}
+    assert alm.Image(DSPY_MARK.format(json.dumps([url_part]))) == alm.Image.from_url("https://e.com/a.png")
+    assert alm.Image(DSPY_MARK.format(json.dumps([png_part]))) == alm.Image.from_bytes(PNG, detail="low")
+    assert alm.Audio(DSPY_MARK.format(json.dumps([wav_part]))) == alm.Audio.from_bytes(WAV)
+    assert alm.File.model_validate(pdf_part) == alm.File.from_bytes(PDF, filename="r.pdf")
+    assert alm.Audio.model_validate(wav_part) == alm.Audio.from_bytes(WAV)
+    for bad, message in [
+        (lambda: alm.Audio.model_validate(url_part), "'image_url' content part is not an Audio"),
+        (lambda: alm.Image(DSPY_MARK.format("not json")), "could not read the DSPy value"),
+        (lambda: alm.File.model_validate({"type": "file", "file": {"file_id": "f-1"}}), "only files given inline"),
+    ]:
+        with pytest.raises((MediaError, pydantic.ValidationError), match=message):
+            bad()
+    assert content_part_of(alm.Image.model_validate(png_part)) == png_part
+    assert content_part_of(alm.Audio.model_validate(wav_part)) == wav_part
+    assert content_part_of(alm.File.model_validate(pdf_part)) == pdf_part
+
+
+def content_part_of(media: Media) -> dict[str, Any]:
+    from asynclm.adapters._media import content_part
+
+    return content_part(media)
+
+
+def test_a_program_saved_by_dspy_with_image_demos_loads(tmp_path: Path) -> None:
+    """The file DSPy 3.0.4 writes for ``Predict('photo: dspy.Image, q -> a')`` with one demo."""
+    saved = {
+        "traces": [],
+        "train": [],
+        "demos": [
+            {
+                "photo": DSPY_MARK.format(
+                    json.dumps([{"type": "image_url", "image_url": {"url": "https://e.com/a.png"}}])
+                ),
+                "q": "x",
+                "a": "y",
+            }
+        ],
+        "signature": {
+            "instructions": "Given the fields `photo`, `q`, produce the fields `a`.",
+            "fields": [
+                {"prefix": "Photo:", "description": "${photo}"},
+                {"prefix": "Q:", "description": "${q}"},
+                {"prefix": "A:", "description": "${a}"},
+            ],
+        },
+        "lm": None,
+        "metadata": {"dependency_versions": {"python": "3.11", "dspy": "3.0.4", "cloudpickle": "3.1"}},
+    }
+    path = tmp_path / "dspy.json"
+    path.write_text(json.dumps(saved))
+    program = alm.Predict("photo: Image, q -> a")
+    program.load(path)
+    messages = alm.ChatAdapter().format(program.signature, program.demos, {"photo": "https://e.com/b.png", "q": "z"})
+    assert messages[1]["content"][1] == {"type": "image_url", "image_url": {"url": "https://e.com/a.png"}}
+    assert messages[3]["content"][1] == {"type": "image_url", "image_url": {"url": "https://e.com/b.png"}}

@@ -34,6 +34,9 @@ __all__ = [
 ]
 
 DEFAULT_MAX_BYTES = 20 * 1024 * 1024
+# How DSPy (3.x) serialises its Image/Audio/File values, e.g. in saved demos.
+_DSPY_START = "<<CUSTOM-TYPE-START-IDENTIFIER>>"
+_DSPY_END = "<<CUSTOM-TYPE-END-IDENTIFIER>>"
 
 # Set by the adapters while they render a prompt: a media value met by pydantic's serializer
 # then is one nested where no content part can go (inside a dict, a model or an output value).
@@ -297,6 +300,8 @@ class Media(pydantic.BaseModel):
         """Any accepted input -> complete, checked field values."""
         what = cls.__name__
         if isinstance(value, str):
+            if value.startswith(_DSPY_START) and value.endswith(_DSPY_END):
+                return cls._from_dspy(value)
             if value.startswith("data:"):
                 data, mime = _parse_data_uri(value, what)
                 return cls._inline_fields(data, mime, None, None)
@@ -318,8 +323,44 @@ class Media(pydantic.BaseModel):
         )
 
     @classmethod
+    def _from_dspy(cls, text: str) -> dict[str, Any]:
+        """A value saved by DSPy (its custom-type marker around a JSON list of content parts)."""
+        import json
+
+        try:
+            parts = json.loads(text[len(_DSPY_START) : -len(_DSPY_END)])
+        except ValueError:
+            parts = None
+        if not isinstance(parts, list) or len(parts) != 1 or not isinstance(parts[0], dict):
+            raise MediaError(f"{cls.__name__}: could not read the DSPy value {text[:80]!r}")
+        return cls._from_mapping(parts[0])
+
+    @classmethod
+    def _from_part(cls, part: Mapping[str, Any]) -> dict[str, Any]:
+        """An OpenAI content part (``{"type": "image_url", ...}``, ``input_audio``, ``file``)."""
+        kind = part.get("type")
+        body = part.get(str(kind))
+        expected = {"image": "image_url", "audio": "input_audio", "file": "file"}.get(cls.kind)
+        if kind != expected or not isinstance(body, Mapping):
+            raise MediaTypeError(f"{cls.__name__}: a {kind!r} content part is not {cls._what()}")
+        if kind == "image_url":
+            return cls._from_mapping({k: v for k, v in body.items() if k in ("url", "detail")})
+        if kind == "input_audio":
+            fmt = str(body.get("format", ""))
+            mime = {"wav": "audio/wav", "mp3": "audio/mpeg"}.get(fmt, f"audio/{fmt}")
+            return cls._from_mapping({"data": body.get("data"), "mime_type": mime})
+        if "file_data" not in body:
+            raise MediaError(f"{cls.__name__}: only files given inline (file_data) are supported, got {body!r}")
+        fields: dict[str, Any] = {"url": body["file_data"]}
+        if body.get("filename") is not None:
+            fields["filename"] = body["filename"]
+        return cls._from_mapping(fields)
+
+    @classmethod
     def _from_mapping(cls, value: Mapping[str, Any]) -> dict[str, Any]:
         what = cls.__name__
+        if value.get("type") in ("image_url", "input_audio", "file") and "media" not in value:
+            return cls._from_part(value)
         fields = dict(value)
         tag = fields.pop("media", cls.kind)
         if tag != cls.kind:
