@@ -32,6 +32,12 @@ _EXPORTS: dict[str, str] = {
     "Example": "asynclm.signatures",
     "Prediction": "asynclm.signatures",
     "History": "asynclm.signatures",
+    "Image": "asynclm.signatures",
+    "Audio": "asynclm.signatures",
+    "File": "asynclm.signatures",
+    "MediaError": "asynclm.signatures",
+    "MediaTooLargeError": "asynclm.signatures",
+    "MediaTypeError": "asynclm.signatures",
     # adapters
     "Adapter": "asynclm.adapters",
     "ChatAdapter": "asynclm.adapters",
@@ -165,9 +171,15 @@ if TYPE_CHECKING:  # static checkers see the real names; at run time they load l
         syncify as syncify,
     )
     from asynclm.signatures import (
+        Audio as Audio,
         Example as Example,
+        File as File,
         History as History,
+        Image as Image,
         InputField as InputField,
+        MediaError as MediaError,
+        MediaTooLargeError as MediaTooLargeError,
+        MediaTypeError as MediaTypeError,
         OutputField as OutputField,
         Prediction as Prediction,
         Signature as Signature,

@@ -17,6 +17,7 @@ from typing import Any, Literal, get_origin
 from asynclm.signatures import Example, History, Signature, SignatureField
 
 from ._errors import ParseError
+from ._media import no_media_outputs, raw_message, rendering
 from ._values import format_input_value
 
 SignatureLike = str | Signature | type[Signature]
@@ -102,17 +103,28 @@ class Adapter(ABC):
         the user turn with ``inputs`` and a reminder of the output format. Input fields absent
         from ``inputs`` are left out."""
         sig = Signature.ensure(signature)
-        messages: list[Message] = [{"role": "system", "content": self._system_message(sig)}]
-        messages.extend(self.format_demos(sig, demos or ()))
-        history_field = self._history_field(sig)
-        if history_field is not None:
-            sig_wo = sig.memo((type(self), "without-history"), lambda: sig.delete(history_field))
-            # DSPy's hook signature, so DSPy adapters' overrides work unchanged (they may delete
-            # the history from the inputs they get: a copy)
-            messages.extend(self.format_conversation_history(sig_wo, history_field, dict(inputs)))
-            sig = sig_wo
-        messages.append({"role": "user", "content": self.format_user_message_content(sig, inputs, main_request=True)})
-        return messages
+
+        def build() -> list[Message]:
+            nonlocal sig
+            # (the system message is made once per signature; that is also when media types in
+            # output fields are rejected)
+            messages: list[Message] = [{"role": "system", "content": self._system_message(sig)}]
+            messages.extend(self.format_demos(sig, demos or ()))
+            history_field = self._history_field(sig)
+            if history_field is not None:
+                sig_wo = sig.memo((type(self), "without-history"), lambda: sig.delete(history_field))
+                # DSPy's hook signature, so DSPy adapters' overrides work unchanged (they may delete
+                # the history from the inputs they get: a copy)
+                messages.extend(self.format_conversation_history(sig_wo, history_field, dict(inputs)))
+                sig = sig_wo
+            messages.append(
+                {"role": "user", "content": self.format_user_message_content(sig, inputs, main_request=True)}
+            )
+            return messages
+
+        # Media inputs (Image, Audio, File) become content parts; without media the messages
+        # are plain strings, exactly as if this step did not exist.
+        return rendering(build)
 
     @abstractmethod
     def parse(self, signature: SignatureLike, completion: str) -> dict[str, Any]:
@@ -122,6 +134,7 @@ class Adapter(ABC):
         """The assistant text that ``parse`` reads back to ``outputs`` (every output field
         is required): ``parse(sig, format_completion(sig, v)) == v``."""
         sig = Signature.ensure(signature)
+        _check_outputs(sig)
         missing = [name for name in sig.output_fields if name not in outputs]
         if missing:
             raise ValueError(f"format_completion: missing output field(s) {missing} for {sig.signature!r}")
@@ -155,7 +168,11 @@ class Adapter(ABC):
     # -- DSPy-compatible building blocks (overridable) ------------------------------------------
 
     def _system_message(self, sig: Signature) -> str:
-        return sig.memo((type(self), "system"), lambda: self.format_system_message(sig))
+        return sig.memo((type(self), "system"), lambda: self._checked_system_message(sig))
+
+    def _checked_system_message(self, sig: Signature) -> str:
+        _check_outputs(sig)
+        return self.format_system_message(sig)
 
     def format_system_message(self, signature: Signature) -> str:
         return (
@@ -247,7 +264,7 @@ class Adapter(ABC):
         messages: list[Message] = []
         for turn in _history_messages(inputs.get(history_field_name)):
             if "role" in turn and "content" in turn and _PASS_THROUGH_KEYS.issuperset(turn):
-                messages.append(dict(turn))
+                messages.append(raw_message(turn))
                 continue
             messages.append({"role": "user", "content": self.format_user_message_content(signature, turn)})
             outputs = {k: v for k, v in turn.items() if k in signature.output_fields}
@@ -265,6 +282,13 @@ class Adapter(ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
+
+
+def _check_outputs(sig: Signature) -> None:
+    """Reject media types in output fields."""
+    for name, f in sig.output_fields.items():
+        if f.has_media:
+            no_media_outputs(name, f)
 
 
 def _is_enum(tp: Any) -> bool:

@@ -20,12 +20,16 @@ import pydantic
 from pydantic_core import to_jsonable_python
 
 from asynclm.signatures import SignatureField
+from asynclm.signatures._media_state import MEDIA_CLASSES
+
+from ._media import as_media, media_text
 
 # A line that ChatAdapter.parse would take as a field marker (DSPy: the stripped line starts with it).
 HEADER_LINE = re.compile(r"^[^\S\n]*\[\[ ## (\w+) ## \]\]", re.MULTILINE)
 _FENCE = re.compile(r"\A```[\w+-]*[^\S\n]*\n?(.*?)\n?[^\S\n]*```\Z", re.DOTALL)
 _LITERAL_EVAL_LIMIT = 100_000
 _SIMPLE_SCALARS = (int, float, bool)
+_SEQUENCES = (list, tuple)
 _PY_CONSTANTS: dict[str, Any] = {"True": True, "False": False, "None": None}
 
 
@@ -54,9 +58,16 @@ def _format_blob(blob: str) -> str:
 
 def format_input_value(field: SignatureField, value: Any) -> str:
     """An input value as prompt text (DSPy's ``format_field_value``): a list given to a ``str``
-    field becomes a numbered «list»; lists, dicts and models become JSON; scalars use ``str``."""
+    field becomes a numbered «list»; lists, dicts and models become JSON; scalars use ``str``.
+    Media values (and lists of them) become placeholders that ``Adapter.format`` turns into
+    content parts."""
+    if field.has_media and value is not None:
+        # a URL, a data URI or a saved dict given to a media field (demos read from JSON, say)
+        value = as_media(field, value)
     if isinstance(value, str):
         return value
+    if type(value) in MEDIA_CLASSES or (type(value) in _SEQUENCES and value and type(value[0]) in MEDIA_CLASSES):
+        return media_text(field, value)
     if isinstance(value, list) and field.annotation is str:
         if not value:
             return "N/A"

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
+from ._media_state import revive_media
+
 _MISSING = object()
 
 
@@ -185,7 +187,9 @@ class Example:
 
     @classmethod
     def from_json_dict(cls, data: Mapping[str, Any]) -> Example:
-        ex = cls(data["fields"])
+        """Read back what ``to_json_dict`` wrote (media values saved by ``to_dict`` become
+        ``Image``/``Audio``/``File`` again)."""
+        ex = cls(revive_media(data["fields"]))
         if data.get("input_keys") is not None:
             ex = ex.with_inputs(*data["input_keys"])
         return ex
@@ -250,10 +254,10 @@ class Prediction(Example):
     @classmethod
     def from_json_dict(cls, data: Mapping[str, Any]) -> Prediction:
         if data.get("completions"):
-            pred = cls.from_completions(data["completions"])
-            pred._store.update(data["fields"])
+            pred = cls.from_completions(revive_media(data["completions"]))
+            pred._store.update(revive_media(data["fields"]))
         else:
-            pred = cls(data["fields"])
+            pred = cls(revive_media(data["fields"]))
         if data.get("input_keys") is not None:
             object.__setattr__(pred, "_input_keys", frozenset(data["input_keys"]))
         return pred

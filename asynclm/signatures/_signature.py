@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, ClassVar, Concatenate, Generic, Literal, ParamSpec, TypeVar, cast
 
 from ._errors import SignatureError
+from ._media_state import is_media_annotation
 from ._types import annotation_name, is_round_trippable, parse_type, type_to_str
 
 if TYPE_CHECKING:
@@ -103,6 +104,11 @@ class SignatureField:
     @functools.cached_property
     def round_trippable(self) -> bool:
         return is_round_trippable(self.annotation)
+
+    @functools.cached_property
+    def has_media(self) -> bool:
+        """Whether the type is or holds ``Image``, ``Audio`` or ``File`` (``list[Image]``, ...)."""
+        return is_media_annotation(self.annotation)
 
     @functools.cached_property
     def constraints_text(self) -> str:

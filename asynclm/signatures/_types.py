@@ -49,8 +49,22 @@ _BUILTIN_NAMES: dict[str, Any] = {
 _GENERIC_CONTAINERS = (list, dict, tuple, set, frozenset)
 
 
+# Names of asynclm's own field types, imported on first use (they need pydantic).
+_ASYNCLM_NAMES = ("Audio", "File", "History", "Image")
+
+
+def _asynclm_type(name: str) -> Any:
+    if name == "History":
+        from ._history import History
+
+        return History
+    from . import _media
+
+    return getattr(_media, name)
+
+
 def known_type_names() -> list[str]:
-    return [*sorted(n for n in _BUILTIN_NAMES if n != "NoneType"), "History"]
+    return [*sorted(n for n in _BUILTIN_NAMES if n != "NoneType"), *_ASYNCLM_NAMES]
 
 
 def parse_type(text: str, *, field: str, signature_text: str, custom_types: Mapping[str, Any] | None) -> Any:
@@ -83,10 +97,8 @@ class _TypeEvaluator:
             return self.custom[name]
         if name in _BUILTIN_NAMES:
             return _BUILTIN_NAMES[name]
-        if name == "History":
-            from ._history import History
-
-            return History
+        if name in _ASYNCLM_NAMES:
+            return _asynclm_type(name)
         return self.unknown(name)
 
     def unknown(self, name: str) -> Any:
@@ -191,9 +203,7 @@ def is_round_trippable(tp: Any) -> bool:
         return all(a is Ellipsis or is_round_trippable(a) for a in get_args(tp))
     if tp in _BUILTIN_NAMES.values():
         return True
-    from ._history import History
-
-    return tp is History
+    return isinstance(tp, type) and tp.__name__ in _ASYNCLM_NAMES and tp is _asynclm_type(tp.__name__)
 
 
 def annotation_name(tp: Any) -> str:

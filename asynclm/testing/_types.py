@@ -7,6 +7,18 @@ from dataclasses import dataclass
 from typing import Any, Literal, Union
 
 
+def _text_messages(messages: list[Any]) -> list[Any]:
+    """``messages`` with multi-part contents (text and media parts) reduced to their text."""
+    if not any(isinstance(m, dict) and isinstance(m.get("content"), list) for m in messages):
+        return messages
+    out = []
+    for m in messages:
+        if isinstance(m, dict) and isinstance(m.get("content"), list):
+            m = {**m, "content": content_text(m["content"])}
+        out.append(m)
+    return out
+
+
 def content_text(content: Any) -> str:
     if isinstance(content, str):
         return content
@@ -130,12 +142,24 @@ class FakeRequest:
         return ""
 
     @property
+    def last_user_media(self) -> list[dict[str, Any]]:
+        """The non-text content parts (``image_url``, ``input_audio``, ``file``) of the last
+        ``user`` message, in order; ``[]`` when it is plain text."""
+        for message in reversed(self.messages):
+            if isinstance(message, dict) and message.get("role") == "user":
+                content = message.get("content")
+                if not isinstance(content, list):
+                    return []
+                return [p for p in content if isinstance(p, dict) and p.get("type") != "text"]
+        return []
+
+    @property
     def inputs(self) -> dict[str, str]:
         """The input fields as the adapter rendered them in the last user message (texts): what a
         program asked, e.g. ``request.inputs["question"]``."""
         from ._render import input_fields
 
-        return input_fields(self.messages)
+        return input_fields(_text_messages(self.messages))
 
 
 @dataclass(frozen=True)
@@ -195,7 +219,7 @@ class Fields:
 
         values = self._values
         if not isinstance(values, Mapping):
-            values = values(input_fields(request.messages))
+            values = values(input_fields(_text_messages(request.messages)))
             if not isinstance(values, Mapping):
                 raise TypeError(f"a Fields function must return a dict of field values, got {type(values).__name__}")
         wants_json = isinstance(request.json, Mapping) and "response_format" in request.json
