@@ -622,3 +622,13 @@ def test_a_program_saved_by_dspy_with_image_demos_loads(tmp_path: Path) -> None:
     messages = alm.ChatAdapter().format(program.signature, program.demos, {"photo": "https://e.com/b.png", "q": "z"})
     assert messages[1]["content"][1] == {"type": "image_url", "image_url": {"url": "https://e.com/a.png"}}
     assert messages[3]["content"][1] == {"type": "image_url", "image_url": {"url": "https://e.com/b.png"}}
+
+
+def test_scripted_lm_reads_the_text_inputs_of_a_multi_part_request() -> None:
+    """ScriptedLM's request.inputs reads the text parts around a media part, as FakeRequest's does."""
+    from asynclm.testing import ScriptedLM
+
+    lm = ScriptedLM(lambda request: {"answer": request.inputs["question"].upper()})
+    predict = alm.Predict("photo: Image, question -> answer", lm=lm)
+    pred = predict.sync(photo=alm.Image.from_url("https://example.com/a.png"), question="what is it?")
+    assert pred.answer == "WHAT IS IT?"

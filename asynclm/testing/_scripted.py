@@ -20,6 +20,7 @@ from asynclm.lm._budget import admit, settle
 from asynclm.lm._client import _wait_until
 
 from ._render import input_fields, render_chat, render_json
+from ._types import _text_messages
 
 __all__ = ["ScriptedLM", "ScriptedRequest", "render_chat", "render_json"]
 
@@ -42,7 +43,7 @@ class ScriptedRequest:
     @property
     def inputs(self) -> dict[str, str]:
         """The input fields as the adapter rendered them in the last user message (texts)."""
-        return input_fields(self.messages)
+        return input_fields(_text_messages(self.messages))  # text parts of multi-part messages too
 
     @property
     def last_user_message(self) -> str:
