@@ -14,7 +14,7 @@ import pytest
 import asynclm as alm
 from asynclm.modules import trace_scope
 from asynclm.modules._best_of_n import BestOfN, Refine, rollout_copy
-from asynclm.testing import FakeOpenAIServer, ScriptedLM
+from asynclm.testing import FakeOpenAIServer, Reply, ScriptedLM
 from asynclm.testing._scripted import ScriptedRequest, render_chat
 
 
@@ -31,16 +31,17 @@ def unique_question() -> str:
 
 
 async def test_candidates_run_concurrently_and_the_best_wins() -> None:
-    lm = ScriptedLM([{"answer": "a"}, {"answer": "bbb"}, {"answer": "cc"}], latency=0.1)
-    best = BestOfN(alm.Predict("question -> answer", lm=lm), n=3, reward_fn=length, threshold=10)
-    start = anyio.current_time()
-    pred = await best(question="q")
-    elapsed = anyio.current_time() - start
-    assert pred.answer == "bbb"
-    assert len(lm.requests) == 3
-    assert all(r["temperature"] == 1.0 for r in lm.requests)
-    assert elapsed < 0.25, f"3 candidates of 0.1 s took {elapsed:.3f} s: they did not run concurrently"
-    assert pred.usage.total_tokens == 3 * 15  # every attempt's tokens
+    replies = [Reply(render_chat({"answer": a}), prompt_tokens=10, completion_tokens=5) for a in ("a", "bbb", "cc")]
+    with FakeOpenAIServer(replies, latency=0.3) as server:
+        lm = alm.LM("openai/m", base_url=server.base_url, api_key="sk-test", cache=False)
+        best = BestOfN(alm.Predict("question -> answer", lm=lm), n=3, reward_fn=length, threshold=10)
+        pred = await best(question="q")
+        assert pred.answer == "bbb"
+        assert server.requests == 3
+        assert all(r.json["temperature"] == 1.0 for r in server.request_log)
+        # all three in flight at once (one after another, the peak would be 1): no wall-clock assertion
+        assert server.max_in_flight == 3, f"peak {server.max_in_flight}: the candidates did not run concurrently"
+        assert pred.usage.total_tokens == 3 * 15  # every attempt's tokens
 
 
 async def test_rollout_ids_make_distinct_cacheable_samples() -> None:
