@@ -34,7 +34,6 @@ from .._errors import (
     LMError,
     RateLimitError,
     ServerError,
-    error_for_status,
 )
 from .._models import LMResponse, StreamDelta, Usage
 from .._retry import is_retryable_status
@@ -454,30 +453,6 @@ class AnthropicWire(WireFormat):
         if not isinstance(raw.get("content"), list):
             raise ValueError("no 'content' list")
         return raw, usage_from_json(raw.get("usage")).total_tokens
-
-    def error(
-        self,
-        status: int,
-        payload: bytes,
-        *,
-        url: str,
-        model: str,
-        request_id: str | None,
-        retry_after: float | None,
-        secret: str | None,
-    ) -> LMError:
-        # the body is {"type": "error", "error": {"type": ..., "message": ...}}: error_for_status
-        # reads the inner object; the status says the rest (529 overloaded is a 5xx)
-        return error_for_status(
-            status,
-            payload,
-            url=url,
-            model=model,
-            request_id=request_id,
-            retry_after=retry_after,
-            secret=secret,
-            key_env=self.key_env,
-        )
 
     def retryable(self, status: int, payload: bytes) -> bool:
         return is_retryable_status(status)  # 408, 409, 429, 5xx including 529 overloaded

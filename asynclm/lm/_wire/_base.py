@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from .._errors import LMError
+from .._errors import LMError, error_for_status
 from .._models import LMResponse, StreamDelta, Usage
 
 __all__ = ["StreamParser", "WireFormat"]
@@ -85,9 +85,22 @@ class WireFormat:
         request_id: str | None,
         retry_after: float | None,
         secret: str | None,
-    ) -> LMError:  # pragma: no cover - abstract
-        """The typed error of a non-2xx response (the API key scrubbed from its message)."""
-        raise NotImplementedError
+    ) -> LMError:
+        """The typed error of a non-2xx response (the API key scrubbed from its message).
+
+        Both formats' error bodies hold an ``error`` object with ``type`` and ``message`` (OpenAI's
+        at the top level, Anthropic's inside ``{"type": "error", ...}``); ``error_for_status`` reads
+        it, and the status says the rest (Anthropic's 529 overloaded is a 5xx)."""
+        return error_for_status(
+            status,
+            payload,
+            url=url,
+            model=model,
+            request_id=request_id,
+            retry_after=retry_after,
+            secret=secret,
+            key_env=self.key_env,
+        )
 
     def retryable(self, status: int, payload: bytes) -> bool:  # pragma: no cover - abstract
         """Whether a non-2xx response is worth retrying."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from .._errors import LMError, ServerError, error_for_status
+from .._errors import ServerError
 from .._models import LMResponse, StreamDelta, Usage
 from .._retry import is_retryable_status
 from ._base import StreamParser, WireFormat
@@ -99,28 +99,6 @@ class OpenAIWire(WireFormat):
         usage = raw.get("usage")
         total = usage.get("total_tokens") if isinstance(usage, dict) else None
         return raw, total if isinstance(total, int) else 0
-
-    def error(
-        self,
-        status: int,
-        payload: bytes,
-        *,
-        url: str,
-        model: str,
-        request_id: str | None,
-        retry_after: float | None,
-        secret: str | None,
-    ) -> LMError:
-        return error_for_status(
-            status,
-            payload,
-            url=url,
-            model=model,
-            request_id=request_id,
-            retry_after=retry_after,
-            secret=secret,
-            key_env=self.key_env,
-        )
 
     def retryable(self, status: int, payload: bytes) -> bool:
         # an exhausted quota is a 429 too, but waiting does not refill it
