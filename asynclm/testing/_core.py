@@ -228,20 +228,8 @@ class ServerCore:
     def _embeddings(self, conn: Connection, raw: RawRequest) -> None:
         """``POST /v1/embeddings``: each input's ``fake_embedding``, after the server's latency.
         Counted, logged and faulted (``fail_next``, ``fault_rate``) like a chat request."""
-        self.requests += 1
-        index = self.requests
-        exchange = Exchange(conn, raw.keep_alive, f"req_fake_{index}")
-        conn.exchange = exchange
-        exchange.counted = True
-        self.in_flight += 1
-        if self.in_flight > self.max_in_flight:
-            self.max_in_flight = self.in_flight
-        try:
-            body = loads(raw.body)
-        except JSONDecodeError:
-            body = None
-        request = FakeRequest(index, raw.method, raw.path, raw.headers, raw.body, body)
-        self.request_log.append(request)
+        exchange, request, _ = self._begin(conn, raw, "openai")
+        body = request.json
         inputs = body.get("input") if isinstance(body, dict) else None
         if isinstance(inputs, str):
             inputs = [inputs]
@@ -278,7 +266,9 @@ class ServerCore:
         conn.exchange = exchange
         exchange.send(status, body)
 
-    def _chat(self, conn: Connection, raw: RawRequest, api: str) -> None:
+    def _begin(self, conn: Connection, raw: RawRequest, api: str) -> tuple[Exchange, FakeRequest, str | None]:
+        """Count a request (``requests``, ``in_flight``), log it and parse its JSON body; the
+        error says why the body is not JSON (``None`` when it is)."""
         self.requests += 1
         index = self.requests
         exchange = Exchange(conn, raw.keep_alive, f"req_fake_{index}", api)
@@ -296,6 +286,11 @@ class ServerCore:
             error = None
         request = FakeRequest(index, raw.method, raw.path, raw.headers, raw.body, body, api)
         self.request_log.append(request)
+        return exchange, request, error
+
+    def _chat(self, conn: Connection, raw: RawRequest, api: str) -> None:
+        exchange, request, error = self._begin(conn, raw, api)
+        body = request.json
         anthropic = api == "anthropic"
         if error is None:
             error = _anthropic.validate(body, raw.headers) if anthropic else self._validate(body)
