@@ -50,7 +50,7 @@ _GENERIC_CONTAINERS = (list, dict, tuple, set, frozenset)
 
 
 def known_type_names() -> list[str]:
-    return [*sorted(n for n in _BUILTIN_NAMES if n != "NoneType"), "History"]
+    return [*sorted(n for n in _BUILTIN_NAMES if n != "NoneType"), "History", "ToolCalls"]
 
 
 def parse_type(text: str, *, field: str, signature_text: str, custom_types: Mapping[str, Any] | None) -> Any:
@@ -87,6 +87,10 @@ class _TypeEvaluator:
             from ._history import History
 
             return History
+        if name == "ToolCalls":
+            from ._tool_calls import ToolCalls
+
+            return ToolCalls
         return self.unknown(name)
 
     def unknown(self, name: str) -> Any:
@@ -192,8 +196,9 @@ def is_round_trippable(tp: Any) -> bool:
     if tp in _BUILTIN_NAMES.values():
         return True
     from ._history import History
+    from ._tool_calls import ToolCalls
 
-    return tp is History
+    return tp is History or tp is ToolCalls
 
 
 def annotation_name(tp: Any) -> str:
