@@ -32,6 +32,7 @@ _EXPORTS: dict[str, str] = {
     "Example": "asynclm.signatures",
     "Prediction": "asynclm.signatures",
     "History": "asynclm.signatures",
+    "ToolCalls": "asynclm.signatures",
     # adapters
     "Adapter": "asynclm.adapters",
     "ChatAdapter": "asynclm.adapters",
@@ -168,6 +169,7 @@ if TYPE_CHECKING:  # static checkers see the real names; at run time they load l
         Prediction as Prediction,
         Signature as Signature,
         SignatureError as SignatureError,
+        ToolCalls as ToolCalls,
     )
 
 
