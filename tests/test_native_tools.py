@@ -199,7 +199,9 @@ async def test_react_wire_format_tools_tool_calls_and_tool_messages() -> None:
     assert [m["role"] for m in second.messages] == ["system", "user", "assistant", "tool", "tool"]
     assistant = second.messages[2]
     assert assistant["content"] == "Both at once."
-    assert [(c["id"], c["function"]["name"], json.loads(c["function"]["arguments"])) for c in assistant["tool_calls"]] == [
+    assert [
+        (c["id"], c["function"]["name"], json.loads(c["function"]["arguments"])) for c in assistant["tool_calls"]
+    ] == [
         ("call_w", "weather", {"city": "Oslo"}),
         ("call_s", "search", {"query": "Oslo"}),
     ]
@@ -362,7 +364,10 @@ async def test_react_with_mcp_style_tools_sends_their_schema_as_given() -> None:
         with alm.context(lm=make_lm(server)):
             pred = await alm.ReAct("question -> answer", tools=[add])(question="2 + 3?")
         sent = server.request_log[0].json["tools"][0]
-    assert sent == {"type": "function", "function": {"name": "add", "description": "Add two integers.", "parameters": schema}}
+    assert sent == {
+        "type": "function",
+        "function": {"name": "add", "description": "Add two integers.", "parameters": schema},
+    }
     assert pred.trajectory["observation_0"] == "5" and seen == [{"a": 2, "b": 3}]
     assert "missing required argument 'a'" in pred.trajectory["observation_1"]
 
@@ -400,8 +405,11 @@ async def test_anthropic_native_tools_round_trip() -> None:
             if block.get("type") == "tool_result"
         ]
         if not results:
-            return Reply(text="Checking.", tool_calls=[{"id": "call_1", "name": "search", "args": {"query": "Oslo"}},
-                                                       {"id": "call_2", "name": "search", "args": {"query": "Rome"}}])  # fmt: skip
+            calls = [
+                {"id": "call_1", "name": "search", "args": {"query": "Oslo"}},
+                {"id": "call_2", "name": "search", "args": {"query": "Rome"}},
+            ]
+            return Reply(text="Checking.", tool_calls=calls)
         return Reply(tool_calls=[{"id": "call_3", "name": "finish", "args": {}}])
 
     async with FakeOpenAIServer(respond) as server:
@@ -441,7 +449,9 @@ async def test_streamed_react_with_async_tools_under_many_concurrent_requests() 
         if is_extract(request):
             return Fields(reasoning="read", answer=f"answer to {question}")
         if not tool_messages(request):
-            return Reply(tool_calls=[{"name": "lookup", "args": {"key": question}}, {"name": "echo", "args": {"text": question}}])
+            return Reply(
+                tool_calls=[{"name": "lookup", "args": {"key": question}}, {"name": "echo", "args": {"text": question}}]
+            )
         return Reply(tool_calls=[{"name": "finish", "args": {}}])
 
     results: dict[str, tuple[str, str, Any]] = {}
@@ -476,7 +486,12 @@ async def test_streamed_tool_calls_from_the_fake_server() -> None:
         deltas = [d async for d in make_lm(server).stream("?")]
     calls = [c for d in deltas for ch in d.raw.get("choices", []) for c in ch.get("delta", {}).get("tool_calls", [])]
     assert calls == [
-        {"index": 0, "id": "call_1_0", "type": "function", "function": {"name": "search", "arguments": '{"query": "x"}'}}
+        {
+            "index": 0,
+            "id": "call_1_0",
+            "type": "function",
+            "function": {"name": "search", "arguments": '{"query": "x"}'},
+        }
     ]
     assert deltas[-1].finish_reason == "tool_calls" or any(d.finish_reason == "tool_calls" for d in deltas)
 

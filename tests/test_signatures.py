@@ -291,7 +291,8 @@ def test_ensure_rejects_other_objects() -> None:
             "q -> answer: list[Foo]",
             "Invalid signature 'q -> answer: list[Foo]': unknown type name 'Foo' in the type 'list[Foo]' of field "
             "'answer'. Known names: Any, Dict, FrozenSet, List, Literal, None, Optional, Set, Tuple, Union, bool, "
-            "bytes, date, datetime, dict, float, frozenset, int, list, set, str, time, timedelta, tuple, History. "
+            "bytes, date, datetime, dict, float, frozenset, int, list, set, str, time, timedelta, tuple, History, "
+            "ToolCalls. "
             "To use your own class, pass custom_types={'Foo': Foo} (or use the class form of Signature).",
         ),
         ("a, a -> b", "Invalid signature 'a, a -> b': field 'a' is declared twice."),

@@ -202,7 +202,9 @@ class ReAct(Module):
 
     async def _run_tool(self, name: str, args: Any) -> Any:
         if not isinstance(args, Mapping):
-            return f"Execution error in {name}: TypeError: next_tool_args must be a JSON object, got {type(args).__name__}"
+            return (
+                f"Execution error in {name}: TypeError: next_tool_args must be a JSON object, got {type(args).__name__}"
+            )
         return await run_tool(self.tools, name, args, self.tool_timeout)
 
     async def _call_with_truncation(

@@ -32,7 +32,7 @@ from ._tool_calling import (
 if TYPE_CHECKING:
     from ._react import ReAct
 
-__all__ = ["native_loop", "native_instructions"]
+__all__ = ["native_instructions", "native_loop"]
 
 
 def native_instructions(react: ReAct) -> str:

@@ -1,7 +1,8 @@
 """Signatures and the data that flows through programs.
 
 ``Signature`` (string or class form), ``InputField``/``OutputField``, ``SignatureError``,
-``Example``/``Prediction``, the ``History`` input type and the ``ToolCalls`` output type. Pure data: no I/O, no event loop.
+``Example``/``Prediction``, the ``History`` input type and the ``ToolCalls`` output type.
+Pure data: no I/O, no event loop.
 """
 
 from ._errors import SignatureError

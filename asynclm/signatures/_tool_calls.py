@@ -39,7 +39,9 @@ def _normalize(item: Any) -> dict[str, Any]:
 
 
 def _is_call(item: Any) -> bool:
-    return isinstance(item, dict) and (("name" in item and ("args" in item or "arguments" in item)) or "function" in item)
+    return isinstance(item, dict) and (
+        ("name" in item and ("args" in item or "arguments" in item)) or "function" in item
+    )
 
 
 class ToolCall(pydantic.BaseModel):
@@ -80,6 +82,9 @@ class ToolCall(pydantic.BaseModel):
         }
 
 
+_ToolCall = ToolCall
+
+
 class ToolCalls(pydantic.BaseModel):
     """The tool calls an LM asked for: an output-field type (DSPy 3's ``dspy.ToolCalls``).
 
@@ -98,7 +103,7 @@ class ToolCalls(pydantic.BaseModel):
 
     ToolCall: ClassVar[type[ToolCall]] = ToolCall  # DSPy's spelling: ToolCalls.ToolCall
 
-    tool_calls: list[ToolCall]
+    tool_calls: list[_ToolCall]
 
     @pydantic.model_validator(mode="before")
     @classmethod
