@@ -504,3 +504,24 @@ def test_native_tools_and_timeouts_are_checked() -> None:
     with pytest.raises(ValueError, match="timeout"):
         alm.Tool(search, timeout=-1)
     assert alm.ReAct("q -> a", tools=[search]).max_iters == 20
+
+
+@pytest.mark.parametrize(
+    ("message", "names_tools"),
+    [
+        ('"auto" tool choice requires --enable-auto-tool-choice and --tool-call-parser to be set', True),  # vLLM
+        ("tools param requires --jinja flag", True),  # llama.cpp
+        ("registry.ollama.ai/library/gemma:2b does not support tools", True),  # Ollama
+        ("Unsupported parameter: 'tools' is not supported with this model.", True),  # OpenAI
+        ("Tool calling is not supported for this model", True),
+        ("Invalid parameter: messages with role 'tool' must answer a tool_call_id", False),
+        ("This model's maximum context length is 8192 tokens", False),
+    ],
+)
+def test_which_400s_mean_no_function_calling(message: str, names_tools: bool) -> None:
+    from asynclm.lm import ContextWindowExceededError
+    from asynclm.modules._tool_calling import tools_rejected
+
+    assert tools_rejected(BadRequestError(message)) is names_tools
+    assert not tools_rejected(ContextWindowExceededError("tools: too long"))
+    assert not tools_rejected(RuntimeError("tools"))

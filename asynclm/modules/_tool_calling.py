@@ -47,7 +47,9 @@ logger = logging.getLogger("asynclm.tools")
 
 _UNSUPPORTED: weakref.WeakSet[Any] = weakref.WeakSet()
 _LOCK = threading.Lock()
-_NAMES_TOOLS = re.compile(r"tool|function[ _-]?call", re.IGNORECASE)
+# "tools", "tool_choice"/"tool choice", "tool calling"/"tool use", "function calling" — not
+# "tool_call_id" (a message the server could not match is not a server without tools)
+_NAMES_TOOLS = re.compile(r"\btools\b|tool[ _]choice|\btool[ _-]?(?:calling|use)\b|function[ _-]?call", re.IGNORECASE)
 
 
 def check_native_tools(value: Any, where: str) -> bool | str:
