@@ -38,6 +38,7 @@ _EXPORTS: dict[str, str] = {
     "MediaError": "asynclm.signatures",
     "MediaTooLargeError": "asynclm.signatures",
     "MediaTypeError": "asynclm.signatures",
+    "ToolCalls": "asynclm.signatures",
     # adapters
     "Adapter": "asynclm.adapters",
     "ChatAdapter": "asynclm.adapters",
@@ -184,6 +185,7 @@ if TYPE_CHECKING:  # static checkers see the real names; at run time they load l
         Prediction as Prediction,
         Signature as Signature,
         SignatureError as SignatureError,
+        ToolCalls as ToolCalls,
     )
 
 

@@ -175,7 +175,7 @@ def test_mcp_agent_example(tmp_path: Path) -> None:
             request
         )
 
-    with FakeOpenAIServer(respond) as server:
+    with FakeOpenAIServer(respond, support_tools=False) as server:
         out = run_example("mcp_agent.py", "--model", MODEL, "--base-url", server.base_url, env=example_env(tmp_path))
     assert "tool: weather {'city': {'title': 'City', 'type': 'string'}} required=['city']\n" in out
     assert "tool: to_fahrenheit" in out

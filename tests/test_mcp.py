@@ -269,7 +269,7 @@ async def test_react_over_mcp_tools_end_to_end(transport: str, http_server: HTTP
         steps.append("weather")
         return Fields(next_thought="ask", next_tool_name="weather", next_tool_args={"city": "Oslo"}).render(request)
 
-    async with FakeOpenAIServer(respond) as llm, connect_to(transport, http_server) as tools:
+    async with FakeOpenAIServer(respond, support_tools=False) as llm, connect_to(transport, http_server) as tools:
         lm = alm.LM("openai/fake-model", base_url=llm.base_url, api_key="sk-test", cache=False, max_retries=0)
         react = alm.ReAct("question -> answer", tools=tools)
         with alm.context(lm=lm):
@@ -414,7 +414,7 @@ def test_connect_sync_in_a_plain_thread(portal_backend: str) -> None:
             out["alive_inside"] = not process_gone(out["pid"])
         out["gone_after"] = process_gone(out["pid"])
 
-    with FakeOpenAIServer(respond) as llm:
+    with FakeOpenAIServer(respond, support_tools=False) as llm:
         thread = threading.Thread(target=work, args=(llm,))
         thread.start()
         thread.join(120)

@@ -524,7 +524,8 @@ async def test_react_end_to_end_over_http_with_a_context_overflow() -> None:
         await anyio.sleep(0.01)
         return f"sunny in {city}"
 
-    async with FakeOpenAIServer(respond) as server:
+    # a server without function calling: ReAct falls back to DSPy's text protocol
+    async with FakeOpenAIServer(respond, support_tools=False) as server:
         lm = alm.LM("openai/fake-model", base_url=server.base_url, api_key="sk-test", cache=False, max_retries=0)
         react = ReAct("question -> answer", tools=[weather])
         with alm.context(lm=lm), alm.track_usage() as usage:

@@ -292,7 +292,7 @@ def test_ensure_rejects_other_objects() -> None:
             "Invalid signature 'q -> answer: list[Foo]': unknown type name 'Foo' in the type 'list[Foo]' of field "
             "'answer'. Known names: Any, Dict, FrozenSet, List, Literal, None, Optional, Set, Tuple, Union, bool, "
             "bytes, date, datetime, dict, float, frozenset, int, list, set, str, time, timedelta, tuple, Audio, File, "
-            "History, Image. "
+            "History, Image, ToolCalls. "
             "To use your own class, pass custom_types={'Foo': Foo} (or use the class form of Signature).",
         ),
         ("a, a -> b", "Invalid signature 'a, a -> b': field 'a' is declared twice."),

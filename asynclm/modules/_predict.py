@@ -10,6 +10,7 @@ from typing import Any
 import anyio
 
 from asynclm.adapters import Adapter, ChatAdapter, JSONAdapter, ParseError
+from asynclm.adapters._native_tools import tool_fields
 from asynclm.lm import BadRequestError, ContextWindowExceededError
 from asynclm.runtime import current_settings
 from asynclm.signatures import Example, OutputField, Prediction, Signature
@@ -17,6 +18,7 @@ from asynclm.signatures import Example, OutputField, Prediction, Signature
 from . import _stream_state
 from ._callbacks import handlers_for, observe
 from ._module import Module, ProgramFileError
+from ._tool_calling import check_native_tools, predict_native
 from ._trace import record
 
 __all__ = ["ChainOfThought", "NoLMError", "Predict"]
@@ -55,6 +57,11 @@ class Predict(Module):
         demos: few-shot examples (``Example`` or dicts with input and output fields).
         max_parse_retries: re-asks after an unparsable answer (default: the setting, 1); after
             them, one last try through ``JSONAdapter``; then ``ParseError``.
+        native_tools: for a signature with a ``list[asynclm.Tool]`` input and an
+            ``asynclm.ToolCalls`` output: ``"auto"`` (default) sends the tools as the request's
+            ``tools`` and reads the response's ``tool_calls``, falling back to the text protocol
+            when the server rejects ``tools`` with a 400; ``True`` never falls back; ``False``
+            always describes the tools in the prompt and reads the calls from the text.
         **config: LM request parameters (``temperature``, ``n``, ``max_tokens``, ``rollout_id``…);
             ``n > 1`` fills ``prediction.completions`` (asked concurrently when the server
             returns fewer choices than asked).
@@ -70,9 +77,11 @@ class Predict(Module):
         demos: Iterable[Example | Mapping[str, Any]] | None = None,
         callbacks: Iterable[Any] | None = None,
         max_parse_retries: int | None = None,
+        native_tools: bool | str = "auto",
         **config: Any,
     ) -> None:
         super().__init__(callbacks=callbacks)
+        self.native_tools = check_native_tools(native_tools, type(self).__name__)
         self.signature = Signature.ensure(signature)
         self.lm = lm
         self.adapter = adapter
@@ -142,6 +151,10 @@ class Predict(Module):
 
     async def forward(self, *args: Any, **kwargs: Any) -> Prediction:
         call = self._prepare(args, kwargs)
+        if tool_fields(call.signature)[1] is not None:  # a ToolCalls output: native function calling
+            native = await predict_native(self, call)
+            if native is not None:
+                return native
         # What was _complete() is written out here: one coroutine frame less per call in flight.
         adapter, signature = call.adapter, call.signature
         format_inputs = {"signature": signature, "inputs": call.inputs} if handlers_for(adapter) else _UNOBSERVED

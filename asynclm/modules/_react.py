@@ -13,6 +13,7 @@ from asynclm.signatures import Prediction, Signature, SignatureField
 from ._module import Module
 from ._predict import ChainOfThought, Predict
 from ._tool import Tool
+from ._tool_calling import check_native_tools, run_tool
 
 __all__ = ["ReAct"]
 
@@ -46,13 +47,25 @@ class ReAct(Module):
         signature: the task (``"question -> answer"``, a ``Signature``...).
         tools: functions, coroutine functions, callables or ``Tool`` objects (names must be
             distinct; ``finish`` is reserved).
-        max_iters: the most tool steps before extracting the answer (per call: ``max_iters=``).
+        max_iters: the most LM turns (tool steps) before extracting the answer (per call:
+            ``max_iters=``).
+        native_tools: ``"auto"`` (default): use the LM's native function calling (the tools sent
+            as the request's ``tools``, the calls read from its ``tool_calls``, results sent back
+            as ``tool`` messages), falling back to the text protocol when the server rejects
+            ``tools`` with a 400 (remembered for that LM) or the LM says ``supports_tools =
+            False``; ``True``: native, no fallback; ``False``: DSPy's text protocol only.
+        tool_timeout: seconds each tool call may take (``None``: no limit) for tools without a
+            ``Tool(..., timeout=)`` of their own; a call that takes longer gives the observation
+            ``"Execution error in <name>: TimeoutError: ..."``.
 
     ``await react(**inputs)`` returns a ``Prediction`` with the outputs (and the extract
     step's ``reasoning``) plus ``trajectory``: ``{"thought_0", "tool_name_0", "tool_args_0",
-    "observation_0", "thought_1", ...}``. One tool runs per step, fully async (sync tools in
-    worker threads, see ``Tool``); many ReAct calls (``.batch``) run their tools
-    concurrently. A tool that raises gives the observation ``"Execution error in <name>:
+    "observation_0", "thought_1", ...}``. In the text protocol one tool runs per step; with
+    native function calling the LM may ask for several tools in one turn: they all run at once
+    (async tools as tasks, sync tools in worker threads, see ``Tool``), their results go back in
+    the order the LM asked, and each call is a step of the trajectory (the turn's text is the
+    first call's thought, the others' is ``""``). Many ReAct calls (``.batch``) run their tools
+    concurrently too. A tool that raises gives the observation ``"Execution error in <name>:
     <ExceptionType>: <message>"`` (invalid arguments included) and the loop goes on. When the
     LM answers with a step that cannot be parsed even after the predictor's re-asks, the loop
     ends and the answer is extracted from the trajectory so far. When the prompt exceeds the
@@ -65,15 +78,23 @@ class ReAct(Module):
         self,
         signature: str | Signature | type[Signature],
         tools: Iterable[Callable[..., Any] | Tool],
-        max_iters: int = 10,
+        max_iters: int = 20,
+        native_tools: bool | str = "auto",
         *,
+        tool_timeout: float | None = None,
         callbacks: Iterable[Any] | None = None,
     ) -> None:
         super().__init__(callbacks=callbacks)
         if not isinstance(max_iters, int) or max_iters < 1:
             raise ValueError(f"ReAct(max_iters={max_iters!r}): use an int >= 1")
+        if tool_timeout is not None and (
+            isinstance(tool_timeout, bool) or not isinstance(tool_timeout, int | float) or not tool_timeout > 0
+        ):
+            raise ValueError(f"ReAct(tool_timeout={tool_timeout!r}): use a number of seconds > 0, or None")
         self.signature = signature = Signature.ensure(signature)
         self.max_iters = max_iters
+        self.native_tools = check_native_tools(native_tools, "ReAct")
+        self.tool_timeout: float | None = tool_timeout
 
         by_name: dict[str, Tool] = {}
         for item in tools:
@@ -151,7 +172,20 @@ class ReAct(Module):
     async def forward(self, **input_args: Any) -> Prediction:
         max_iters = input_args.pop("max_iters", self.max_iters)
         trajectory: dict[str, Any] = {}
-        for idx in range(max_iters):
+        if self.native_tools is not False:
+            from ._react_native import native_loop
+
+            done = await native_loop(self, input_args, max_iters, trajectory)
+            if done is not None:  # the steps (all native, or native then text after a fallback) are done
+                extract = await self._call_with_truncation(self.extract, trajectory, input_args)
+                return Prediction(trajectory=trajectory, **extract)
+        await self._text_loop(input_args, trajectory, 0, max_iters)
+        extract = await self._call_with_truncation(self.extract, trajectory, input_args)
+        return Prediction(trajectory=trajectory, **extract)
+
+    async def _text_loop(self, input_args: dict[str, Any], trajectory: dict[str, Any], start: int, iters: int) -> None:
+        """DSPy's text protocol: one tool per step, steps ``start`` to ``start + iters - 1``."""
+        for idx in range(start, start + iters):
             try:
                 pred = await self._call_with_truncation(self.react, trajectory, input_args)
             except ParseError as err:
@@ -165,19 +199,13 @@ class ReAct(Module):
             trajectory[f"observation_{idx}"] = await self._run_tool(name, args)
             if name == "finish":
                 break
-        extract = await self._call_with_truncation(self.extract, trajectory, input_args)
-        return Prediction(trajectory=trajectory, **extract)
 
     async def _run_tool(self, name: str, args: Any) -> Any:
-        try:
-            tool = self.tools.get(name)
-            if tool is None:
-                raise KeyError(f"no tool named {name!r}; the tools are {list(self.tools)}")
-            if not isinstance(args, Mapping):
-                raise TypeError(f"next_tool_args must be a JSON object, got {type(args).__name__}")
-            return await tool(**args)
-        except Exception as err:  # the LM reads what went wrong and may try again
-            return f"Execution error in {name}: {type(err).__name__}: {err}"
+        if not isinstance(args, Mapping):
+            return (
+                f"Execution error in {name}: TypeError: next_tool_args must be a JSON object, got {type(args).__name__}"
+            )
+        return await run_tool(self.tools, name, args, self.tool_timeout)
 
     async def _call_with_truncation(
         self, module: Predict, trajectory: dict[str, Any], input_args: Mapping[str, Any]

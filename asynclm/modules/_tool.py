@@ -49,10 +49,14 @@ async def run_blocking(fn: Callable[..., R], /, *args: Any, **kwargs: Any) -> R:
     The thread sees the caller's ``asynclm.context(...)``; ``.sync()`` called inside runs on the
     caller's event loop (and may itself run blocking callables, one level deeper).
     """
+    return await _run_blocking(fn, args, kwargs, False)
+
+
+async def _run_blocking(fn: Callable[..., R], args: Any, kwargs: Any, abandon_on_cancel: bool) -> R:
     depth = _depth.get()
     token = _depth.set(depth + 1)  # copied into the worker thread's context by asyncify
     try:
-        return await asyncify(fn, limiter=_limiter(depth))(*args, **kwargs)
+        return await asyncify(fn, limiter=_limiter(depth), abandon_on_cancel=abandon_on_cancel)(*args, **kwargs)
     finally:
         _depth.reset(token)
 
@@ -133,7 +137,7 @@ class _Param:
 
 
 class Tool(SyncCallable):
-    """A function the LM may call: ``Tool(fn, name=None, desc=None, args=None)``.
+    """A function the LM may call: ``Tool(fn, name=None, desc=None, args=None, timeout=None)``.
 
     ``fn`` is a plain function or a coroutine function (or any callable). By default the name is
     the function's name, the description its docstring, and ``args`` — a JSON schema per
@@ -155,7 +159,9 @@ class Tool(SyncCallable):
     arguments and wrong types raise ``ToolArgumentError`` listing every problem. Then a
     coroutine function is awaited; a sync function runs in a worker thread (see
     ``run_blocking``), so it may block and may itself call ``program.sync(...)``. Callbacks
-    get ``on_tool_start``/``on_tool_end``.
+    get ``on_tool_start``/``on_tool_end``. With ``timeout`` (seconds), a call that takes longer
+    raises ``TimeoutError`` (a sync function's worker thread is left to finish in the background;
+    in ``ReAct`` the error is the observation).
 
     ``str(tool)`` is the line DSPy's ReAct puts in its instructions
     (``name, whose description is <desc>...</desc>. It takes arguments {...}.``).
@@ -172,9 +178,15 @@ class Tool(SyncCallable):
         arg_desc: Mapping[str, str] | None = None,
         *,
         callbacks: Iterable[Any] | None = None,
+        timeout: float | None = None,
     ) -> None:
         if not callable(func):
             raise TypeError(f"Tool() needs a function or other callable, got {func!r}")
+        if timeout is not None and (
+            isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0
+        ):
+            raise ValueError(f"Tool(timeout={timeout!r}): use a number of seconds > 0, or None for no limit")
+        self.timeout: float | None = timeout
         self.func = func
         self.name = name or _name_of(func)
         if not self.name.isidentifier() and not all(c.isalnum() or c in "_-" for c in self.name):
@@ -304,17 +316,30 @@ class Tool(SyncCallable):
     async def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if args:
             raise TypeError(f"Tool {self.name!r} takes keyword arguments only: await tool(name=value, ...)")
+        return await self._call(kwargs, self.timeout)
+
+    async def _call(self, kwargs: dict[str, Any], timeout: float | None) -> Any:
+        """The call, with ``timeout`` seconds at most (``None``: no limit)."""
         async with observe("tool", self, kwargs) as outcome:
             parsed = self.validate_args(kwargs)
             positional_only = inspect.Parameter.POSITIONAL_ONLY
             positional = [parsed.pop(n) for n, p in self._params.items() if p.kind is positional_only and n in parsed]
-            if self.is_async:
-                result = await self.func(*positional, **parsed)
+            if timeout is None:
+                result = await self._run(positional, parsed, False)
             else:
-                result = await run_blocking(self.func, *positional, **parsed)
-                if inspect.isawaitable(result):  # a plain function that returned a coroutine
-                    result = await result
+                with anyio.move_on_after(timeout) as scope:
+                    result = await self._run(positional, parsed, True)
+                if scope.cancelled_caught:
+                    raise TimeoutError(f"tool {self.name!r} gave no result within its timeout of {timeout} s")
             outcome.value = result
+        return result
+
+    async def _run(self, positional: list[Any], kwargs: dict[str, Any], abandon_on_cancel: bool) -> Any:
+        if self.is_async:
+            return await self.func(*positional, **kwargs)
+        result = await _run_blocking(self.func, positional, kwargs, abandon_on_cancel)
+        if inspect.isawaitable(result):  # a plain function that returned a coroutine
+            result = await result
         return result
 
     async def acall(self, **kwargs: Any) -> Any:
@@ -372,7 +397,8 @@ class Tool(SyncCallable):
         return f"{self.name}{desc} It takes arguments {self.args}."
 
     def __repr__(self) -> str:
-        return f"Tool(name={self.name!r}, desc={self.desc!r}, args={self.args!r})"
+        timeout = f", timeout={self.timeout!r}" if self.timeout is not None else ""
+        return f"Tool(name={self.name!r}, desc={self.desc!r}, args={self.args!r}{timeout})"
 
     # A tool wraps a function (often bound to a client or a database): copying a program shares it.
     def __copy__(self) -> Tool:

@@ -1,8 +1,8 @@
 """Signatures and the data that flows through programs.
 
 ``Signature`` (string or class form), ``InputField``/``OutputField``, ``SignatureError``,
-``Example``/``Prediction``, the ``History`` input type and the media input types ``Image``,
-``Audio`` and ``File``. Pure data: no I/O, no event loop.
+``Example``/``Prediction``, the ``History`` input type, the media input types ``Image``,
+``Audio`` and ``File``, and the ``ToolCalls`` output type. Pure data: no I/O, no event loop.
 """
 
 from typing import TYPE_CHECKING, Any
@@ -11,6 +11,7 @@ from ._errors import SignatureError
 from ._example import Example, Prediction
 from ._history import History
 from ._signature import InputField, OutputField, Signature, SignatureField
+from ._tool_calls import ToolCall, ToolCalls
 
 if TYPE_CHECKING:
     from ._media import Audio, File, Image, Media, MediaError, MediaTooLargeError, MediaTypeError
@@ -34,6 +35,8 @@ __all__ = [
     "Signature",
     "SignatureError",
     "SignatureField",
+    "ToolCall",
+    "ToolCalls",
 ]
 
 

@@ -50,7 +50,7 @@ _GENERIC_CONTAINERS = (list, dict, tuple, set, frozenset)
 
 
 # Names of asynclm's own field types, imported on first use (they need pydantic).
-_ASYNCLM_NAMES = ("Audio", "File", "History", "Image")
+_ASYNCLM_NAMES = ("Audio", "File", "History", "Image", "ToolCalls")
 
 
 def _asynclm_type(name: str) -> Any:
@@ -58,6 +58,10 @@ def _asynclm_type(name: str) -> Any:
         from ._history import History
 
         return History
+    if name == "ToolCalls":
+        from ._tool_calls import ToolCalls
+
+        return ToolCalls
     from . import _media
 
     return getattr(_media, name)

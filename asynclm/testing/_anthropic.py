@@ -3,6 +3,7 @@ bodies, stream events and error bodies in Anthropic's format. Pure functions of 
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
@@ -114,13 +115,34 @@ def usage(request: FakeRequest, prompt: int | None, completion: int | None, text
     }
 
 
-def message(request: FakeRequest, model: str, text: str, finish_reason: str, usage: dict[str, int]) -> bytes:
+def _tool_use(call: dict[str, Any]) -> dict[str, Any]:
+    function = call["function"]
+    arguments = function.get("arguments")
+    return {
+        "type": "tool_use",
+        "id": str(call["id"]).replace("call_", "toolu_", 1),
+        "name": function.get("name"),
+        "input": json.loads(arguments) if isinstance(arguments, str) and arguments.strip() else {},
+    }
+
+
+def message(
+    request: FakeRequest,
+    model: str,
+    text: str,
+    finish_reason: str,
+    usage: dict[str, int],
+    tool_calls: list[dict[str, Any]] | None = None,
+) -> bytes:
+    """A Messages API response; ``tool_calls`` (OpenAI-shaped) become ``tool_use`` blocks."""
+    content: list[dict[str, Any]] = [{"type": "text", "text": text}] if text or not tool_calls else []
+    content.extend(_tool_use(call) for call in tool_calls or ())
     return dumps({
         "id": f"msg_fake_{request.index}",
         "type": "message",
         "role": "assistant",
         "model": request.model or model,
-        "content": [{"type": "text", "text": text}],
+        "content": content,
         "stop_reason": STOP_REASONS.get(finish_reason, finish_reason),
         "stop_sequence": None,
         "usage": usage,

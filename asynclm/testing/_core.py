@@ -73,6 +73,7 @@ class ServerCore:
         models: Sequence[str] | None,
         support_n: bool,
         api_key: str | None,
+        support_tools: bool = True,
         fault_rate: float,
         faults: Sequence[Fault] | None,
         seed: int | None,
@@ -83,6 +84,7 @@ class ServerCore:
         self.model = model
         self.models = list(models) if models is not None else [model]
         self.support_n = support_n
+        self.support_tools = support_tools
         self.api_key = api_key
         self.fault_rate = fault_rate
         self.faults: tuple[Fault, ...] = tuple(faults) if faults is not None else DEFAULT_FAULTS
@@ -328,6 +330,13 @@ class ServerCore:
                 ),
             )
             return
+        if not self.support_tools and isinstance(body, dict) and body.get("tools"):
+            message = "tools are not supported by this server (FakeOpenAIServer(support_tools=False))"
+            if anthropic:
+                exchange.send_error(400, f"tools: {message}", "invalid_request_error")
+            else:
+                exchange.send(400, error_body(message, "invalid_request_error", "unsupported_parameter", "tools"))
+            return
         item: ResponseItem | Awaitable[ResponseItem]
         if self.injected:
             item = self.injected.popleft()
@@ -491,7 +500,8 @@ class ServerCore:
     def _texts(self, request: FakeRequest, reply: Reply) -> list[str]:
         if reply.texts is not None:
             return list(reply.texts[: request.n])
-        return [reply.text] * request.n
+        text = reply.text if reply.text is not None else ("" if reply.tool_calls else "ok")
+        return [text] * request.n
 
     def _usage(self, request: FakeRequest, reply: Reply, texts: list[str]) -> dict[str, int]:
         prompt = reply.prompt_tokens
@@ -509,7 +519,8 @@ class ServerCore:
         texts = self._texts(request, reply)
         if request.api == "anthropic":
             usage = _anthropic.usage(request, reply.prompt_tokens, reply.completion_tokens, texts[0])
-            return _anthropic.message(request, self.model, texts[0], reply.finish_reason, usage)
+            calls = reply.openai_tool_calls(request.index) if reply.tool_calls else None
+            return _anthropic.message(request, self.model, texts[0], reply.finish, usage, calls)
         return dumps(
             {
                 "id": f"chatcmpl-fake-{request.index}",
@@ -519,9 +530,9 @@ class ServerCore:
                 "choices": [
                     {
                         "index": i,
-                        "message": {"role": "assistant", "content": text},
+                        "message": self._message(request, reply, text),
                         "logprobs": None,
-                        "finish_reason": reply.finish_reason,
+                        "finish_reason": reply.finish,
                     }
                     for i, text in enumerate(texts)
                 ],
@@ -529,12 +540,18 @@ class ServerCore:
             }
         )
 
+    @staticmethod
+    def _message(request: FakeRequest, reply: Reply, text: str) -> dict[str, Any]:
+        if not reply.tool_calls:
+            return {"role": "assistant", "content": text}
+        return {"role": "assistant", "content": text or None, "tool_calls": reply.openai_tool_calls(request.index)}
+
     def _stream_events(self, request: FakeRequest, reply: Reply) -> list[tuple[bytes | None, bytes]]:
         """``(event name or None, data)`` of each server-sent event of the stream."""
         texts = self._texts(request, reply)
         if request.api == "anthropic":
             usage = _anthropic.usage(request, reply.prompt_tokens, reply.completion_tokens, texts[0])
-            return _anthropic.stream_events(request, self.model, _split_stream(texts[0]), reply.finish_reason, usage)
+            return _anthropic.stream_events(request, self.model, _split_stream(texts[0]), reply.finish, usage)
         include_usage = bool(
             isinstance(request.json.get("stream_options"), dict) and request.json["stream_options"].get("include_usage")
         )
@@ -579,10 +596,16 @@ class ServerCore:
                             ]
                         )
                     )
+        if reply.tool_calls:
+            calls = [{"index": j, **call} for j, call in enumerate(reply.openai_tool_calls(request.index))]
+            events.extend(
+                event([{"index": i, "delta": {"tool_calls": calls}, "logprobs": None, "finish_reason": None}])
+                for i in range(len(texts))
+            )
         events.append(
             event(
                 [
-                    {"index": i, "delta": {}, "logprobs": None, "finish_reason": reply.finish_reason}
+                    {"index": i, "delta": {}, "logprobs": None, "finish_reason": reply.finish}
                     for i in range(len(texts))
                 ]
             )

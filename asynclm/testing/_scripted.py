@@ -77,7 +77,12 @@ class ScriptedLM(LM):
 
     Attributes:
         requests: every request body received (JSON dicts), in order; thread-safe.
+        supports_tools: ``False``: it answers text only, so ``ReAct`` and ``Predict`` with a
+            ``ToolCalls`` output use the text protocol with it (native tool calling is tested
+            with ``FakeOpenAIServer`` and ``Reply(tool_calls=[...])``).
     """
+
+    supports_tools = False
 
     def __init__(
         self,

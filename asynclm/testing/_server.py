@@ -88,6 +88,9 @@ class FakeOpenAIServer:
         models: the list ``GET /v1/models`` returns (default ``[model]``).
         support_n: if false, a request with ``n > 1`` gets a 400 (like servers that only do n=1);
             otherwise ``n`` choices are returned.
+        support_tools: if false, a request carrying ``tools`` gets a 400 naming them (like servers
+            without function calling: asynclm then falls back to describing the tools in the
+            prompt); otherwise ``tools`` are accepted and a ``Reply(tool_calls=[...])`` answers.
         api_key: if given, chat requests without ``Authorization: Bearer <api_key>`` (Anthropic
             requests: ``x-api-key: <api_key>``) get a 401; by default any key, or none, is accepted.
         fault_rate: the fraction of chat requests (0..1) answered by a fault drawn from ``faults``
@@ -113,6 +116,7 @@ class FakeOpenAIServer:
         model: str = "fake-model",
         models: Sequence[str] | None = None,
         support_n: bool = True,
+        support_tools: bool = True,
         api_key: str | None = None,
         fault_rate: float = 0.0,
         faults: Sequence[Fault] | None = None,
@@ -132,6 +136,7 @@ class FakeOpenAIServer:
             model=model,
             models=models,
             support_n=support_n,
+            support_tools=support_tools,
             api_key=api_key,
             fault_rate=fault_rate,
             faults=faults,
@@ -301,6 +306,11 @@ class FakeOpenAIServer:
         lambda self: self._core.support_n,
         lambda self, value: setattr(self._core, "support_n", bool(value)),
         doc="Whether n > 1 is accepted; settable while running.",
+    )
+    support_tools = property(
+        lambda self: self._core.support_tools,
+        lambda self, value: setattr(self._core, "support_tools", bool(value)),
+        doc="Whether requests carrying ``tools`` are accepted; settable while running.",
     )
     fault_rate = property(
         lambda self: self._core.fault_rate,

@@ -167,22 +167,62 @@ class Reply:
     """A scripted successful completion.
 
     Args:
-        text: the assistant text of every choice (when ``texts`` is not given).
+        text: the assistant text of every choice (when ``texts`` is not given); default ``"ok"``,
+            or no text with ``tool_calls``.
         texts: one text per choice; the client's ``n`` must then be at most ``len(texts)`` (the
             first ``n`` are used).
         prompt_tokens, completion_tokens: the usage to report; ``None`` means a cheap estimate
             (about one token per 4 characters, at least 1 for non-empty text).
-        finish_reason: reported on every choice (``"stop"``, ``"length"``, ...).
+        finish_reason: reported on every choice (``"stop"``, ``"length"``, ...); default
+            ``"stop"``, or ``"tool_calls"`` with ``tool_calls``.
         latency: seconds before the response (and between stream chunks); ``None`` means the
             server's ``latency`` / ``chunk_delay``.
+        tool_calls: tool calls the "model" makes, each ``{"name": ..., "args": {...}}`` (an
+            ``"id"`` is made up when absent: ``call_<request>_<i>``) or already in OpenAI's
+            ``{"id", "type": "function", "function": {"name", "arguments"}}`` shape. Sent as the
+            message's ``tool_calls`` on ``/chat/completions`` (in one chunk when streaming) and as
+            ``tool_use`` content blocks on Anthropic's ``/messages`` (not streamed there).
     """
 
-    text: str = "ok"
+    text: str | None = None
     texts: Sequence[str] | None = None
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
-    finish_reason: str = "stop"
+    finish_reason: str | None = None
     latency: float | None = None
+    tool_calls: Sequence[Mapping[str, Any]] | None = None
+
+    @property
+    def finish(self) -> str:
+        """The finish reason reported."""
+        if self.finish_reason is not None:
+            return self.finish_reason
+        return "tool_calls" if self.tool_calls else "stop"
+
+    def openai_tool_calls(self, request_index: int) -> list[dict[str, Any]]:
+        """``tool_calls`` in OpenAI's shape (``arguments`` as a JSON string)."""
+        import json
+
+        calls = []
+        for i, call in enumerate(self.tool_calls or ()):
+            if not isinstance(call, Mapping):
+                raise TypeError(f"Reply.tool_calls: each call must be a dict, got {type(call).__name__}")
+            if "function" in call:
+                function = dict(call["function"])
+                if not isinstance(function.get("arguments"), str):
+                    function["arguments"] = json.dumps(function.get("arguments") or {})
+                calls.append({"id": call.get("id") or f"call_{request_index}_{i}", "type": "function",
+                              "function": function})  # fmt: skip
+                continue
+            if not isinstance(call.get("name"), str):
+                raise TypeError(f"Reply.tool_calls: a call needs a 'name' (and 'args'), got {dict(call)!r}")
+            args = call.get("args", call.get("arguments", {}))
+            calls.append({
+                "id": call.get("id") or f"call_{request_index}_{i}",
+                "type": "function",
+                "function": {"name": call["name"], "arguments": args if isinstance(args, str) else json.dumps(args)},
+            })
+        return calls
 
 
 class Fields:
