@@ -141,11 +141,10 @@ async def test_n_candidates_asked_concurrently_when_server_ignores_n() -> None:
     answer = "[[ ## answer ## ]]\nz\n\n[[ ## completed ## ]]"
     with FakeOpenAIServer(responses=answer, latency=0.2, support_n=False) as server:
         lm = alm.LM("openai/m", base_url=server.base_url, api_key="k", cache=False)
-        start = anyio.current_time()
         pred = await alm.Predict("q -> answer", lm=lm, n=3)(q="x")
-        took = anyio.current_time() - start
+        # the missing candidates were requested concurrently, not one by one (no wall-clock assertion)
+        assert server.max_in_flight >= 2
     assert [c["answer"] for c in pred.completions] == ["z", "z", "z"]
-    assert took < 0.2 * 3  # the missing candidates were requested concurrently, not one by one
 
 
 async def test_parse_failure_reasks_with_the_error_then_succeeds() -> None:

@@ -343,13 +343,13 @@ class Peak:
             self.now -= 1
 
 
-async def test_five_async_tools_of_100ms_run_concurrently() -> None:
+async def test_five_async_tools_run_concurrently() -> None:
     peak = Peak()
 
     async def lookup(key: str) -> str:
         peak.enter()
         try:
-            await anyio.sleep(0.1)
+            await anyio.sleep(0.3)
         finally:
             peak.leave()
         return key.upper()
@@ -364,13 +364,10 @@ async def test_five_async_tools_of_100ms_run_concurrently() -> None:
 
     react = ReAct("question -> answer", tools=[lookup])
     react.set_lm(ScriptedLM(respond))
-    start = anyio.current_time()
     preds = await react.batch([{"question": f"q{i}"} for i in range(5)])
-    elapsed = anyio.current_time() - start
     assert [p.answer for p in preds] == ["Q0", "Q1", "Q2", "Q3", "Q4"]
     assert [p.trajectory["observation_0"] for p in preds] == ["Q0", "Q1", "Q2", "Q3", "Q4"]
-    assert peak.peak == 5  # all five tool calls were in flight at once
-    assert elapsed < 0.3, f"5 x 0.1 s tools took {elapsed:.3f} s: they did not overlap"
+    assert peak.peak == 5  # all five tool calls were in flight at once (no wall-clock assertion)
 
 
 async def test_five_sync_blocking_tools_also_overlap() -> None:
@@ -381,18 +378,15 @@ async def test_five_sync_blocking_tools_also_overlap() -> None:
     def lookup(key: str) -> str:
         peak.enter()
         try:
-            time.sleep(0.1)  # blocks its worker thread, never the event loop
+            time.sleep(0.3)  # blocks its worker thread, never the event loop
         finally:
             peak.leave()
         return key
 
     react = ReAct("question -> answer", tools=[lookup])
     react.set_lm(agent([("lookup", {"key": "k"})]))
-    start = anyio.current_time()
     await react.batch([{"question": str(i)} for i in range(5)])
-    elapsed = anyio.current_time() - start
-    assert peak.peak == 5
-    assert elapsed < 0.3, f"5 x 0.1 s sync tools took {elapsed:.3f} s: they did not overlap"
+    assert peak.peak == 5  # all five blocking calls at once, each in its own worker thread
 
 
 async def test_sync_tool_calling_sync_programs_cannot_starve_the_thread_pool() -> None:
