@@ -97,6 +97,14 @@ class FakeOpenAIServer:
             same requests.
         log_size: how many recent requests ``request_log`` keeps.
         host, port: where to listen (default 127.0.0.1, an ephemeral port).
+        batch_delay: how long a provider batch (``POST /v1/batches``) takes before its lines are
+            answered (seconds; see "Batch APIs" below).
+
+    Batch APIs: ``POST /v1/files`` (multipart JSONL upload), ``GET /v1/files/{id}/content``,
+    ``POST /v1/batches``, ``GET /v1/batches/{id}``, ``POST /v1/batches/{id}/cancel``. After
+    ``batch_delay`` each line is answered by the normal response logic (script, ``Fields``,
+    faults; counted in ``requests``); a scripted ``Fault.error(...)`` makes that line an error
+    line. ``batches_created`` and ``batches_cancelled`` count batches.
 
     Counters (plain attributes, updated on the server's loop; read them from any thread):
     ``requests``, ``in_flight``, ``max_in_flight``, ``client_disconnects``;
@@ -120,6 +128,7 @@ class FakeOpenAIServer:
         log_size: int = 1000,
         host: str = "127.0.0.1",
         port: int = 0,
+        batch_delay: float = 0.0,
     ) -> None:
         if latency < 0 or (chunk_delay is not None and chunk_delay < 0):
             raise ValueError("latency and chunk_delay must be >= 0 seconds")
@@ -137,6 +146,7 @@ class FakeOpenAIServer:
             faults=faults,
             seed=seed,
             log_size=log_size,
+            batch_delay=batch_delay,
         )
         self._host = host
         self._port = port
@@ -311,6 +321,16 @@ class FakeOpenAIServer:
     # -- counters ------------------------------------------------------------------------------------
 
     @property
+    def batches_created(self) -> int:
+        """Provider batches created (``POST /v1/batches``)."""
+        return self._core.batches.created
+
+    @property
+    def batches_cancelled(self) -> int:
+        """Provider batches cancelled before they finished (``POST /v1/batches/{id}/cancel``)."""
+        return self._core.batches.cancelled
+
+    @property
     def requests(self) -> int:
         """Chat-completion requests received (including faulted and invalid ones)."""
         return self._core.requests
@@ -386,6 +406,7 @@ class FakeOpenAIServer:
         fault_rate: float = 0.0,
         faults: Sequence[str] | None = None,
         seed: int | None = None,
+        batch_delay: float = 0.0,
         python: str | None = None,
         startup_timeout: float = 30.0,
     ) -> SpawnedFakeServer:
@@ -411,6 +432,8 @@ class FakeOpenAIServer:
             args.append(f"--chunk-delay={chunk_delay!r}")
         if not support_n:
             args.append("--no-n")
+        if batch_delay:
+            args.append(f"--batch-delay={batch_delay!r}")
         if fault_rate:
             args.append(f"--fault-rate={fault_rate!r}")
         if faults:
