@@ -16,7 +16,7 @@ import anyio
 import pytest
 
 import asynclm as alm
-from asynclm.lm import BatchLM, LMError, RateLimitError, UsageLimitExceeded, track_usage, usage_limits
+from asynclm.lm import BatchLM, LMError, LMTimeoutError, RateLimitError, UsageLimitExceeded, track_usage, usage_limits
 from asynclm.lm._batch_journal import FILE_NAME, journal_for
 from asynclm.testing import FakeOpenAIServer, Fault, Fields
 
@@ -232,3 +232,24 @@ async def test_an_error_of_the_batch_api_is_every_item_s_typed_error(tmp_path: P
                 await blm("hello")
         assert info.value.status == 401
         assert KEY not in str(info.value)
+
+
+async def test_an_expired_batch_gives_the_unanswered_items_a_timeout_error(
+    server: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    server.batch_expire_after = 4
+    blm = make(server, progress=True)
+    qa = alm.Predict("question -> draft")
+    with alm.context(lm=blm, cache_dir=str(tmp_path)):
+        preds = await qa.batch([{"question": f"q{i}"} for i in range(6)], concurrency=None, return_exceptions=True)
+    ok = [i for i, p in enumerate(preds) if not isinstance(p, Exception)]
+    assert len(ok) == 4 and all(preds[i].draft == f"q{i}!" for i in ok)  # the lines answered in time
+    expired = [p for p in preds if isinstance(p, Exception)]
+    assert len(expired) == 2 and all(isinstance(p, LMTimeoutError) and "expired" in str(p) for p in expired)
+    assert blm.history[-1]["status"] == "expired"
+    # the answered ones are in the cache; the expired ones are asked again in a new batch
+    server.batch_expire_after = None
+    with alm.context(lm=blm, cache_dir=str(tmp_path)):
+        preds = await qa.batch([{"question": f"q{i}"} for i in range(6)], concurrency=None)
+    assert [p.draft for p in preds] == [f"q{i}!" for i in range(6)]
+    assert server.batches_created == 2 and blm.history[-1]["requests"] == 2

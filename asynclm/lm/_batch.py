@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Iterator
@@ -138,8 +139,9 @@ class BatchLM(SyncCallable):
         max_requests: the most requests in one provider batch (OpenAI's limit is 50 000).
         poll_interval: seconds between polls of a submitted batch (longer after errors, or as
             ``Retry-After`` says).
-        progress: log queued / submitted / completed counts at INFO level on
-            ``asynclm.lm.batch`` as batches are submitted and finish.
+        progress: show a progress bar (tqdm, on stderr when it is a terminal) of the completed
+            requests out of those submitted, with the queued and in-flight batch counts; the same
+            counts are logged at INFO level on ``asynclm.lm.batch``.
 
     Attributes:
         lm: the wrapped LM. model, model_name, provider: the LM's.
@@ -193,6 +195,7 @@ class BatchLM(SyncCallable):
         self._kick = anyio.Event()
         self.submitted = 0
         self.completed = 0
+        self._bar: Any = None
 
     def __repr__(self) -> str:
         return (
@@ -504,6 +507,18 @@ class BatchLM(SyncCallable):
         logger.info(
             "%s: queued %d, submitted %d, completed %d", what, len(self._pending), self.submitted, self.completed
         )
+        if self._bar is None:
+            from tqdm.auto import tqdm
+
+            self._bar = tqdm(total=0, desc="provider batches", file=sys.stderr, disable=None, dynamic_ncols=True)
+        bar = self._bar
+        bar.total = self.submitted
+        bar.n = self.completed
+        bar.set_postfix(queued=len(self._pending), batches=len(self._batches), refresh=False)
+        bar.refresh()
+        if self.completed >= self.submitted and not self._pending and not self._batches:
+            bar.close()
+            self._bar = None
 
     async def _poll(self, http: Any, batch: _Batch, store: Any) -> None:
         try:
@@ -548,6 +563,8 @@ class BatchLM(SyncCallable):
                     )
                 else:
                     err = record.get("error") or {}
+                    if isinstance(err, dict) and err.get("code") == "batch_expired":
+                        continue  # reported as expired below
                     results[custom_id] = (500, {"error": err}, None)
         lm = self.lm
         url = lm.base_url + "/batches/" + batch.id
@@ -557,7 +574,7 @@ class BatchLM(SyncCallable):
             error: LMError | None = None
             payload: bytes | None = None
             if found is None:
-                if status == "expired":
+                if status == "expired" or info.get("expired_at"):
                     error = LMTimeoutError(
                         f"provider batch {batch.id} expired (its 24 h window passed) before this request ran",
                         model=lm.model_name,

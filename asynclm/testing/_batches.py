@@ -9,8 +9,10 @@ A batch waits ``batch_delay`` seconds (``validating`` then ``in_progress``), the
 is answered by the server's normal response logic (the script, ``Fields``, injected faults,
 ``fault_rate``), counted as a request and kept in ``request_log``: a 2xx answer goes to the output
 file, a scripted ``Fault`` (its status and error body) to the error file. Then the batch is
-``completed``. Cancelling one that is not finished makes it ``cancelled`` at once (lines not yet
-answered are reported in neither file), and counts in ``batches_cancelled``.
+``completed`` (or ``expired``, the lines after the first ``expire_after`` reported in the error
+file with code ``batch_expired``, when ``FakeOpenAIServer.batch_expire_after`` is set).
+Cancelling one that is not finished makes it ``cancelled`` at once (lines not yet answered are
+reported in neither file), and counts in ``batches_cancelled``.
 """
 
 from __future__ import annotations
@@ -75,6 +77,7 @@ class FakeBatches:
         self.created = 0
         self.cancelled = 0
         self.polls = 0
+        self.expire_after: int | None = None
         self._next = 0
 
     def _id(self, prefix: str) -> str:
@@ -238,7 +241,24 @@ class FakeBatches:
             await asyncio.sleep(self.delay / 2)
             outputs: list[bytes] = []
             errors: list[bytes] = []
+            expired = False
             for n, line in enumerate(lines):
+                if self.expire_after is not None and n >= self.expire_after:
+                    expired = True  # the 24 h window passed: the rest are reported as expired
+                    try:
+                        custom_id = loads(line).get("custom_id")
+                    except (JSONDecodeError, AttributeError):
+                        custom_id = None
+                    errors.append(dumps({
+                        "id": f"batch_req_{batch['id']}_{n}",
+                        "custom_id": custom_id,
+                        "response": None,
+                        "error": {
+                            "code": "batch_expired",
+                            "message": "This request could not be executed before the completion window expired.",
+                        },
+                    }))
+                    continue
                 status, custom_id, answer = await self._line(line, raw, batch["endpoint"])
                 record = {
                     "id": f"batch_req_{batch['id']}_{n}",
@@ -254,8 +274,8 @@ class FakeBatches:
                 batch["output_file_id"] = self._add_file(b"\n".join(outputs) + b"\n", "batch_output", "output.jsonl")
             if errors:
                 batch["error_file_id"] = self._add_file(b"\n".join(errors) + b"\n", "batch_output", "errors.jsonl")
-            batch["status"] = "completed"
-            batch["completed_at"] = int(time.time())
+            batch["status"] = "expired" if expired else "completed"
+            batch["expired_at" if expired else "completed_at"] = int(time.time())
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a bug (or a failing response function): keep it, fail the batch

@@ -320,6 +320,19 @@ class FakeOpenAIServer:
 
     # -- counters ------------------------------------------------------------------------------------
 
+    batch_expire_after = property(
+        lambda self: self._core.batches.expire_after,
+        lambda self, value: setattr(self._core.batches, "expire_after", value),
+        doc="If set (an int), provider batches expire after answering that many lines: the rest are "
+        "error lines with code 'batch_expired' and the batch's status is 'expired'.",
+    )
+
+    batch_delay = property(
+        lambda self: self._core.batches.delay,
+        lambda self, value: setattr(self._core.batches, "delay", float(value)),
+        doc="Seconds a provider batch takes before its lines are answered; settable while running.",
+    )
+
     @property
     def batches_created(self) -> int:
         """Provider batches created (``POST /v1/batches``)."""
