@@ -40,8 +40,9 @@ class TwoStep(alm.Module):
         return await self.answer(draft=draft)
 
 
-def make(server: FakeOpenAIServer, **kw: Any) -> BatchLM:
-    lm = alm.LM("openai/gpt-4o-mini", base_url=server.base_url, api_key=KEY, price={"input": 1.0, "output": 2.0})
+def make(server: FakeOpenAIServer, provider: str = "openai", **kw: Any) -> BatchLM:
+    model = "openai/gpt-4o-mini" if provider == "openai" else "anthropic/claude-haiku-4-5"
+    lm = alm.LM(model, base_url=server.base_url, api_key=KEY, price={"input": 1.0, "output": 2.0})
     lm.backoff_base = 0.001
     kw.setdefault("window", 0.2)
     kw.setdefault("poll_interval", 0.05)
@@ -253,3 +254,51 @@ async def test_an_expired_batch_gives_the_unanswered_items_a_timeout_error(
         preds = await qa.batch([{"question": f"q{i}"} for i in range(6)], concurrency=None)
     assert [p.draft for p in preds] == [f"q{i}!" for i in range(6)]
     assert server.batches_created == 2 and blm.history[-1]["requests"] == 2
+
+
+# -- Anthropic Message Batches ----------------------------------------------------------------------
+
+
+async def test_anthropic_a_two_step_program_takes_two_message_batches(server: FakeOpenAIServer, tmp_path: Path) -> None:
+    blm = make(server, "anthropic")
+    items = [{"question": f"q{i}"} for i in range(300)]
+    with alm.context(lm=blm, cache_dir=str(tmp_path)), track_usage() as usage:
+        preds = await TwoStep().batch(items, concurrency=None)
+    assert [p.answer for p in preds] == [f"Q{i}!" for i in range(300)]
+    assert server.batches_created == 2 and server.requests == 600
+    assert all(r.api == "anthropic" and r.json["model"] == "claude-haiku-4-5" for r in server.request_log)
+    total = usage.usage
+    assert usage.cost == pytest.approx((total.prompt_tokens * 1.0 + total.completion_tokens * 2.0) / 1e6 * 0.5)
+    assert journal_for(str(tmp_path)).batch_ids() == []
+
+
+async def test_anthropic_errored_and_expired_lines_are_per_item_typed_errors(
+    server: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    def script(request: Any) -> Any:
+        if "q1" in str(request.messages[-1]["content"]):
+            return Fault.error(429)
+        return Fields(_fields).render(request)
+
+    server.set_responses(script)
+    server.batch_expire_after = 5
+    blm = make(server, "anthropic")
+    qa = alm.Predict("question -> draft")
+    with alm.context(lm=blm, cache_dir=str(tmp_path)):
+        preds = await qa.batch([{"question": f"q{i}"} for i in range(6)], concurrency=None, return_exceptions=True)
+    assert isinstance(preds[1], RateLimitError)
+    errors = [p for p in preds if isinstance(p, Exception)]
+    assert sum(isinstance(p, LMTimeoutError) and "expired" in str(p) for p in errors) == 1
+    assert len(errors) == 2
+    assert all(p.draft == f"q{i}!" for i, p in enumerate(preds) if not isinstance(p, Exception))
+
+
+async def test_anthropic_cancelling_the_calls_cancels_the_message_batch(tmp_path: Path) -> None:
+    with FakeOpenAIServer(Fields(_fields), batch_delay=60) as server:
+        blm = make(server, "anthropic")
+        qa = alm.Predict("question -> draft")
+        with alm.context(lm=blm, cache_dir=str(tmp_path)):
+            with anyio.move_on_after(1.0):
+                await qa.batch([{"question": f"q{i}"} for i in range(20)], concurrency=None)
+        assert server.batches_created == 1 and server.batches_cancelled == 1
+        assert journal_for(str(tmp_path)).batch_ids() == []

@@ -54,7 +54,10 @@ logger = logging.getLogger("asynclm.lm.batch")
 BATCH_DISCOUNT = 0.5
 #: OpenAI's limit on the requests of one batch
 OPENAI_MAX_REQUESTS = 50_000
-_TERMINAL = ("completed", "failed", "expired", "cancelled")
+_TERMINAL = ("completed", "failed", "expired", "cancelled", "ended")
+_EXPIRED = -1  # a line the provider did not run before its window passed
+_CANCELED = -2  # a line not run because the batch was cancelled
+_Results = dict[str, tuple[int, Any, "str | None"]]
 _loads = json.loads
 _dumps = json.dumps
 
@@ -133,8 +136,8 @@ class BatchLM(SyncCallable):
     Cancelling the waiting calls cancels the provider batches none of them still needs.
 
     Args:
-        lm: the LM to batch for (``openai/``; the endpoint must implement OpenAI's ``/files``
-            and ``/batches``).
+        lm: the LM to batch for: ``openai/`` (OpenAI's ``/files`` + ``/batches``, JSONL files)
+            or ``anthropic/`` (Anthropic's Message Batches, ``/messages/batches``).
         window: seconds without a new request before the queue is submitted.
         max_requests: the most requests in one provider batch (OpenAI's limit is 50 000).
         poll_interval: seconds between polls of a submitted batch (longer after errors, or as
@@ -161,11 +164,8 @@ class BatchLM(SyncCallable):
                 f"BatchLM(lm) takes an asynclm.LM('openai/<model>'), got {lm!r}; provider batches need "
                 "a server with a Batch API"
             )
-        if lm.provider != "openai":
-            raise ValueError(
-                f"BatchLM({lm.model!r}): only 'openai/' LMs are supported so far (Anthropic Message Batches "
-                "are not implemented yet)"
-            )
+        if lm.provider not in ("openai", "anthropic"):
+            raise ValueError(f"BatchLM({lm.model!r}): provider batches exist for 'openai/' and 'anthropic/' LMs only")
         if not (isinstance(window, (int, float)) and window >= 0):
             raise ValueError(f"BatchLM(window={window!r}): use a number of seconds >= 0")
         if not isinstance(max_requests, int) or isinstance(max_requests, bool) or not (
@@ -182,6 +182,8 @@ class BatchLM(SyncCallable):
         self.model = lm.model
         self.model_name = lm.model_name
         self.provider = lm.provider
+        self._anthropic = lm.provider == "anthropic"
+        self._batches_path = "/messages/batches" if self._anthropic else "/batches"
         self.history: deque[dict[str, Any]] = deque(maxlen=HISTORY_SIZE)
         self._reset()
 
@@ -191,6 +193,7 @@ class BatchLM(SyncCallable):
         self._pending: dict[str, _Req] = {}
         self._batches: dict[str, _Batch] = {}
         self._last_enqueue = 0.0
+        self._arriving = 0
         self._driving = False
         self._kick = anyio.Event()
         self.submitted = 0
@@ -242,24 +245,28 @@ class BatchLM(SyncCallable):
         t0 = time.perf_counter()
         settings = current_settings()
         store = memory_store if use_cache == "memory" else store_for(settings)
-        if use_cache and use_cache != "refresh":
-            hit = store.memory.get(key)
-            if hit is None and store.persistent is not None:
-                hit = await store.persistent.aget(key)
-                if hit is not None:
-                    store.memory.put(key, hit)
-            if hit is not None:
-                response = lm._from_cache(hit)
-                record_usage(lm.model_name, response.usage, True)
-                lm._record(body, response.texts, response.usage, True, started, t0)
-                return response
         token = anyio.lowlevel.current_token()
-        if self._token is None or not self._reqs:
+        if self._token is None or not (self._reqs or self._arriving):
             self._token = token
         elif self._token != token:
             raise RuntimeError(
                 "BatchLM: one BatchLM serves one event loop at a time; make one BatchLM per thread/loop"
             )
+        if use_cache and use_cache != "refresh":
+            self._arriving += 1  # the driver holds the window open while calls are on their way
+            try:
+                hit = store.memory.get(key)
+                if hit is None and store.persistent is not None:
+                    hit = await store.persistent.aget(key)
+                    if hit is not None:
+                        store.memory.put(key, hit)
+            finally:
+                self._arriving -= 1
+            if hit is not None:
+                response = lm._from_cache(hit)
+                record_usage(lm.model_name, response.usage, True)
+                lm._record(body, response.texts, response.usage, True, started, t0)
+                return response
         directory = settings.cache_dir if settings.cache_dir is not None else default_cache_dir()
         journal = journal_for(directory)
         ticket = admit(lm, data, body, True)  # usage_limits: reserve before submission
@@ -351,7 +358,7 @@ class BatchLM(SyncCallable):
         with anyio.move_on_after(30):
             try:
                 async with self._http() as http:
-                    await self._call(http, "POST", f"/batches/{batch_id}/cancel", json_body={})
+                    await self._call(http, "POST", f"{self._batches_path}/{batch_id}/cancel", json_body={})
                 logger.info("cancelled provider batch %s (no waiting call needs it)", batch_id)
             except LMError as exc:
                 logger.warning("could not cancel provider batch %s: %s", batch_id, exc)
@@ -364,8 +371,10 @@ class BatchLM(SyncCallable):
             while not me.resolved:
                 self._kick = anyio.Event()
                 now = anyio.current_time()
+                quiet = now - self._last_enqueue
                 if self._pending and (
-                    len(self._pending) >= self.max_requests or now - self._last_enqueue >= self.window
+                    len(self._pending) >= self.max_requests
+                    or (quiet >= self.window and (not self._arriving or quiet >= 10 * self.window))
                 ):
                     await self._submit(http, journal)
                     continue
@@ -376,7 +385,10 @@ class BatchLM(SyncCallable):
                     break
                 wake = [b.next_poll for b in self._batches.values()]
                 if self._pending:
-                    wake.append(self._last_enqueue + self.window)
+                    at = self._last_enqueue + self.window
+                    if at <= now and self._arriving:  # calls still on their way: look again soon
+                        at = now + max(0.005, min(self.window, 0.05))
+                    wake.append(at)
                 delay = (min(wake) - anyio.current_time()) if wake else self.poll_interval
                 with anyio.move_on_after(max(0.0, delay)):
                     await self._kick.wait()
@@ -460,25 +472,33 @@ class BatchLM(SyncCallable):
 
     async def _submit(self, http: Any, journal: Any) -> None:
         take = list(self._pending.values())[: self.max_requests]
-        endpoint = self._endpoint()
-        lines = [
-            _dumps({"custom_id": r.key, "method": "POST", "url": endpoint, "body": r.body}, separators=(",", ":"))
-            for r in take
-        ]
-        content = ("\n".join(lines) + "\n").encode()
         try:
-            uploaded = await self._call(
-                http, "POST", "/files", files={"file": ("asynclm-batch.jsonl", content, "application/jsonl")},
-                data={"purpose": "batch"},
-            )
+            if self._anthropic:
+                requests = [{"custom_id": r.key, "params": r.body} for r in take]
+                upload = None
+            else:
+                endpoint = self._endpoint()
+                lines = [
+                    _dumps({"custom_id": r.key, "method": "POST", "url": endpoint, "body": r.body},
+                           separators=(",", ":"))
+                    for r in take
+                ]
+                content = ("\n".join(lines) + "\n").encode()
+                upload = await self._call(
+                    http, "POST", "/files", files={"file": ("asynclm-batch.jsonl", content, "application/jsonl")},
+                    data={"purpose": "batch"},
+                )
             # shielded: a batch the provider created must reach the journal, or a rerun pays twice
             with anyio.CancelScope(shield=True):
-                created = await self._call(
-                    http,
-                    "POST",
-                    "/batches",
-                    json_body={"input_file_id": uploaded["id"], "endpoint": endpoint, "completion_window": "24h"},
-                )
+                if upload is None:
+                    created = await self._call(http, "POST", "/messages/batches", json_body={"requests": requests})
+                else:
+                    created = await self._call(
+                        http,
+                        "POST",
+                        "/batches",
+                        json_body={"input_file_id": upload["id"], "endpoint": endpoint, "completion_window": "24h"},
+                    )
                 batch_id = created["id"]
                 keys = [r.key for r in take]
                 entry = {
@@ -522,7 +542,7 @@ class BatchLM(SyncCallable):
 
     async def _poll(self, http: Any, batch: _Batch, store: Any) -> None:
         try:
-            info = await self._call(http, "GET", f"/batches/{batch.id}")
+            info = await self._call(http, "GET", f"{self._batches_path}/{batch.id}")
         except LMError as exc:
             batch.failures += 1
             if batch.failures > 20 or (exc.status is not None and exc.status in (401, 403, 404)):
@@ -538,52 +558,39 @@ class BatchLM(SyncCallable):
             batch.next_poll = anyio.current_time() + wait
             return
         batch.failures = 0
-        status = info.get("status")
+        if self._anthropic:
+            status = "ended" if info.get("processing_status") == "ended" else None
+        else:
+            status = info.get("status")
         if status not in _TERMINAL:
             batch.next_poll = anyio.current_time() + self.poll_interval
             return
-        results: dict[str, tuple[int, Any, str | None]] = {}
-        for field in ("output_file_id", "error_file_id"):
-            file_id = info.get(field)
-            if not file_id:
-                continue
-            content = await self._call(http, "GET", f"/files/{file_id}/content", raw=True)
-            for line in content.splitlines():
-                if not line.strip():
-                    continue
-                try:
-                    record = _loads(line)
-                except ValueError:
-                    continue
-                custom_id = record.get("custom_id")
-                response = record.get("response") or {}
-                if response:
-                    results[custom_id] = (
-                        int(response.get("status_code") or 500), response.get("body"), response.get("request_id")
-                    )
-                else:
-                    err = record.get("error") or {}
-                    if isinstance(err, dict) and err.get("code") == "batch_expired":
-                        continue  # reported as expired below
-                    results[custom_id] = (500, {"error": err}, None)
+        if self._anthropic:
+            results = await self._anthropic_results(http, batch.id, info)
+        else:
+            results = await self._openai_results(http, info)
         lm = self.lm
-        url = lm.base_url + "/batches/" + batch.id
+        url = f"{lm.base_url}{self._batches_path}/{batch.id}"
         outcomes: list[tuple[str, bytes | None, LMError | None]] = []
         for key in batch.keys:
             found = results.get(key)
             error: LMError | None = None
             payload: bytes | None = None
+            line_status = status
+            if found is not None and found[0] in (_EXPIRED, _CANCELED):
+                line_status = "expired" if found[0] == _EXPIRED else "cancelled"
+                found = None
             if found is None:
-                if status == "expired" or info.get("expired_at"):
+                if line_status == "expired" or info.get("expired_at"):
                     error = LMTimeoutError(
                         f"provider batch {batch.id} expired (its 24 h window passed) before this request ran",
                         model=lm.model_name,
                     )
-                elif status == "failed":
+                elif line_status == "failed":
                     errors = (info.get("errors") or {}).get("data") or []
                     detail = "; ".join(str(e.get("message")) for e in errors if isinstance(e, dict)) or "no detail"
                     error = BadRequestError(f"provider batch {batch.id} failed: {detail}", model=lm.model_name)
-                elif status == "cancelled":
+                elif line_status == "cancelled":
                     error = LMError(f"provider batch {batch.id} was cancelled before this request ran",
                                     model=lm.model_name)
                 else:
@@ -623,6 +630,65 @@ class BatchLM(SyncCallable):
         self.history.append({"batch": batch.id, "requests": len(batch.keys), "status": status, "time": time.time()})
         if self.progress:
             self._report(f"batch {batch.id} {status}")
+
+    async def _openai_results(self, http: Any, info: dict[str, Any]) -> _Results:
+        """The lines of a finished OpenAI batch's output and error files, by custom_id."""
+        results: _Results = {}
+        for field in ("output_file_id", "error_file_id"):
+            file_id = info.get(field)
+            if not file_id:
+                continue
+            content = await self._call(http, "GET", f"/files/{file_id}/content", raw=True)
+            for line in content.splitlines():
+                if not line.strip():
+                    continue
+                try:
+                    record = _loads(line)
+                except ValueError:
+                    continue
+                custom_id = record.get("custom_id")
+                response = record.get("response") or {}
+                if response:
+                    results[custom_id] = (
+                        int(response.get("status_code") or 500), response.get("body"), response.get("request_id")
+                    )
+                else:
+                    err = record.get("error") or {}
+                    if isinstance(err, dict) and err.get("code") == "batch_expired":
+                        results[custom_id] = (_EXPIRED, None, None)
+                    else:
+                        results[custom_id] = (500, {"error": err}, None)
+        return results
+
+    async def _anthropic_results(self, http: Any, batch_id: str, info: dict[str, Any]) -> _Results:
+        """The results of an ended Anthropic Message Batch, by custom_id."""
+        from ._wire._anthropic import ERROR_STATUS
+
+        results: _Results = {}
+        content = await self._call(http, "GET", f"/messages/batches/{batch_id}/results", raw=True)
+        for line in content.splitlines():
+            if not line.strip():
+                continue
+            try:
+                record = _loads(line)
+            except ValueError:
+                continue
+            custom_id = record.get("custom_id")
+            result = record.get("result") or {}
+            kind = result.get("type")
+            if kind == "succeeded":
+                results[custom_id] = (200, result.get("message"), None)
+            elif kind == "errored":
+                body = result.get("error") or {}
+                inner = body.get("error") if isinstance(body, dict) else None
+                error_type = inner.get("type") if isinstance(inner, dict) else None
+                status = ERROR_STATUS.get(error_type, 500) if isinstance(error_type, str) else 500
+                results[custom_id] = (status, body, body.get("request_id") if isinstance(body, dict) else None)
+            elif kind == "expired":
+                results[custom_id] = (_EXPIRED, None, None)
+            elif kind == "canceled":
+                results[custom_id] = (_CANCELED, None, None)
+        return results
 
     def _resolve(self, req: _Req, payload: bytes | None = None, error: BaseException | None = None) -> None:
         req.payload = payload

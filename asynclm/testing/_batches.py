@@ -22,6 +22,7 @@ import inspect
 import time
 from typing import TYPE_CHECKING, Any
 
+from . import _anthropic
 from ._http import Connection, Exchange, JSONDecodeError, RawRequest, dumps, error_body, loads
 from ._types import DEFAULT_ERRORS, FakeRequest, Fault, Fields, Reply
 
@@ -29,6 +30,10 @@ if TYPE_CHECKING:
     from ._core import ServerCore
 
 __all__ = ["FakeBatches"]
+
+
+def _iso() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 _TERMINAL = ("completed", "failed", "expired", "cancelled")
 
@@ -127,7 +132,34 @@ class FakeBatches:
             else:
                 return False
             return True
-        if "batches" in parts and "messages" not in parts:
+        if "batches" in parts and "messages" in parts:
+            at = len(parts) - 1 - parts[::-1].index("batches")
+            rest = parts[at + 1 :]
+            key = self.core.api_key
+            if key is not None and raw.headers.get("x-api-key") != key:
+                self._reply(conn, raw, 401, _anthropic.error_body("invalid x-api-key", "authentication_error"))
+                return True
+            if not rest and raw.method == "POST":
+                self._anthropic_create(conn, raw)
+            elif len(rest) == 1 and raw.method == "GET":
+                self.polls += 1
+                batch = self.batches.get(rest[0])
+                if batch is None:
+                    self._reply(conn, raw, 404, _anthropic.error_body("batch not found", "not_found_error"))
+                else:
+                    self._reply(conn, raw, 200, dumps(batch))
+            elif len(rest) == 2 and rest[1] == "results" and raw.method == "GET":
+                content = self.contents.get(f"results_{rest[0]}")
+                if content is None:
+                    self._reply(conn, raw, 404, _anthropic.error_body("no results yet", "not_found_error"))
+                else:
+                    self._reply(conn, raw, 200, content, "application/binary")
+            elif len(rest) == 2 and rest[1] == "cancel" and raw.method == "POST":
+                self._cancel(conn, raw, rest[0])
+            else:
+                return False
+            return True
+        if "batches" in parts:
             at = len(parts) - 1 - parts[::-1].index("batches")
             rest = parts[at + 1 :]
             if not self._authorized(conn, raw):
@@ -225,7 +257,21 @@ class FakeBatches:
         if batch is None:
             self._not_found(conn, raw, "batch")
             return
-        if batch["status"] not in _TERMINAL and batch["status"] != "cancelling":
+        if batch.get("type") == "message_batch":
+            if batch["processing_status"] != "ended":
+                self.cancelled += 1
+                task = self.tasks.pop(batch_id, None)
+                if task is not None:
+                    task.cancel()
+                counts = batch["request_counts"]
+                lines = self.contents.pop(f"input_{batch_id}", b"")
+                results = [dumps({"custom_id": cid, "result": {"type": "canceled"}}) for cid in loads(lines or b"[]")]
+                counts["canceled"], counts["processing"] = counts["processing"], 0
+                self.contents[f"results_{batch_id}"] = b"\n".join(results) + b"\n"
+                batch["processing_status"] = "ended"
+                batch["cancel_initiated_at"] = batch["ended_at"] = _iso()
+                batch["results_url"] = f"/v1/messages/batches/{batch_id}/results"
+        elif batch["status"] not in _TERMINAL and batch["status"] != "cancelling":
             self.cancelled += 1
             task = self.tasks.pop(batch_id, None)
             if task is not None:
@@ -302,6 +348,90 @@ class FakeBatches:
         invalid = core._validate(body)
         if invalid is not None:
             return 400, custom_id, loads(error_body(invalid, "invalid_request_error"))
+        status, answer = await self._answer(request)
+        return status, custom_id, answer
+
+    # -- Anthropic Message Batches -------------------------------------------------------------------
+
+    def _anthropic_create(self, conn: Connection, raw: RawRequest) -> None:
+        try:
+            body = loads(raw.body)
+        except JSONDecodeError:
+            body = None
+        requests = body.get("requests") if isinstance(body, dict) else None
+        if not isinstance(requests, list) or not requests:
+            self._reply(conn, raw, 400, _anthropic.error_body("'requests' must be a non-empty list",
+                                                              "invalid_request_error"))
+            return
+        ids = [r.get("custom_id") if isinstance(r, dict) else None for r in requests]
+        if len(set(ids)) != len(ids) or not all(isinstance(i, str) and 1 <= len(i) <= 64 for i in ids):
+            self._reply(conn, raw, 400, _anthropic.error_body(
+                "each request needs a unique custom_id of 1 to 64 characters", "invalid_request_error"))
+            return
+        batch_id = self._id("msgbatch")
+        self.created += 1
+        batch: dict[str, Any] = {
+            "id": batch_id,
+            "type": "message_batch",
+            "processing_status": "in_progress",
+            "request_counts": {"processing": len(requests), "succeeded": 0, "errored": 0, "canceled": 0,
+                               "expired": 0},
+            "ended_at": None,
+            "created_at": _iso(),
+            "expires_at": None,
+            "cancel_initiated_at": None,
+            "results_url": None,
+        }
+        self.batches[batch_id] = batch
+        self.contents[f"input_{batch_id}"] = dumps(ids)
+        assert self.core.loop is not None
+        self.tasks[batch_id] = self.core.loop.create_task(self._anthropic_process(batch, requests, raw))
+        self._reply(conn, raw, 200, dumps(batch))
+
+    async def _anthropic_process(self, batch: dict[str, Any], requests: list[Any], raw: RawRequest) -> None:
+        core = self.core
+        try:
+            await asyncio.sleep(self.delay)
+            counts = batch["request_counts"]
+            results: list[bytes] = []
+            for n, item in enumerate(requests):
+                custom_id = item["custom_id"]
+                if self.expire_after is not None and n >= self.expire_after:
+                    results.append(dumps({"custom_id": custom_id, "result": {"type": "expired"}}))
+                    counts["expired"] += 1
+                    counts["processing"] -= 1
+                    continue
+                params = item.get("params")
+                core.requests += 1
+                request = FakeRequest(core.requests, "POST", "/v1/messages", raw.headers, dumps(params), params,
+                                      "anthropic")
+                core.request_log.append(request)
+                invalid = _anthropic.validate(params, {"anthropic-version": "2023-06-01"})
+                status, answer = (400, loads(_anthropic.error_body(invalid, "invalid_request_error"))) if invalid \
+                    else await self._answer(request)
+                counts["processing"] -= 1
+                if 200 <= status < 300:
+                    counts["succeeded"] += 1
+                    results.append(dumps({"custom_id": custom_id, "result": {"type": "succeeded", "message": answer}}))
+                else:
+                    counts["errored"] += 1
+                    results.append(dumps({"custom_id": custom_id, "result": {"type": "errored", "error": answer}}))
+            self.contents[f"results_{batch['id']}"] = b"\n".join(results) + b"\n"
+            batch["processing_status"] = "ended"
+            batch["ended_at"] = _iso()
+            batch["results_url"] = f"/v1/messages/batches/{batch['id']}/results"
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            core.errors.append(exc)
+            batch["processing_status"] = "ended"
+        finally:
+            self.tasks.pop(batch["id"], None)
+
+    async def _answer(self, request: FakeRequest) -> tuple[int, Any]:
+        """(status, body) of one line, by the server's normal response logic."""
+        core = self.core
+        anthropic = request.api == "anthropic"
         item: Any
         if core.injected:
             item = core.injected.popleft()
@@ -314,30 +444,35 @@ class FakeBatches:
                     item = await item
             except Exception as exc:
                 core.errors.append(exc)
-                return 500, custom_id, loads(error_body(f"the scripted response failed: {exc!r}", "server_error"))
+                message = f"the scripted response failed: {exc!r}"
+                return 500, loads(_anthropic.error_body(message, "api_error") if anthropic
+                                  else error_body(message, "server_error"))
         if isinstance(item, Fields):
             item = Reply(item.render(request))
         if isinstance(item, str):
             item = Reply(item)
         if isinstance(item, Reply):
-            return 200, custom_id, loads(core._completion(request, item))
+            return 200, loads(core._completion(request, item))
         if isinstance(item, dict):
-            return 200, custom_id, item
-        if isinstance(item, Fault):
-            if item.kind == "status":
-                if item.body is not None and isinstance(item.body, dict):
-                    return item.status, custom_id, item.body
-                default_type, default_code, default_message = DEFAULT_ERRORS.get(
-                    item.status, ("server_error", None, "The server had an error (injected by FakeOpenAIServer).")
-                )
-                return item.status, custom_id, loads(error_body(
-                    item.message or default_message,
-                    item.error_type or default_type,
-                    item.code if item.code is not None else default_code,
-                    item.param,
-                ))
-            return 500, custom_id, loads(error_body(f"injected fault {item.kind!r}", "server_error"))
-        return 500, custom_id, loads(error_body(f"unsupported scripted item {type(item).__name__}", "server_error"))
+            return 200, item
+        if isinstance(item, Fault) and item.kind == "status":
+            if isinstance(item.body, dict):
+                return item.status, item.body
+            if anthropic:
+                return item.status, loads(_anthropic.fault_body(item, "req_fake_line"))
+            default_type, default_code, default_message = DEFAULT_ERRORS.get(
+                item.status, ("server_error", None, "The server had an error (injected by FakeOpenAIServer).")
+            )
+            return item.status, loads(error_body(
+                item.message or default_message,
+                item.error_type or default_type,
+                item.code if item.code is not None else default_code,
+                item.param,
+            ))
+        kind = item.kind if isinstance(item, Fault) else type(item).__name__
+        message = f"injected fault {kind!r} (not a status) cannot answer a batch line"
+        return 500, loads(_anthropic.error_body(message, "api_error") if anthropic
+                          else error_body(message, "server_error"))
 
     def stop(self) -> None:
         for task in self.tasks.values():
