@@ -302,3 +302,31 @@ async def test_anthropic_cancelling_the_calls_cancels_the_message_batch(tmp_path
                 await qa.batch([{"question": f"q{i}"} for i in range(20)], concurrency=None)
         assert server.batches_created == 1 and server.batches_cancelled == 1
         assert journal_for(str(tmp_path)).batch_ids() == []
+
+
+async def test_a_react_agent_through_batch_lm_takes_one_batch_per_step(
+    server: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    from asynclm.modules import ReAct
+    from asynclm.testing._render import render_chat
+
+    def respond(request: Any) -> Any:
+        system = str(request.messages[0]["content"])
+        text = str(request.messages[-1]["content"])
+        if "next_tool_name" not in system:
+            return render_chat({"reasoning": "read it", "answer": "sunny"})
+        if "thought_0" in text:
+            return render_chat({"next_thought": "done", "next_tool_name": "finish", "next_tool_args": {}})
+        return render_chat({"next_thought": "check", "next_tool_name": "weather", "next_tool_args": {"city": "Oslo"}})
+
+    async def weather(city: str) -> str:
+        return f"sunny in {city}"
+
+    server.set_responses(respond)
+    blm = make(server)
+    react = ReAct("question -> answer", tools=[weather])
+    with alm.context(lm=blm, cache_dir=str(tmp_path)):
+        preds = await react.batch([{"question": f"Weather {i}?"} for i in range(40)], concurrency=None)
+    assert all(p.answer == "sunny" and p.trajectory["observation_0"] == "sunny in Oslo" for p in preds)
+    assert server.batches_created == 3  # step 0 (tool), step 1 (finish), extract
+    assert server.requests == 120
