@@ -82,7 +82,7 @@ class _Req:
 
 
 class _Batch:
-    __slots__ = ("failures", "id", "journal", "keys", "next_poll")
+    __slots__ = ("failures", "id", "journal", "keys", "live", "next_poll")
 
     def __init__(self, batch_id: str, keys: list[str], journal: Any, next_poll: float) -> None:
         self.id = batch_id
@@ -90,6 +90,7 @@ class _Batch:
         self.journal = journal
         self.next_poll = next_poll
         self.failures = 0
+        self.live = 0  # requests of this process still waiting for it
 
 
 class _NoStream:
@@ -288,6 +289,7 @@ class BatchLM(SyncCallable):
                         logger.info("re-attaching to provider batch %s (%d requests)", batch_id, len(batch.keys))
                         self._kick.set()
                     req.batch = batch_id
+                    batch.live += 1
                 else:
                     if not self._pending:
                         self._kick.set()
@@ -352,7 +354,8 @@ class BatchLM(SyncCallable):
         batch = self._batches.get(batch_id)
         if batch is None:
             return
-        if any((r := self._reqs.get(k)) is not None and r.waiters > 0 for k in batch.keys):
+        batch.live -= 1
+        if batch.live > 0:
             return
         self._batches.pop(batch_id, None)
         with anyio.move_on_after(30):
@@ -518,6 +521,8 @@ class BatchLM(SyncCallable):
             self._pending.pop(r.key, None)
             r.batch = batch_id
         self._batches[batch_id] = _Batch(batch_id, keys, journal, anyio.current_time() + self.poll_interval)
+        # (a call abandoned during the upload no longer waits: not counted)
+        self._batches[batch_id].live = sum(1 for r in take if self._reqs.get(r.key) is r)
         self.submitted += len(take)
         self.history.append({"batch": batch_id, "requests": len(take), "status": "submitted", "time": time.time()})
         if self.progress:
