@@ -330,3 +330,13 @@ async def test_a_react_agent_through_batch_lm_takes_one_batch_per_step(
     assert all(p.answer == "sunny" and p.trajectory["observation_0"] == "sunny in Oslo" for p in preds)
     assert server.batches_created == 3  # step 0 (tool), step 1 (finish), extract
     assert server.requests == 120
+
+
+async def test_evaluate_with_no_bound_makes_one_batch_per_step(server: FakeOpenAIServer, tmp_path: Path) -> None:
+    dev = [alm.Example(question=f"q{i}", answer=f"Q{i}!").with_inputs("question") for i in range(30)]
+    evaluate = alm.Evaluate(devset=dev, metric=lambda ex, pred, trace=None: ex.answer == pred.answer,
+                            concurrency=None)  # fmt: skip
+    with alm.context(lm=make(server), cache_dir=str(tmp_path)):
+        result = await evaluate(TwoStep())
+    assert result.score == 100.0
+    assert server.batches_created == 2

@@ -54,6 +54,9 @@ logger = logging.getLogger("asynclm.lm.batch")
 BATCH_DISCOUNT = 0.5
 #: OpenAI's limit on the requests of one batch
 OPENAI_MAX_REQUESTS = 50_000
+#: the most bytes of requests in one batch (OpenAI: 200 MB per input file; Anthropic: 256 MB per
+#: batch), with room for the wrapping of each line
+MAX_BATCH_BYTES = 180_000_000
 _TERMINAL = ("completed", "failed", "expired", "cancelled", "ended")
 _EXPIRED = -1  # a line the provider did not run before its window passed
 _CANCELED = -2  # a line not run because the batch was cancelled
@@ -474,7 +477,16 @@ class BatchLM(SyncCallable):
         return prefix + self.lm._wire.path
 
     async def _submit(self, http: Any, journal: Any) -> None:
-        take = list(self._pending.values())[: self.max_requests]
+        take: list[_Req] = []
+        size = 0
+        for r in self._pending.values():  # split by the provider's size limits
+            if len(take) >= self.max_requests:
+                break
+            line = len(_dumps(r.body, separators=(",", ":"), ensure_ascii=False)) + 200
+            if take and size + line > MAX_BATCH_BYTES:
+                break
+            take.append(r)
+            size += line
         try:
             if self._anthropic:
                 requests = [{"custom_id": r.key, "params": r.body} for r in take]

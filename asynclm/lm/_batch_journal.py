@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import threading
 from typing import Any
 
@@ -68,6 +67,8 @@ class Journal:
             return batch_id, self._batches[batch_id]
 
     def _write(self, batches: dict[str, dict[str, Any]]) -> None:
+        import tempfile  # only here: keeps `import asynclm` light
+
         os.makedirs(self.directory, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=".lm_batches.", dir=self.directory)
         try:
