@@ -340,3 +340,22 @@ async def test_evaluate_with_no_bound_makes_one_batch_per_step(server: FakeOpenA
         result = await evaluate(TwoStep())
     assert result.score == 100.0
     assert server.batches_created == 2
+
+
+async def test_a_journaled_batch_the_provider_does_not_know_is_submitted_again(
+    server: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    blm = make(server)
+    qa = alm.Predict("question -> draft")
+    from asynclm.lm._cache import cache_key
+
+    # a journal entry left by an earlier run, for a batch this provider has never seen
+    lm = blm.lm
+    body = lm._body(None, alm.ChatAdapter().format(qa.signature, [], {"question": "q0"}), {})
+    key = cache_key(lm._cache_endpoint, lm._encode(body, canonical=True), None)
+    journal_for(str(tmp_path)).add("batch_gone", {"provider": "openai", "keys": [key]})
+    with alm.context(lm=blm, cache_dir=str(tmp_path)):
+        pred = await qa(question="q0")
+    assert pred.draft == "q0!"
+    assert server.batches_created == 1
+    assert journal_for(str(tmp_path)).batch_ids() == []

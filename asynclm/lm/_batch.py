@@ -562,7 +562,19 @@ class BatchLM(SyncCallable):
             info = await self._call(http, "GET", f"{self._batches_path}/{batch.id}")
         except LMError as exc:
             batch.failures += 1
-            if batch.failures > 20 or (exc.status is not None and exc.status in (401, 403, 404)):
+            if exc.status == 404:  # the provider does not know it (deleted, another account): ask again
+                logger.warning("provider batch %s is unknown to %s: submitting its requests again",
+                               batch.id, self.lm.base_url)  # fmt: skip
+                self._batches.pop(batch.id, None)
+                await anyio.to_thread.run_sync(batch.journal.remove, batch.id)
+                for key in batch.keys:
+                    req = self._reqs.get(key)
+                    if req is not None and req.batch == batch.id:
+                        req.batch = None
+                        self._pending[key] = req
+                        self._last_enqueue = anyio.current_time()
+                return
+            if batch.failures > 20 or (exc.status is not None and exc.status in (401, 403)):
                 self._batches.pop(batch.id, None)
                 for key in batch.keys:
                     req = self._reqs.get(key)
