@@ -239,7 +239,7 @@ async def test_an_expired_batch_gives_the_unanswered_items_a_timeout_error(
     server: FakeOpenAIServer, tmp_path: Path
 ) -> None:
     server.batch_expire_after = 4
-    blm = make(server, progress=True)
+    blm = make(server, progress=True, window=1.0)  # a long window: the 6 calls surely make one batch
     qa = alm.Predict("question -> draft")
     with alm.context(lm=blm, cache_dir=str(tmp_path)):
         preds = await qa.batch([{"question": f"q{i}"} for i in range(6)], concurrency=None, return_exceptions=True)
@@ -282,7 +282,7 @@ async def test_anthropic_errored_and_expired_lines_are_per_item_typed_errors(
 
     server.set_responses(script)
     server.batch_expire_after = 5
-    blm = make(server, "anthropic")
+    blm = make(server, "anthropic", window=1.0)  # a long window: the 6 calls surely make one batch
     qa = alm.Predict("question -> draft")
     with alm.context(lm=blm, cache_dir=str(tmp_path)):
         preds = await qa.batch([{"question": f"q{i}"} for i in range(6)], concurrency=None, return_exceptions=True)
