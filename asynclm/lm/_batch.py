@@ -18,7 +18,8 @@ the same requests re-attaches to that batch instead of paying for it again.
 
 The control-plane requests (file upload, batch create, poll, download, cancel) are a handful per
 batch, so they go through an httpx client (the LM's ``http_client_factory`` when it has one, else
-``httpx.AsyncClient`` with the LM's ``ssl_context``), not the LM's POST-only fast transport.
+``httpx.AsyncClient`` with the LM's ``ssl_context``; the ``asynclm[batch]`` extra), not the LM's
+POST-only fast transport.
 """
 
 from __future__ import annotations
@@ -405,7 +406,13 @@ class BatchLM(SyncCallable):
         if lm.http_client_factory is not None:
             client = lm.http_client_factory()
         else:
-            import httpx
+            try:
+                import httpx
+            except ImportError:
+                raise ImportError(
+                    "BatchLM talks to the provider's Batch API through httpx: pip install 'asynclm[batch]' "
+                    "(or pass LM(http_client_factory=...))"
+                ) from None
 
             verify: Any = lm.ssl_context if lm.ssl_context is not None else True
             client = httpx.AsyncClient(verify=verify, timeout=httpx.Timeout(120.0, connect=30.0))
