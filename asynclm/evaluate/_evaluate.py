@@ -139,7 +139,8 @@ class Evaluate(SyncCallable):
             ``.score``), a plain or ``async`` function. Plain functions run in a worker thread
             (so they may block, or call ``.sync()``), except asynclm's own string metrics. A
             result of another type is a bug in the metric: ``TypeError`` is raised at once.
-        concurrency: the most examples in flight at once.
+        concurrency: the most examples in flight at once; ``None``: no bound (for a ``BatchLM``).
+            (A call's ``concurrency=None`` means the Evaluate's own setting.)
         max_errors: how many failed examples (the program or the metric raised) to tolerate, each
             scoring ``failure_score``. The next failure cancels the examples in flight (their LM
             requests are aborted) and is raised with its original type. ``None``: no limit.
@@ -165,7 +166,7 @@ class Evaluate(SyncCallable):
         *,
         devset: Iterable[Example],
         metric: Metric | None = None,
-        concurrency: int = 32,
+        concurrency: int | None = 32,
         max_errors: int | None = None,
         progress: bool = True,
         display_table: bool | int = 0,
@@ -215,7 +216,8 @@ class Evaluate(SyncCallable):
         if metric is None:
             raise TypeError("Evaluate needs a metric: Evaluate(devset=..., metric=fn) or ev(program, metric=fn)")
         examples = _check_devset(devset) if devset is not None else self.devset
-        concurrency = concurrency if concurrency is not None else self.concurrency
+        if concurrency is None:  # per call, None means this Evaluate's own setting
+            concurrency = self.concurrency
         _check_concurrency(concurrency)
         show_progress = self.progress if progress is None else progress
         table = self.display_table if display_table is None else display_table
@@ -303,8 +305,12 @@ class Evaluate(SyncCallable):
 
 
 def _check_concurrency(concurrency: Any) -> None:
+    if concurrency is None:
+        return  # no bound
     if not isinstance(concurrency, int) or isinstance(concurrency, bool) or concurrency < 1:
-        raise ValueError(f"Evaluate(concurrency={concurrency!r}): concurrency must be an int >= 1")
+        raise ValueError(
+            f"Evaluate(concurrency={concurrency!r}): concurrency must be an int >= 1, or None for no bound"
+        )
 
 
 def _as_dict(value: Any) -> dict[str, Any]:

@@ -18,6 +18,7 @@ Errors (all subclasses of ``LMError``)::
     └── UsageLimitExceeded           a usage_limits() block's limit (before the request; never retried)
 """
 
+from ._batch import BatchLM
 from ._budget import UsageLimitExceeded, UsageLimits, usage_limits
 from ._cache import CacheWarning
 from ._client import LM
@@ -45,6 +46,7 @@ __all__ = [
     "LM",
     "AuthenticationError",
     "BadRequestError",
+    "BatchLM",
     "CacheWarning",
     "ContextWindowExceededError",
     "Embedder",

@@ -74,7 +74,7 @@ class Module(SyncCallable):
     async def batch(
         self,
         examples: Iterable[Any],
-        concurrency: int = 32,
+        concurrency: int | None = 32,
         max_errors: int | None = 0,
         return_exceptions: bool = False,
         timeout: float | None = None,
@@ -86,7 +86,8 @@ class Module(SyncCallable):
         The other arguments are those of ``asynclm.Parallel``: at most ``concurrency`` in
         flight; ``max_errors`` failures tolerated (``None`` in their slots), the next one raised
         with its original type after cancelling the rest; ``return_exceptions=True`` puts each
-        failure in its slot instead; ``timeout`` is per item.
+        failure in its slot instead; ``timeout`` is per item. ``concurrency=None``: no bound (every
+        item at once; what a ``BatchLM`` needs to gather each step's calls into one provider batch).
         """
         from asynclm.runtime import Parallel
 

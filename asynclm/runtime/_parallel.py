@@ -48,7 +48,9 @@ class Parallel(SyncCallable):
     are awaited; plain functions run in worker threads (``asyncify``), so they never block the loop.
 
     Args:
-        concurrency: the most items in flight at once; never exceeded.
+        concurrency: the most items in flight at once; never exceeded. ``None``: no bound, every
+            item starts at once (each waiting item is one cheap coroutine; what ``BatchLM`` needs,
+            since a provider batch gathers the calls of all items parked at the same time).
         max_errors: how many failed items to tolerate (their slots hold ``None``); the next failure
             cancels every in-flight item and is raised with its original type. ``None`` tolerates
             any number.
@@ -65,14 +67,18 @@ class Parallel(SyncCallable):
 
     def __init__(
         self,
-        concurrency: int = 16,
+        concurrency: int | None = 16,
         max_errors: int | None = 0,
         return_exceptions: bool = False,
         timeout: float | None = None,
         progress: bool = False,
     ) -> None:
-        if not isinstance(concurrency, int) or isinstance(concurrency, bool) or concurrency < 1:
-            raise ValueError(f"Parallel(concurrency={concurrency!r}): concurrency must be an int >= 1")
+        if concurrency is not None and (
+            not isinstance(concurrency, int) or isinstance(concurrency, bool) or concurrency < 1
+        ):
+            raise ValueError(
+                f"Parallel(concurrency={concurrency!r}): concurrency must be an int >= 1, or None for no bound"
+            )
         if max_errors is not None and (not isinstance(max_errors, int) or max_errors < 0):
             raise ValueError(f"Parallel(max_errors={max_errors!r}): use an int >= 0, or None for no limit")
         if timeout is not None and not (timeout > 0 and math.isfinite(timeout)):
@@ -113,7 +119,7 @@ class Parallel(SyncCallable):
 async def run_items(
     items: Sequence[tuple[Callable[..., Any], Any]],
     *,
-    concurrency: int,
+    concurrency: int | None,
     max_errors: int | None = 0,
     return_exceptions: bool = False,
     timeout: float | None = None,
@@ -124,7 +130,8 @@ async def run_items(
 
     ``concurrency`` workers pull the next index from a shared counter: no task or semaphore per
     item, so 10 000 items cost 10 000 awaits and nothing more. ``on_result(index, value, error)``
-    is called as each item ends (for progress and running scores).
+    is called as each item ends (for progress and running scores). ``concurrency=None``: one
+    worker per item (no bound).
     """
     n = len(items)
     results: list[Any] = [None] * n
@@ -183,7 +190,7 @@ async def run_items(
 
     try:
         async with anyio.create_task_group() as tg:
-            for _ in range(min(concurrency, n)):
+            for _ in range(n if concurrency is None else min(concurrency, n)):
                 tg.start_soon(worker, tg.cancel_scope)
     finally:
         if bar is not None and bar is not progress:

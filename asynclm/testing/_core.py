@@ -78,7 +78,11 @@ class ServerCore:
         faults: Sequence[Fault] | None,
         seed: int | None,
         log_size: int,
+        batch_delay: float = 0.0,
     ) -> None:
+        from ._batches import FakeBatches
+
+        self.batches = FakeBatches(self, batch_delay)
         self.latency = latency
         self.chunk_delay = chunk_delay
         self.model = model
@@ -151,6 +155,7 @@ class ServerCore:
             if conn.exchange is not None:
                 conn.exchange.finish()  # the server stops: not a client disconnect
             conn.close(now=True)  # a client that does not read must not delay stop()
+        self.batches.stop()
         for task in list(self.tasks):
             task.cancel()
         if self.tasks:
@@ -179,6 +184,8 @@ class ServerCore:
             "in_flight": self.in_flight,
             "max_in_flight": self.max_in_flight,
             "client_disconnects": self.client_disconnects,
+            "batches_created": self.batches.created,
+            "batches_cancelled": self.batches.cancelled,
             "cpu_time": time.process_time(),
         }
 
@@ -186,6 +193,8 @@ class ServerCore:
 
     def dispatch(self, conn: Connection, raw: RawRequest) -> None:
         route = raw.path.split("?", 1)[0].rstrip("/")
+        if ("/files" in route or "/batches" in route) and self.batches.dispatch(conn, raw, route):
+            return
         if route.endswith("/chat/completions"):
             if raw.method != "POST":
                 self._simple(

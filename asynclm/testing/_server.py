@@ -100,6 +100,14 @@ class FakeOpenAIServer:
             same requests.
         log_size: how many recent requests ``request_log`` keeps.
         host, port: where to listen (default 127.0.0.1, an ephemeral port).
+        batch_delay: how long a provider batch (``POST /v1/batches``) takes before its lines are
+            answered (seconds; see "Batch APIs" below).
+
+    Batch APIs: ``POST /v1/files`` (multipart JSONL upload), ``GET /v1/files/{id}/content``,
+    ``POST /v1/batches``, ``GET /v1/batches/{id}``, ``POST /v1/batches/{id}/cancel``. After
+    ``batch_delay`` each line is answered by the normal response logic (script, ``Fields``,
+    faults; counted in ``requests``); a scripted ``Fault.error(...)`` makes that line an error
+    line. ``batches_created`` and ``batches_cancelled`` count batches.
 
     Counters (plain attributes, updated on the server's loop; read them from any thread):
     ``requests``, ``in_flight``, ``max_in_flight``, ``client_disconnects``;
@@ -124,6 +132,7 @@ class FakeOpenAIServer:
         log_size: int = 1000,
         host: str = "127.0.0.1",
         port: int = 0,
+        batch_delay: float = 0.0,
     ) -> None:
         if latency < 0 or (chunk_delay is not None and chunk_delay < 0):
             raise ValueError("latency and chunk_delay must be >= 0 seconds")
@@ -142,6 +151,7 @@ class FakeOpenAIServer:
             faults=faults,
             seed=seed,
             log_size=log_size,
+            batch_delay=batch_delay,
         )
         self._host = host
         self._port = port
@@ -320,6 +330,29 @@ class FakeOpenAIServer:
 
     # -- counters ------------------------------------------------------------------------------------
 
+    batch_expire_after = property(
+        lambda self: self._core.batches.expire_after,
+        lambda self, value: setattr(self._core.batches, "expire_after", value),
+        doc="If set (an int), provider batches expire after answering that many lines: the rest are "
+        "error lines with code 'batch_expired' and the batch's status is 'expired'.",
+    )
+
+    batch_delay = property(
+        lambda self: self._core.batches.delay,
+        lambda self, value: setattr(self._core.batches, "delay", float(value)),
+        doc="Seconds a provider batch takes before its lines are answered; settable while running.",
+    )
+
+    @property
+    def batches_created(self) -> int:
+        """Provider batches created (``POST /v1/batches``)."""
+        return self._core.batches.created
+
+    @property
+    def batches_cancelled(self) -> int:
+        """Provider batches cancelled before they finished (``POST /v1/batches/{id}/cancel``)."""
+        return self._core.batches.cancelled
+
     @property
     def requests(self) -> int:
         """Chat-completion requests received (including faulted and invalid ones)."""
@@ -396,6 +429,7 @@ class FakeOpenAIServer:
         fault_rate: float = 0.0,
         faults: Sequence[str] | None = None,
         seed: int | None = None,
+        batch_delay: float = 0.0,
         python: str | None = None,
         startup_timeout: float = 30.0,
     ) -> SpawnedFakeServer:
@@ -421,6 +455,8 @@ class FakeOpenAIServer:
             args.append(f"--chunk-delay={chunk_delay!r}")
         if not support_n:
             args.append("--no-n")
+        if batch_delay:
+            args.append(f"--batch-delay={batch_delay!r}")
         if fault_rate:
             args.append(f"--fault-rate={fault_rate!r}")
         if faults:

@@ -40,6 +40,7 @@ def _parser() -> argparse.ArgumentParser:
         "(default: 429/500/503/reset/malformed/truncate)",
     )
     parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--batch-delay", type=float, default=0.0, help="seconds a provider batch takes")
     parser.add_argument(
         "--exit-with-stdin",
         action="store_true",
@@ -61,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
             fault_rate=args.fault_rate,
             faults=faults,
             seed=args.seed,
+            batch_delay=args.batch_delay,
             host=args.host,
             port=args.port,
         )

@@ -1,0 +1,735 @@
+"""``BatchLM``: an LM whose calls go through the provider's Batch API (half the price).
+
+Each call builds its request exactly as the wrapped ``LM`` would (same body, same wire mapping,
+same cache key), is served from the cache when its answer is there, and otherwise parks: its
+request joins a queue, and a provider batch is submitted when no new request arrived for
+``window`` seconds (or ``max_requests`` are queued). The batch is polled; when it ends, each parked
+call resumes with its own ``LMResponse`` or its own typed error (lines are matched by
+``custom_id``, which is the request's cache key).
+
+There is no background task: one of the parked calls at a time "drives" (submits, polls,
+distributes results) while the others wait on an event; when the driver's own answer arrives it
+hands the role to another parked call. So cancelling the calls (a timeout, Ctrl-C, cancelling a
+``batch``) stops everything, and the provider batches no parked call still needs are cancelled.
+
+Durability: the provider's batch id and its requests' keys are written to the cache directory's
+journal (``_batch_journal``) as soon as the batch exists; the results go to the cache. A rerun of
+the same requests re-attaches to that batch instead of paying for it again.
+
+The control-plane requests (file upload, batch create, poll, download, cancel) are a handful per
+batch, so they go through an httpx client (the LM's ``http_client_factory`` when it has one, else
+``httpx.AsyncClient`` with the LM's ``ssl_context``; the ``asynclm[batch]`` extra), not the LM's
+POST-only fast transport.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from typing import Any
+from urllib.parse import urlsplit
+
+import anyio
+
+from asynclm.runtime import SyncCallable, current_settings
+
+from ._batch_journal import journal_for
+from ._budget import admit, settle
+from ._cache import cache_key, check_cache_mode, default_cache_dir, memory_store, store_for
+from ._client import HISTORY_SIZE, LM, _clone
+from ._errors import BadRequestError, LMError, LMTimeoutError, ServerError
+from ._models import LMResponse, Usage
+from ._retry import parse_retry_after
+from ._usage import record_usage
+
+__all__ = ["BATCH_DISCOUNT", "BatchLM"]
+
+logger = logging.getLogger("asynclm.lm.batch")
+
+#: what a batched request costs relative to a normal one (OpenAI and Anthropic: half)
+BATCH_DISCOUNT = 0.5
+#: OpenAI's limit on the requests of one batch
+OPENAI_MAX_REQUESTS = 50_000
+#: the most bytes of requests in one batch (OpenAI: 200 MB per input file; Anthropic: 256 MB per
+#: batch), with room for the wrapping of each line
+MAX_BATCH_BYTES = 180_000_000
+_TERMINAL = ("completed", "failed", "expired", "cancelled", "ended")
+_EXPIRED = -1  # a line the provider did not run before its window passed
+_CANCELED = -2  # a line not run because the batch was cancelled
+_Results = dict[str, tuple[int, Any, "str | None"]]
+_loads = json.loads
+_dumps = json.dumps
+
+
+class _Req:
+    """One distinct request (by cache key) waiting for its batch."""
+
+    __slots__ = ("batch", "body", "error", "event", "key", "payload", "waiters")
+
+    def __init__(self, key: str, body: dict[str, Any]) -> None:
+        self.key = key
+        self.body = body  # the provider's request body (the wire mapping applied)
+        self.event = anyio.Event()
+        self.payload: bytes | None = None
+        self.error: BaseException | None = None
+        self.batch: str | None = None
+        self.waiters = 0
+
+    @property
+    def resolved(self) -> bool:
+        return self.payload is not None or self.error is not None
+
+
+class _Batch:
+    __slots__ = ("failures", "id", "journal", "keys", "live", "next_poll")
+
+    def __init__(self, batch_id: str, keys: list[str], journal: Any, next_poll: float) -> None:
+        self.id = batch_id
+        self.keys = keys
+        self.journal = journal
+        self.next_poll = next_poll
+        self.failures = 0
+        self.live = 0  # requests of this process still waiting for it
+
+
+class _NoStream:
+    """``BatchLM.stream``: refuses with a clear error."""
+
+    def __init__(self, model: str) -> None:
+        self._model = model
+
+    def _refuse(self) -> TypeError:
+        return TypeError(
+            f"BatchLM({self._model!r}) cannot stream: a provider batch answers hours later, all at once. "
+            "Stream with the LM itself (outside the BatchLM), or call without streaming."
+        )
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise self._refuse()
+
+    def sync(self, *args: Any, **kwargs: Any) -> Iterator[Any]:
+        raise self._refuse()
+
+
+class BatchLM(SyncCallable):
+    """An LM whose calls are gathered into provider batches: half the price, answers within 24 h.
+
+    ``BatchLM(asynclm.LM("openai/gpt-4o-mini"))`` is used wherever an LM is (``Predict(lm=...)``,
+    ``asynclm.configure(lm=...)``, ``asynclm.context(lm=...)``, ``await blm(...)``,
+    ``blm.sync(...)``)::
+
+        blm = asynclm.BatchLM(asynclm.LM("openai/gpt-4o-mini"), window=5.0)
+        with asynclm.context(lm=blm):
+            preds = await program.batch(items, concurrency=None)
+
+    A call builds the request as the wrapped LM would and checks the LM's cache; on a miss it
+    parks until its provider batch has finished. A batch is submitted when no new request arrived
+    for ``window`` seconds, or when ``max_requests`` are queued. Every item of a ``batch`` whose
+    program reaches an LM call parks there, so one program step of all items is one provider
+    batch (use ``concurrency=None`` so that all items run at once). See docs/batch.md.
+
+    Each call gets its own ``LMResponse`` (usage as reported, cost with the batch discount,
+    ``BATCH_DISCOUNT``) or its own typed error (a failed line's status gives the type, as for a
+    normal call; an expired batch gives ``LMTimeoutError``). ``usage_limits`` reserve each
+    request before it is submitted. Results go to the cache; batch ids go to the cache
+    directory's journal as soon as they exist, so a rerun re-attaches instead of paying twice.
+    Cancelling the waiting calls cancels the provider batches none of them still needs.
+
+    Args:
+        lm: the LM to batch for: ``openai/`` (OpenAI's ``/files`` + ``/batches``, JSONL files)
+            or ``anthropic/`` (Anthropic's Message Batches, ``/messages/batches``).
+        window: seconds without a new request before the queue is submitted.
+        max_requests: the most requests in one provider batch (OpenAI's limit is 50 000).
+        poll_interval: seconds between polls of a submitted batch (longer after errors, or as
+            ``Retry-After`` says).
+        progress: show a progress bar (tqdm, on stderr when it is a terminal) of the completed
+            requests out of those submitted, with the queued and in-flight batch counts; the same
+            counts are logged at INFO level on ``asynclm.lm.batch``.
+
+    Attributes:
+        lm: the wrapped LM. model, model_name, provider: the LM's.
+        history: the last 100 provider batches (id, requests, status, seconds).
+    """
+
+    def __init__(
+        self,
+        lm: LM,
+        window: float = 5.0,
+        max_requests: int = 50_000,
+        poll_interval: float = 30,
+        progress: bool = False,
+    ) -> None:
+        if not isinstance(lm, LM) or type(lm).__name__ in ("LocalLM", "ScriptedLM"):
+            raise TypeError(
+                f"BatchLM(lm) takes an asynclm.LM('openai/<model>'), got {lm!r}; provider batches need "
+                "a server with a Batch API"
+            )
+        if lm.provider not in ("openai", "anthropic"):
+            raise ValueError(f"BatchLM({lm.model!r}): provider batches exist for 'openai/' and 'anthropic/' LMs only")
+        if not (isinstance(window, (int, float)) and window >= 0):
+            raise ValueError(f"BatchLM(window={window!r}): use a number of seconds >= 0")
+        if not isinstance(max_requests, int) or isinstance(max_requests, bool) or not (
+            1 <= max_requests <= OPENAI_MAX_REQUESTS
+        ):
+            raise ValueError(f"BatchLM(max_requests={max_requests!r}): use an int from 1 to {OPENAI_MAX_REQUESTS}")
+        if not (isinstance(poll_interval, (int, float)) and poll_interval > 0):
+            raise ValueError(f"BatchLM(poll_interval={poll_interval!r}): use a number of seconds > 0")
+        self.lm = lm
+        self.window = float(window)
+        self.max_requests = max_requests
+        self.poll_interval = float(poll_interval)
+        self.progress = progress
+        self.model = lm.model
+        self.model_name = lm.model_name
+        self.provider = lm.provider
+        self._anthropic = lm.provider == "anthropic"
+        self._batches_path = "/messages/batches" if self._anthropic else "/batches"
+        self.history: deque[dict[str, Any]] = deque(maxlen=HISTORY_SIZE)
+        self._reset()
+
+    def _reset(self) -> None:
+        self._token: Any = None
+        self._reqs: dict[str, _Req] = {}
+        self._pending: dict[str, _Req] = {}
+        self._batches: dict[str, _Batch] = {}
+        self._last_enqueue = 0.0
+        self._arriving = 0
+        self._driving = False
+        self._kick = anyio.Event()
+        self.submitted = 0
+        self.completed = 0
+        self._bar: Any = None
+
+    def __repr__(self) -> str:
+        return (
+            f"BatchLM({self.lm!r}, window={self.window}, max_requests={self.max_requests}, "
+            f"poll_interval={self.poll_interval})"
+        )
+
+    def __deepcopy__(self, memo: Any) -> BatchLM:
+        return self  # shared, like an LM
+
+    @property
+    def preferred_adapter(self) -> Any:
+        return getattr(self.lm, "preferred_adapter", None)
+
+    @property
+    def stream(self) -> _NoStream:
+        """Streaming is refused (``TypeError``): a provider batch answers all at once, later."""
+        return _NoStream(self.model)
+
+    # -- a call -----------------------------------------------------------------------------------
+
+    async def __call__(self, prompt: str | None = None, /, *, messages: Any = None, **params: Any) -> LMResponse:
+        """Park this call until its provider batch has answered; return its ``LMResponse``.
+
+        Takes the same arguments as ``LM.__call__`` (``timeout`` is ignored: a batch takes as
+        long as the provider takes; bound the wait with ``anyio.fail_after`` or ``Parallel``'s
+        ``timeout``, which cancels the provider batch if no other call needs it).
+
+        Raises:
+            LMError: this request's own error (a failed line, an expired or failed batch).
+            TypeError: ``stream=...`` was passed (streaming is refused).
+        """
+        lm = self.lm
+        use_cache = params.pop("cache", lm.cache)
+        params.pop("timeout", None)
+        rollout_id = params.pop("rollout_id", None)
+        check_cache_mode(use_cache, "call")
+        if "stream" in params:
+            raise self.stream._refuse()
+        body = lm._body(prompt, messages, params)
+        data = lm._encode(body, canonical=True)
+        key = cache_key(lm._cache_endpoint, data, rollout_id)
+        started = time.time()
+        t0 = time.perf_counter()
+        settings = current_settings()
+        store = memory_store if use_cache == "memory" else store_for(settings)
+        token = anyio.lowlevel.current_token()
+        if self._token is None or not (self._reqs or self._arriving):
+            self._token = token
+        elif self._token != token:
+            raise RuntimeError(
+                "BatchLM: one BatchLM serves one event loop at a time; make one BatchLM per thread/loop"
+            )
+        if use_cache and use_cache != "refresh":
+            self._arriving += 1  # the driver holds the window open while calls are on their way
+            try:
+                hit = store.memory.get(key)
+                if hit is None and store.persistent is not None:
+                    hit = await store.persistent.aget(key)
+                    if hit is not None:
+                        store.memory.put(key, hit)
+            finally:
+                self._arriving -= 1
+            if hit is not None:
+                response = lm._from_cache(hit)
+                record_usage(lm.model_name, response.usage, True)
+                lm._record(body, response.texts, response.usage, True, started, t0)
+                return response
+        directory = settings.cache_dir if settings.cache_dir is not None else default_cache_dir()
+        journal = journal_for(directory)
+        ticket = admit(lm, data, body, True)  # usage_limits: reserve before submission
+        if ticket is not None and not ticket.admitted:
+            await ticket.wait()
+        usage: Usage | None = None
+        try:
+            req = self._reqs.get(key)
+            if req is None:
+                req = self._reqs[key] = _Req(key, lm._to_wire(body) if lm._to_wire is not None else body)
+                found = journal.lookup(key)
+                if found is not None:  # submitted before (this process or an earlier one): re-attach
+                    batch_id, entry = found
+                    batch = self._batches.get(batch_id)
+                    if batch is None:
+                        batch = self._batches[batch_id] = _Batch(
+                            batch_id, list(entry.get("keys", ())), journal, anyio.current_time()
+                        )
+                        logger.info("re-attaching to provider batch %s (%d requests)", batch_id, len(batch.keys))
+                        self._kick.set()
+                    req.batch = batch_id
+                    batch.live += 1
+                else:
+                    if not self._pending:
+                        self._kick.set()
+                    self._pending[key] = req
+                    self._last_enqueue = anyio.current_time()
+                    if len(self._pending) >= self.max_requests:
+                        self._kick.set()
+            payload = await self._wait(req, journal, store if use_cache else None)
+            response = lm._wire.response(_loads(payload), lm.model_name, False)
+            usage = response.usage
+            cost = lm._pricer.cost(usage)
+            usage.cost = None if cost is None else cost * BATCH_DISCOUNT
+        except LMError as exc:
+            lm._record_error(body, exc, started, t0)
+            raise
+        finally:
+            if ticket is not None:
+                settle(ticket, usage)
+        record_usage(lm.model_name, usage, False)
+        lm._record(body, response.texts, usage, False, started, t0)
+        return response
+
+    async def _wait(self, req: _Req, journal: Any, store: Any) -> bytes:
+        req.waiters += 1
+        try:
+            while not req.resolved:
+                if not self._driving:
+                    self._driving = True
+                    try:
+                        await self._drive(req, journal, store)
+                    finally:
+                        self._driving = False
+                        self._hand_over()
+                else:
+                    await req.event.wait()
+        finally:
+            req.waiters -= 1
+            if req.waiters == 0 and not req.resolved:
+                with anyio.CancelScope(shield=True):
+                    await self._abandon(req)
+        if req.error is not None:
+            raise _clone(req.error)
+        assert req.payload is not None
+        return req.payload
+
+    def _hand_over(self) -> None:
+        """The driver leaves: wake one unresolved request's waiters, one of which drives next."""
+        for req in self._reqs.values():
+            if not req.resolved and req.waiters > 0:
+                old, req.event = req.event, anyio.Event()
+                old.set()
+                return
+
+    async def _abandon(self, req: _Req) -> None:
+        """No call waits for ``req`` any more (cancelled): unqueue it, or cancel its provider
+        batch if no other waiting call needs that batch."""
+        self._reqs.pop(req.key, None)
+        self._pending.pop(req.key, None)
+        batch_id = req.batch
+        if batch_id is None:
+            return
+        batch = self._batches.get(batch_id)
+        if batch is None:
+            return
+        batch.live -= 1
+        if batch.live > 0:
+            return
+        self._batches.pop(batch_id, None)
+        with anyio.move_on_after(30):
+            try:
+                async with self._http() as http:
+                    await self._call(http, "POST", f"{self._batches_path}/{batch_id}/cancel", json_body={})
+                logger.info("cancelled provider batch %s (no waiting call needs it)", batch_id)
+            except LMError as exc:
+                logger.warning("could not cancel provider batch %s: %s", batch_id, exc)
+        await anyio.to_thread.run_sync(batch.journal.remove, batch_id)
+
+    # -- the driver -------------------------------------------------------------------------------
+
+    async def _drive(self, me: _Req, journal: Any, store: Any) -> None:
+        async with self._http() as http:
+            while not me.resolved:
+                self._kick = anyio.Event()
+                now = anyio.current_time()
+                quiet = now - self._last_enqueue
+                if self._pending and (
+                    len(self._pending) >= self.max_requests
+                    or (quiet >= self.window and (not self._arriving or quiet >= 10 * self.window))
+                ):
+                    await self._submit(http, journal)
+                    continue
+                for batch in list(self._batches.values()):
+                    if batch.next_poll <= now and batch.id in self._batches:
+                        await self._poll(http, batch, store)
+                if me.resolved:
+                    break
+                wake = [b.next_poll for b in self._batches.values()]
+                if self._pending:
+                    at = self._last_enqueue + self.window
+                    if at <= now and self._arriving:  # calls still on their way: look again soon
+                        at = now + max(0.005, min(self.window, 0.05))
+                    wake.append(at)
+                delay = (min(wake) - anyio.current_time()) if wake else self.poll_interval
+                with anyio.move_on_after(max(0.0, delay)):
+                    await self._kick.wait()
+
+    @asynccontextmanager
+    async def _http(self) -> AsyncIterator[Any]:
+        lm = self.lm
+        if lm.http_client_factory is not None:
+            client = lm.http_client_factory()
+        else:
+            try:
+                import httpx
+            except ImportError:
+                raise ImportError(
+                    "BatchLM talks to the provider's Batch API through httpx: pip install 'asynclm[batch]' "
+                    "(or pass LM(http_client_factory=...))"
+                ) from None
+
+            verify: Any = lm.ssl_context if lm.ssl_context is not None else True
+            client = httpx.AsyncClient(verify=verify, timeout=httpx.Timeout(120.0, connect=30.0))
+        try:
+            yield client
+        finally:
+            with anyio.CancelScope(shield=True):
+                await client.aclose()
+
+    async def _call(
+        self,
+        http: Any,
+        method: str,
+        path: str,
+        *,
+        json_body: Any = None,
+        files: Any = None,
+        data: Any = None,
+        raw: bool = False,
+    ) -> Any:
+        """One control-plane request, with the LM's retries; the decoded JSON (or bytes)."""
+        lm = self.lm
+        lm._check_key()
+        url = lm.base_url + path
+        headers = {k: v for k, v in lm._headers.items() if k != "content-type"}
+        attempt = 0
+        while True:
+            error: LMError
+            try:
+                if files is not None:
+                    response = await http.request(method, url, headers=headers, files=files, data=data)
+                elif json_body is not None:
+                    response = await http.request(method, url, headers=headers, json=json_body)
+                else:
+                    response = await http.request(method, url, headers=headers)
+            except Exception as exc:  # httpx's transport errors
+                from ._errors import LMConnectionError
+
+                error = LMConnectionError(f"{method} {url} failed: {lm._describe_exc(exc)}", model=lm.model_name)
+                retry_after = None
+            else:
+                status = response.status_code
+                if 200 <= status < 300:
+                    return response.content if raw else response.json()
+                retry_after = parse_retry_after(response.headers)
+                error = lm._wire.error(
+                    status,
+                    response.content,
+                    url=url,
+                    model=lm.model_name,
+                    request_id=response.headers.get(lm._wire.request_id_header),
+                    retry_after=retry_after,
+                    secret=lm._key.value,
+                )
+                if not lm._wire.retryable(status, response.content):
+                    raise error
+            if attempt >= lm.max_retries:
+                raise error
+            from ._retry import backoff_delay
+
+            await anyio.sleep(backoff_delay(attempt, lm.backoff_base, lm.backoff_max, retry_after))
+            attempt += 1
+
+    def _endpoint(self) -> str:
+        # OpenAI's batch lines name the endpoint with its /v1 prefix
+        path = urlsplit(self.lm.base_url).path.rstrip("/")
+        version = path.rsplit("/", 1)[-1] if path else ""
+        prefix = f"/{version}" if version.startswith("v") and version[1:].isdigit() else "/v1"
+        return prefix + self.lm._wire.path
+
+    async def _submit(self, http: Any, journal: Any) -> None:
+        take: list[_Req] = []
+        size = 0
+        for r in self._pending.values():  # split by the provider's size limits
+            if len(take) >= self.max_requests:
+                break
+            line = len(_dumps(r.body, separators=(",", ":"), ensure_ascii=False)) + 200
+            if take and size + line > MAX_BATCH_BYTES:
+                break
+            take.append(r)
+            size += line
+        try:
+            if self._anthropic:
+                requests = [{"custom_id": r.key, "params": r.body} for r in take]
+                upload = None
+            else:
+                endpoint = self._endpoint()
+                lines = [
+                    _dumps({"custom_id": r.key, "method": "POST", "url": endpoint, "body": r.body},
+                           separators=(",", ":"))
+                    for r in take
+                ]
+                content = ("\n".join(lines) + "\n").encode()
+                upload = await self._call(
+                    http, "POST", "/files", files={"file": ("asynclm-batch.jsonl", content, "application/jsonl")},
+                    data={"purpose": "batch"},
+                )
+            # shielded: a batch the provider created must reach the journal, or a rerun pays twice
+            with anyio.CancelScope(shield=True):
+                if upload is None:
+                    created = await self._call(http, "POST", "/messages/batches", json_body={"requests": requests})
+                else:
+                    created = await self._call(
+                        http,
+                        "POST",
+                        "/batches",
+                        json_body={"input_file_id": upload["id"], "endpoint": endpoint, "completion_window": "24h"},
+                    )
+                batch_id = created["id"]
+                keys = [r.key for r in take]
+                entry = {
+                    "provider": self.lm.provider,
+                    "endpoint": self.lm._cache_endpoint,
+                    "model": self.lm.model_name,
+                    "created": time.time(),
+                    "keys": keys,
+                }
+                await anyio.to_thread.run_sync(journal.add, batch_id, entry)
+        except LMError as exc:
+            for r in take:
+                self._pending.pop(r.key, None)
+                self._resolve(r, error=exc)
+            return
+        for r in take:
+            self._pending.pop(r.key, None)
+            r.batch = batch_id
+        self._batches[batch_id] = _Batch(batch_id, keys, journal, anyio.current_time() + self.poll_interval)
+        # (a call abandoned during the upload no longer waits: not counted)
+        self._batches[batch_id].live = sum(1 for r in take if self._reqs.get(r.key) is r)
+        self.submitted += len(take)
+        self.history.append({"batch": batch_id, "requests": len(take), "status": "submitted", "time": time.time()})
+        if self.progress:
+            self._report(f"submitted batch {batch_id} ({len(take)} requests)")
+
+    def _report(self, what: str) -> None:
+        logger.info(
+            "%s: queued %d, submitted %d, completed %d", what, len(self._pending), self.submitted, self.completed
+        )
+        if self._bar is None:
+            from tqdm.auto import tqdm
+
+            self._bar = tqdm(total=0, desc="provider batches", file=sys.stderr, disable=None, dynamic_ncols=True)
+        bar = self._bar
+        bar.total = self.submitted
+        bar.n = self.completed
+        bar.set_postfix(queued=len(self._pending), batches=len(self._batches), refresh=False)
+        bar.refresh()
+        if self.completed >= self.submitted and not self._pending and not self._batches:
+            bar.close()
+            self._bar = None
+
+    async def _poll(self, http: Any, batch: _Batch, store: Any) -> None:
+        try:
+            info = await self._call(http, "GET", f"{self._batches_path}/{batch.id}")
+        except LMError as exc:
+            batch.failures += 1
+            if exc.status == 404:  # the provider does not know it (deleted, another account): ask again
+                logger.warning("provider batch %s is unknown to %s: submitting its requests again",
+                               batch.id, self.lm.base_url)  # fmt: skip
+                self._batches.pop(batch.id, None)
+                await anyio.to_thread.run_sync(batch.journal.remove, batch.id)
+                for key in batch.keys:
+                    req = self._reqs.get(key)
+                    if req is not None and req.batch == batch.id:
+                        req.batch = None
+                        self._pending[key] = req
+                        self._last_enqueue = anyio.current_time()
+                return
+            if batch.failures > 20 or (exc.status is not None and exc.status in (401, 403)):
+                self._batches.pop(batch.id, None)
+                for key in batch.keys:
+                    req = self._reqs.get(key)
+                    if req is not None:
+                        self._resolve(req, error=exc)
+                return
+            wait = min(self.poll_interval * 2**batch.failures, 600.0)
+            if exc.retry_after:
+                wait = max(wait, exc.retry_after)
+            batch.next_poll = anyio.current_time() + wait
+            return
+        batch.failures = 0
+        if self._anthropic:
+            status = "ended" if info.get("processing_status") == "ended" else None
+        else:
+            status = info.get("status")
+        if status not in _TERMINAL:
+            batch.next_poll = anyio.current_time() + self.poll_interval
+            return
+        if self._anthropic:
+            results = await self._anthropic_results(http, batch.id, info)
+        else:
+            results = await self._openai_results(http, info)
+        lm = self.lm
+        url = f"{lm.base_url}{self._batches_path}/{batch.id}"
+        outcomes: list[tuple[str, bytes | None, LMError | None]] = []
+        for key in batch.keys:
+            found = results.get(key)
+            error: LMError | None = None
+            payload: bytes | None = None
+            line_status = status
+            if found is not None and found[0] in (_EXPIRED, _CANCELED):
+                line_status = "expired" if found[0] == _EXPIRED else "cancelled"
+                found = None
+            if found is None:
+                if line_status == "expired" or info.get("expired_at"):
+                    error = LMTimeoutError(
+                        f"provider batch {batch.id} expired (its 24 h window passed) before this request ran",
+                        model=lm.model_name,
+                    )
+                elif line_status == "failed":
+                    errors = (info.get("errors") or {}).get("data") or []
+                    detail = "; ".join(str(e.get("message")) for e in errors if isinstance(e, dict)) or "no detail"
+                    error = BadRequestError(f"provider batch {batch.id} failed: {detail}", model=lm.model_name)
+                elif line_status == "cancelled":
+                    error = LMError(f"provider batch {batch.id} was cancelled before this request ran",
+                                    model=lm.model_name)
+                else:
+                    error = ServerError(f"provider batch {batch.id} completed without a result for this request",
+                                        model=lm.model_name)
+            else:
+                code, answer, request_id = found
+                encoded = _dumps(answer, separators=(",", ":"), ensure_ascii=False).encode()
+                if 200 <= code < 300:
+                    try:
+                        lm._wire.check(encoded)
+                    except ValueError as exc:
+                        error = ServerError(f"{url}: an invalid completion in the batch output ({exc})",
+                                            model=lm.model_name)
+                    else:
+                        payload = encoded
+                else:
+                    error = lm._wire.error(code, encoded, url=url, model=lm.model_name, request_id=request_id,
+                                           retry_after=None, secret=lm._key.value)
+            if payload is not None and store is not None:
+                store.memory.put(key, payload)
+                if store.persistent is not None:
+                    await store.persistent.aput(key, payload)
+            outcomes.append((key, payload, error))
+        persistent = store.persistent if store is not None else None
+        flush = getattr(persistent, "flush", None)
+        if flush is not None:
+            await anyio.to_thread.run_sync(flush)  # the answers are on disk before the journal forgets
+        await anyio.to_thread.run_sync(batch.journal.remove, batch.id)
+        self._batches.pop(batch.id, None)
+        # every waiting call resumes at once (so that their next calls make one batch again)
+        for key, payload, error in outcomes:
+            req = self._reqs.get(key)
+            if req is not None and req.batch == batch.id:
+                self._resolve(req, payload=payload, error=error)
+        self.completed += len(batch.keys)
+        self.history.append({"batch": batch.id, "requests": len(batch.keys), "status": status, "time": time.time()})
+        if self.progress:
+            self._report(f"batch {batch.id} {status}")
+
+    async def _openai_results(self, http: Any, info: dict[str, Any]) -> _Results:
+        """The lines of a finished OpenAI batch's output and error files, by custom_id."""
+        results: _Results = {}
+        for field in ("output_file_id", "error_file_id"):
+            file_id = info.get(field)
+            if not file_id:
+                continue
+            content = await self._call(http, "GET", f"/files/{file_id}/content", raw=True)
+            for line in content.splitlines():
+                if not line.strip():
+                    continue
+                try:
+                    record = _loads(line)
+                except ValueError:
+                    continue
+                custom_id = record.get("custom_id")
+                response = record.get("response") or {}
+                if response:
+                    results[custom_id] = (
+                        int(response.get("status_code") or 500), response.get("body"), response.get("request_id")
+                    )
+                else:
+                    err = record.get("error") or {}
+                    if isinstance(err, dict) and err.get("code") == "batch_expired":
+                        results[custom_id] = (_EXPIRED, None, None)
+                    else:
+                        results[custom_id] = (500, {"error": err}, None)
+        return results
+
+    async def _anthropic_results(self, http: Any, batch_id: str, info: dict[str, Any]) -> _Results:
+        """The results of an ended Anthropic Message Batch, by custom_id."""
+        from ._wire._anthropic import ERROR_STATUS
+
+        results: _Results = {}
+        content = await self._call(http, "GET", f"/messages/batches/{batch_id}/results", raw=True)
+        for line in content.splitlines():
+            if not line.strip():
+                continue
+            try:
+                record = _loads(line)
+            except ValueError:
+                continue
+            custom_id = record.get("custom_id")
+            result = record.get("result") or {}
+            kind = result.get("type")
+            if kind == "succeeded":
+                results[custom_id] = (200, result.get("message"), None)
+            elif kind == "errored":
+                body = result.get("error") or {}
+                inner = body.get("error") if isinstance(body, dict) else None
+                error_type = inner.get("type") if isinstance(inner, dict) else None
+                status = ERROR_STATUS.get(error_type, 500) if isinstance(error_type, str) else 500
+                results[custom_id] = (status, body, body.get("request_id") if isinstance(body, dict) else None)
+            elif kind == "expired":
+                results[custom_id] = (_EXPIRED, None, None)
+            elif kind == "canceled":
+                results[custom_id] = (_CANCELED, None, None)
+        return results
+
+    def _resolve(self, req: _Req, payload: bytes | None = None, error: BaseException | None = None) -> None:
+        req.payload = payload
+        req.error = error if payload is None else None
+        if req.payload is None and req.error is None:
+            req.error = ServerError("no result", model=self.lm.model_name)
+        self._reqs.pop(req.key, None)
+        req.event.set()

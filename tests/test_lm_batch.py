@@ -1,0 +1,363 @@
+"""``BatchLM``: provider Batch APIs (OpenAI files + batches) over real HTTP against FakeOpenAIServer,
+for whole programs: one provider batch per program step, per-line errors, cancellation, crash and
+re-attach, budgets, streaming refused. Both backends."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+import asynclm as alm
+from asynclm.lm import BatchLM, LMError, LMTimeoutError, RateLimitError, UsageLimitExceeded, track_usage, usage_limits
+from asynclm.lm._batch_journal import FILE_NAME, journal_for
+from asynclm.testing import FakeOpenAIServer, Fault, Fields
+
+KEY = "sk-test-batch"
+
+
+def _fields(inputs: dict[str, str]) -> dict[str, str]:
+    if "question" in inputs:
+        return {"draft": inputs["question"] + "!"}
+    return {"answer": inputs["draft"].upper()}
+
+
+class TwoStep(alm.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.draft = alm.Predict("question -> draft")
+        self.answer = alm.Predict("draft -> answer")
+
+    async def forward(self, question: str) -> alm.Prediction:
+        draft = (await self.draft(question=question)).draft
+        return await self.answer(draft=draft)
+
+
+def make(server: FakeOpenAIServer, provider: str = "openai", **kw: Any) -> BatchLM:
+    model = "openai/gpt-4o-mini" if provider == "openai" else "anthropic/claude-haiku-4-5"
+    lm = alm.LM(model, base_url=server.base_url, api_key=KEY, price={"input": 1.0, "output": 2.0})
+    lm.backoff_base = 0.001
+    kw.setdefault("window", 0.2)
+    kw.setdefault("poll_interval", 0.05)
+    return BatchLM(lm, **kw)
+
+
+@pytest.fixture
+def server() -> Any:
+    with FakeOpenAIServer(Fields(_fields), batch_delay=0.1) as s:
+        yield s
+
+
+async def test_a_two_step_program_over_1000_items_takes_two_provider_batches(
+    server: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    blm = make(server)
+    items = [{"question": f"q{i}"} for i in range(1000)]
+    with alm.context(lm=blm, cache_dir=str(tmp_path)), track_usage() as usage:
+        preds = await TwoStep().batch(items, concurrency=None)
+    assert [p.answer for p in preds] == [f"Q{i}!" for i in range(1000)]
+    assert [h["requests"] for h in blm.history if h["status"] == "completed"] == [1000, 1000]
+    assert server.batches_created == 2
+    assert server.requests == 2000  # each line answered once, through the normal response logic
+    assert not (tmp_path / FILE_NAME).exists() or journal_for(str(tmp_path)).batch_ids() == []
+    # usage and cost with the batch discount: half the price of the same tokens
+    total = usage.usage
+    assert total.prompt_tokens > 0
+    expected = (total.prompt_tokens * 1.0 + total.completion_tokens * 2.0) / 1e6 * 0.5
+    assert usage.cost == pytest.approx(expected)
+    # a rerun is served from the cache: no new batch
+    with alm.context(lm=blm, cache_dir=str(tmp_path)):
+        again = await TwoStep().batch(items[:10], concurrency=None)
+    assert [p.answer for p in again] == [f"Q{i}!" for i in range(10)]
+    assert server.batches_created == 2
+
+
+async def test_the_requests_and_files_on_the_wire(server: FakeOpenAIServer, tmp_path: Path) -> None:
+    server.set_responses("fine")
+    blm = make(server)
+    with alm.context(cache_dir=str(tmp_path)):
+        response = await blm("hello", temperature=0.5)
+    assert response.text == "fine" and not response.cache_hit
+    request = server.last_request
+    assert request.path == "/v1/chat/completions"
+    assert request.json == {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hello"}],
+                            "temperature": 0.5}  # fmt: skip
+    assert request.headers["authorization"] == f"Bearer {KEY}"  # the upload's headers
+    assert blm.history[-1]["status"] == "completed"
+
+
+async def test_per_line_failures_are_per_item_typed_errors(server: FakeOpenAIServer, tmp_path: Path) -> None:
+    def script(request: Any) -> Any:
+        text = request.messages[-1]["content"]
+        if "q3" in text or "q7" in text:
+            return Fault.error(429, message="slow down")
+        return Fields(_fields).render(request)
+
+    server.set_responses(script)
+    blm = make(server)
+    qa = alm.Predict("question -> draft")
+    items = [{"question": f"q{i}"} for i in range(10)]
+    with alm.context(lm=blm, cache_dir=str(tmp_path)):
+        preds = await qa.batch(items, concurrency=None, return_exceptions=True)
+        assert isinstance(preds[3], RateLimitError) and "slow down" in str(preds[3])
+        assert isinstance(preds[7], RateLimitError)
+        assert [p.draft for i, p in enumerate(preds) if i not in (3, 7)] == [
+            f"q{i}!" for i in range(10) if i not in (3, 7)
+        ]
+        assert server.batches_created == 1
+        # max_errors: one failure tolerated (None in its slot), the second raised with its type
+        server.set_responses(script)
+        with pytest.raises(RateLimitError):
+            await qa.batch([{"question": f"q{i}"} for i in range(3, 8)], concurrency=None, max_errors=1)
+        preds = await qa.batch([{"question": "q3"}, {"question": "q1"}], concurrency=None, max_errors=1)
+        assert preds[0] is None and preds[1].draft == "q1!"
+
+
+async def test_cancelling_the_calls_cancels_the_provider_batch(tmp_path: Path) -> None:
+    with FakeOpenAIServer(Fields(_fields), batch_delay=60) as server:
+        blm = make(server)
+        qa = alm.Predict("question -> draft")
+        with alm.context(lm=blm, cache_dir=str(tmp_path)):
+            with anyio.move_on_after(1.0):
+                await qa.batch([{"question": f"q{i}"} for i in range(20)], concurrency=None)
+        assert server.batches_created == 1
+        assert server.batches_cancelled == 1
+        assert journal_for(str(tmp_path)).batch_ids() == []  # forgotten: nothing to re-attach to
+
+
+async def test_a_budget_stops_submission(server: FakeOpenAIServer, tmp_path: Path) -> None:
+    blm = make(server)
+    qa = alm.Predict("question -> draft")
+    with alm.context(lm=blm, cache_dir=str(tmp_path)):
+        with usage_limits(max_requests=5):
+            preds = await qa.batch(
+                [{"question": f"q{i}"} for i in range(8)], concurrency=None, return_exceptions=True
+            )
+    failed = [p for p in preds if isinstance(p, UsageLimitExceeded)]
+    assert len(failed) == 3
+    assert server.batches_created == 1
+    assert server.requests == 5  # only the admitted requests were submitted
+
+
+async def test_streaming_through_a_batch_lm_raises(server: FakeOpenAIServer) -> None:
+    blm = make(server)
+    with pytest.raises(TypeError, match="cannot stream"):
+        blm.stream("hi")
+    with pytest.raises(TypeError, match="cannot stream"):
+        await blm("hi", stream=True)
+
+
+def test_bad_arguments_are_refused(server: FakeOpenAIServer) -> None:
+    lm = alm.LM("openai/gpt-4o-mini", base_url=server.base_url, api_key=KEY)
+    with pytest.raises(ValueError, match="window"):
+        BatchLM(lm, window=-1)
+    with pytest.raises(ValueError, match="max_requests"):
+        BatchLM(lm, max_requests=0)
+    with pytest.raises(TypeError, match=r"asynclm\.LM"):
+        BatchLM("openai/gpt-4o-mini")  # type: ignore[arg-type]
+
+
+async def test_concurrency_none_means_no_bound() -> None:
+    started = 0
+    release = anyio.Event()
+
+    async def item(i: int) -> int:
+        nonlocal started
+        started += 1
+        if started == 300:
+            release.set()
+        await release.wait()
+        return i
+
+    results = await alm.Parallel(concurrency=None)([(item, (i,)) for i in range(300)])
+    assert results == list(range(300))
+
+
+_CHILD = textwrap.dedent(
+    """
+    import sys
+    import asynclm as alm
+    from asynclm.lm import BatchLM
+
+    base_url, cache_dir = sys.argv[1], sys.argv[2]
+    lm = alm.LM("openai/gpt-4o-mini", base_url=base_url, api_key="sk-test-batch")
+    blm = BatchLM(lm, window=1.0, poll_interval=0.05)
+    qa = alm.Predict("question -> draft")
+    with alm.context(lm=blm, cache_dir=cache_dir):
+        qa.batch.sync([{"question": f"q{i}"} for i in range(50)], concurrency=None)
+    """
+)
+
+
+def test_a_crashed_run_is_resumed_by_re_attaching(tmp_path: Path) -> None:
+    with FakeOpenAIServer(Fields(_fields), batch_delay=3.0) as server:
+        env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+        child = subprocess.Popen(
+            [sys.executable, "-c", _CHILD, server.base_url, str(tmp_path)], env=env,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )  # fmt: skip
+        try:
+            deadline = time.monotonic() + 60
+            while not journal_for(str(tmp_path)).batch_ids():  # submitted and journaled
+                assert child.poll() is None, child.stderr.read().decode() if child.stderr else ""
+                assert time.monotonic() < deadline
+                time.sleep(0.02)
+        finally:
+            child.kill()
+            child.wait()
+        assert server.batches_created == 1
+        (_batch_id,) = journal_for(str(tmp_path)).batch_ids()
+        assert server.requests == 0  # the provider has not answered yet
+        blm = make(server)
+        qa = alm.Predict("question -> draft")
+        with alm.context(lm=blm, cache_dir=str(tmp_path)):
+            preds = qa.batch.sync([{"question": f"q{i}"} for i in range(50)], concurrency=None)
+        assert [p.draft for p in preds] == [f"q{i}!" for i in range(50)]
+        assert server.batches_created == 1  # re-attached: nothing submitted (or paid) twice
+        assert server.requests == 50
+        assert journal_for(str(tmp_path)).batch_ids() == []
+
+
+async def test_an_error_of_the_batch_api_is_every_item_s_typed_error(tmp_path: Path) -> None:
+    with FakeOpenAIServer(Fields(_fields), batch_delay=0.05, api_key="other") as server:
+        blm = make(server)
+        with alm.context(cache_dir=str(tmp_path)):
+            with pytest.raises(LMError) as info:
+                await blm("hello")
+        assert info.value.status == 401
+        assert KEY not in str(info.value)
+
+
+async def test_an_expired_batch_gives_the_unanswered_items_a_timeout_error(
+    server: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    server.batch_expire_after = 4
+    blm = make(server, progress=True, window=1.0)  # a long window: the 6 calls surely make one batch
+    qa = alm.Predict("question -> draft")
+    with alm.context(lm=blm, cache_dir=str(tmp_path)):
+        preds = await qa.batch([{"question": f"q{i}"} for i in range(6)], concurrency=None, return_exceptions=True)
+    ok = [i for i, p in enumerate(preds) if not isinstance(p, Exception)]
+    assert len(ok) == 4 and all(preds[i].draft == f"q{i}!" for i in ok)  # the lines answered in time
+    expired = [p for p in preds if isinstance(p, Exception)]
+    assert len(expired) == 2 and all(isinstance(p, LMTimeoutError) and "expired" in str(p) for p in expired)
+    assert blm.history[-1]["status"] == "expired"
+    # the answered ones are in the cache; the expired ones are asked again in a new batch
+    server.batch_expire_after = None
+    with alm.context(lm=blm, cache_dir=str(tmp_path)):
+        preds = await qa.batch([{"question": f"q{i}"} for i in range(6)], concurrency=None)
+    assert [p.draft for p in preds] == [f"q{i}!" for i in range(6)]
+    assert server.batches_created == 2 and blm.history[-1]["requests"] == 2
+
+
+# -- Anthropic Message Batches ----------------------------------------------------------------------
+
+
+async def test_anthropic_a_two_step_program_takes_two_message_batches(server: FakeOpenAIServer, tmp_path: Path) -> None:
+    blm = make(server, "anthropic")
+    items = [{"question": f"q{i}"} for i in range(300)]
+    with alm.context(lm=blm, cache_dir=str(tmp_path)), track_usage() as usage:
+        preds = await TwoStep().batch(items, concurrency=None)
+    assert [p.answer for p in preds] == [f"Q{i}!" for i in range(300)]
+    assert server.batches_created == 2 and server.requests == 600
+    assert all(r.api == "anthropic" and r.json["model"] == "claude-haiku-4-5" for r in server.request_log)
+    total = usage.usage
+    assert usage.cost == pytest.approx((total.prompt_tokens * 1.0 + total.completion_tokens * 2.0) / 1e6 * 0.5)
+    assert journal_for(str(tmp_path)).batch_ids() == []
+
+
+async def test_anthropic_errored_and_expired_lines_are_per_item_typed_errors(
+    server: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    def script(request: Any) -> Any:
+        if "q1" in str(request.messages[-1]["content"]):
+            return Fault.error(429)
+        return Fields(_fields).render(request)
+
+    server.set_responses(script)
+    server.batch_expire_after = 5
+    blm = make(server, "anthropic", window=1.0)  # a long window: the 6 calls surely make one batch
+    qa = alm.Predict("question -> draft")
+    with alm.context(lm=blm, cache_dir=str(tmp_path)):
+        preds = await qa.batch([{"question": f"q{i}"} for i in range(6)], concurrency=None, return_exceptions=True)
+    # the lines' order is the order the calls arrived in, so which one expires varies
+    errors = {i: p for i, p in enumerate(preds) if isinstance(p, Exception)}
+    expired = [i for i, p in errors.items() if isinstance(p, LMTimeoutError) and "expired" in str(p)]
+    assert len(expired) == 1
+    if expired != [1]:
+        assert isinstance(preds[1], RateLimitError) and len(errors) == 2
+    assert all(p.draft == f"q{i}!" for i, p in enumerate(preds) if not isinstance(p, Exception))
+
+
+async def test_anthropic_cancelling_the_calls_cancels_the_message_batch(tmp_path: Path) -> None:
+    with FakeOpenAIServer(Fields(_fields), batch_delay=60) as server:
+        blm = make(server, "anthropic")
+        qa = alm.Predict("question -> draft")
+        with alm.context(lm=blm, cache_dir=str(tmp_path)):
+            with anyio.move_on_after(1.0):
+                await qa.batch([{"question": f"q{i}"} for i in range(20)], concurrency=None)
+        assert server.batches_created == 1 and server.batches_cancelled == 1
+        assert journal_for(str(tmp_path)).batch_ids() == []
+
+
+async def test_a_react_agent_through_batch_lm_takes_one_batch_per_step(
+    server: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    from asynclm.modules import ReAct
+    from asynclm.testing._render import render_chat
+
+    def respond(request: Any) -> Any:
+        system = str(request.messages[0]["content"])
+        text = str(request.messages[-1]["content"])
+        if "next_tool_name" not in system:
+            return render_chat({"reasoning": "read it", "answer": "sunny"})
+        if "thought_0" in text:
+            return render_chat({"next_thought": "done", "next_tool_name": "finish", "next_tool_args": {}})
+        return render_chat({"next_thought": "check", "next_tool_name": "weather", "next_tool_args": {"city": "Oslo"}})
+
+    async def weather(city: str) -> str:
+        return f"sunny in {city}"
+
+    server.set_responses(respond)
+    blm = make(server)
+    react = ReAct("question -> answer", tools=[weather])
+    with alm.context(lm=blm, cache_dir=str(tmp_path)):
+        preds = await react.batch([{"question": f"Weather {i}?"} for i in range(40)], concurrency=None)
+    assert all(p.answer == "sunny" and p.trajectory["observation_0"] == "sunny in Oslo" for p in preds)
+    assert server.batches_created == 3  # step 0 (tool), step 1 (finish), extract
+    assert server.requests == 120
+
+
+async def test_evaluate_with_no_bound_makes_one_batch_per_step(server: FakeOpenAIServer, tmp_path: Path) -> None:
+    dev = [alm.Example(question=f"q{i}", answer=f"Q{i}!").with_inputs("question") for i in range(30)]
+    evaluate = alm.Evaluate(devset=dev, metric=lambda ex, pred, trace=None: ex.answer == pred.answer,
+                            concurrency=None)  # fmt: skip
+    with alm.context(lm=make(server), cache_dir=str(tmp_path)):
+        result = await evaluate(TwoStep())
+    assert result.score == 100.0
+    assert server.batches_created == 2
+
+
+async def test_a_journaled_batch_the_provider_does_not_know_is_submitted_again(
+    server: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    blm = make(server)
+    qa = alm.Predict("question -> draft")
+    from asynclm.lm._cache import cache_key
+
+    # a journal entry left by an earlier run, for a batch this provider has never seen
+    lm = blm.lm
+    body = lm._body(None, alm.ChatAdapter().format(qa.signature, [], {"question": "q0"}), {})
+    key = cache_key(lm._cache_endpoint, lm._encode(body, canonical=True), None)
+    journal_for(str(tmp_path)).add("batch_gone", {"provider": "openai", "keys": [key]})
+    with alm.context(lm=blm, cache_dir=str(tmp_path)):
+        pred = await qa(question="q0")
+    assert pred.draft == "q0!"
+    assert server.batches_created == 1
+    assert journal_for(str(tmp_path)).batch_ids() == []
