@@ -12,6 +12,7 @@ from typing import Any
 from asynclm.runtime import (
     SyncCallable,
     asyncify,
+    current_executor,
     is_async_callable,
     run_items,
     sync_twin,
@@ -79,6 +80,7 @@ class Module(SyncCallable):
         return_exceptions: bool = False,
         timeout: float | None = None,
         progress: bool = False,
+        executor: Any = None,
     ) -> list[Any]:
         """Run the program on many inputs concurrently; results in input order.
 
@@ -86,7 +88,8 @@ class Module(SyncCallable):
         The other arguments are those of ``asynclm.Parallel``: at most ``concurrency`` in
         flight; ``max_errors`` failures tolerated (``None`` in their slots), the next one raised
         with its original type after cancelling the rest; ``return_exceptions=True`` puts each
-        failure in its slot instead; ``timeout`` is per item.
+        failure in its slot instead; ``timeout`` is per item. ``executor``: run the items there
+        (``asynclm.ray.RayExecutor``; default: the ``context(executor=...)`` setting, else here).
         """
         from asynclm.runtime import Parallel
 
@@ -100,6 +103,7 @@ class Module(SyncCallable):
             return_exceptions=return_exceptions,
             timeout=timeout,
             progress=progress,
+            executor=current_executor(executor),
         )
 
     # -- structure ------------------------------------------------------------------------------
