@@ -190,7 +190,7 @@ class RayExecutor:
                     try:
                         ray.put(callback)
                     except Exception as exc:
-                        logger.warning("asynclm.ray: callback %r stays on the driver (cannot travel: %s)", callback, exc)
+                        logger.warning("asynclm.ray: callback %r stays here (cannot travel: %s)", callback, exc)
                     else:
                         kept.append(callback)
                 value = tuple(kept)
@@ -278,7 +278,7 @@ class RayExecutor:
                             continue
                         cause = getattr(value, "cause", None)  # a RayTaskError: the worker code's own error
                         raise cause if isinstance(cause, BaseException) else value
-                    for index, (item_ok, item) in zip(range(start, end), value):
+                    for index, (item_ok, item) in zip(range(start, end), value, strict=True):
                         if item_ok:
                             results[index] = item
                             if on_result is not None:
