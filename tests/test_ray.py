@@ -228,3 +228,86 @@ async def test_cancelling_on_the_driver_cancels_remote_work(ray_session: None) -
             assert srv.requests < 40
         finally:
             ex.shutdown()
+
+
+# -- cluster-wide limits and usage ----------------------------------------------------------------
+
+
+async def test_max_concurrency_holds_across_workers(ray_session: None) -> None:
+    with FakeOpenAIServer(answer, latency=0.05) as srv:
+        ex = RayExecutor(num_workers=2, concurrency_per_worker=16, chunk_size=4)
+        try:
+            program = asynclm.Predict("question -> answer", lm=make_lm(srv, max_concurrency=3))
+            preds = await program.batch(questions(60), concurrency=32, executor=ex)
+            assert [p.answer for p in preds] == [q["question"].upper()[::-1] for q in questions(60)]
+            assert srv.max_in_flight <= 3  # without the limiter actor: 3 per worker, 6 in all
+            (stats,) = ex.limit_stats().values()
+            assert stats["total"] == 3 and stats["peak"] <= 3 and stats["leased"] == 0  # all handed back
+        finally:
+            ex.shutdown()
+
+
+async def test_rpm_holds_across_workers(ray_session: None) -> None:
+    arrivals: list[float] = []
+
+    def timed(request: Any) -> str:
+        arrivals.append(time.monotonic())
+        return answer(request)
+
+    rate = 20.0  # per second: rpm=1200, a bucket of 20
+    with FakeOpenAIServer(timed) as srv:
+        ex = RayExecutor(num_workers=2, concurrency_per_worker=16, chunk_size=4)
+        try:
+            program = asynclm.Predict("question -> answer", lm=make_lm(srv, rpm=rate * 60))
+            await program.batch(questions(70), concurrency=32, executor=ex)
+        finally:
+            ex.shutdown()
+    # a token bucket of `rate` per second holding at most `rate`: in any window of t seconds at most
+    # rate + rate * t requests start, give or take 0.15 s of scheduling jitter between a token's grant
+    # and its request's arrival. Two workers with a bucket each would start 2 * rate at once.
+    assert len(arrivals) == 70
+    for i in range(len(arrivals)):
+        for j in range(i, len(arrivals)):
+            assert j - i + 1 <= rate + rate * (arrivals[j] - arrivals[i] + 0.15)
+
+
+async def test_a_429_pause_reaches_every_worker(ray_session: None) -> None:
+    from asynclm.testing import Fault
+
+    first = threading.Event()
+    arrivals: list[float] = []
+
+    def limited(request: Any) -> Any:
+        if not first.is_set():
+            first.set()
+            return Fault.rate_limit(retry_after=2)
+        arrivals.append(time.monotonic())
+        return answer(request)
+
+    with FakeOpenAIServer(limited, latency=0.2) as srv:
+        ex = RayExecutor(num_workers=2, concurrency_per_worker=1, chunk_size=1)
+        try:
+            program = asynclm.Predict("question -> answer", lm=make_lm(srv))
+            await program.batch(questions(2), executor=ex)  # both workers up and warm
+            arrivals.clear()
+            first.clear()
+            started = time.monotonic()
+            preds = await program.batch(questions(8), concurrency=2, executor=ex)
+        finally:
+            ex.shutdown()
+    assert all(p.answer for p in preds)
+    # after the 429 (at about `started`), the other worker's requests also waited out the pause
+    late = [t - started for t in arrivals]
+    assert sum(1 for t in late if t < 1.5) <= 1  # at most the one request already sent meanwhile
+
+
+async def test_usage_rolls_up_to_the_driver(server: FakeOpenAIServer, executor: RayExecutor) -> None:
+    program = asynclm.Predict("question -> answer", lm=make_lm(server))
+    with asynclm.track_usage() as here:
+        await program.batch(questions(12))
+    with asynclm.track_usage() as there:
+        preds = await program.batch(questions(12), executor=executor)
+    assert there.calls == here.calls == 12
+    assert there.total_tokens == here.total_tokens > 0
+    assert there.by_model() == here.by_model()
+    assert sum(p.usage.total_tokens for p in preds) == there.total_tokens

@@ -112,6 +112,8 @@ class RayExecutor:
             env["env_vars"] = {**dict(env.get("env_vars") or {}), **dict(env_vars)}
         self._runtime_env = env or None
         self._workers: list[Any] = []
+        self._limits: Any = None  # the limiter actor
+        self._count = 0
         self._lock = threading.Lock()
         self.restarts = 0  # workers replaced after they died
 
@@ -130,7 +132,9 @@ class RayExecutor:
         options: dict[str, Any] = {"num_cpus": self.num_cpus_per_worker, "max_concurrency": 10_000}
         if self._runtime_env:
             options["runtime_env"] = self._runtime_env
-        return ray.remote(Worker).options(**options).remote(self.concurrency_per_worker)
+        self._count += 1
+        actor = ray.remote(Worker).options(**options)
+        return actor.remote(self.concurrency_per_worker, self._limits, f"w{self._count}")
 
     def _start(self) -> list[Any]:
         """Join or start Ray and make the actors (blocking: call it in a worker thread)."""
@@ -143,6 +147,10 @@ class RayExecutor:
             from ._serialize import lm_config, lm_from_config
 
             ray.util.register_serializer(LM, serializer=lm_config, deserializer=lm_from_config)
+            if self._limits is None:
+                from ._limits import LimitsActor
+
+                self._limits = ray.remote(LimitsActor).options(num_cpus=0).remote()
             while len(self._workers) < self.num_workers:
                 self._workers.append(self._new_worker())
             return list(self._workers)
@@ -162,12 +170,21 @@ class RayExecutor:
         with self._lock:
             if self._workers:
                 ray = _import_ray()
-                for worker in self._workers:
+                for worker in [*self._workers, self._limits]:
                     try:
                         ray.kill(worker)
                     except Exception:
                         pass
             self._workers = []
+            self._limits = None
+
+    def limit_stats(self) -> dict[str, Any]:
+        """The limiter actor's figures: slots leased and their peak, per LM configuration."""
+        if self._limits is None:
+            return {}
+        ray = _import_ray()
+        stats: dict[str, Any] = ray.get(self._limits.stats.remote())
+        return stats
 
     @property
     def workers(self) -> list[Any]:
@@ -278,7 +295,9 @@ class RayExecutor:
                             continue
                         cause = getattr(value, "cause", None)  # a RayTaskError: the worker code's own error
                         raise cause if isinstance(cause, BaseException) else value
-                    for index, (item_ok, item) in zip(range(start, end), value, strict=True):
+                    if value["usage"]:
+                        roll_up(value["usage"], value["cache_hits"])
+                    for index, (item_ok, item) in zip(range(start, end), value["items"], strict=True):
                         if item_ok:
                             results[index] = item
                             if on_result is not None:
@@ -314,6 +333,37 @@ class RayExecutor:
         if fatal is not None:
             raise fatal
         return results
+
+
+def roll_up(by_model: dict[str, dict[str, Any]], cache_hits: int) -> None:
+    """Add a chunk's usage (counted on a worker) to the driver's enclosing ``track_usage`` blocks."""
+    from asynclm.lm import _usage
+
+    tracker = _usage._current.get()
+    with _usage._LOCK:
+        while tracker is not None:
+            for model, row in by_model.items():
+                tracker.prompt_tokens += row["prompt_tokens"]
+                tracker.completion_tokens += row["completion_tokens"]
+                tracker.total_tokens += row["total_tokens"]
+                tracker.calls += row["calls"]
+                if row["cost"] is None:
+                    tracker.unknown_cost_calls += row["calls"]
+                else:
+                    tracker.known_cost += row["cost"]
+                if tracker._by_model is None:
+                    tracker._by_model = {}
+                mine = tracker._by_model.setdefault(model, [0, 0, 0, 0, 0.0, 0])
+                mine[0] += row["prompt_tokens"]
+                mine[1] += row["completion_tokens"]
+                mine[2] += row["total_tokens"]
+                mine[3] += row["calls"]
+                if row["cost"] is None:
+                    mine[5] += row["calls"]
+                else:
+                    mine[4] += row["cost"]
+            tracker.cache_hits += cache_hits
+            tracker = tracker.parent
 
 
 def _wait(ray: Any, refs: list[Any]) -> list[tuple[Any, bool, Any]]:

@@ -9,16 +9,24 @@ its limits). The API key comes from the worker's environment (``OPENAI_API_KEY``
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
 from typing import Any
 
 from asynclm.lm import LM
 
-__all__ = ["lm_config", "lm_from_config"]
+__all__ = ["lm_config", "lm_from_config", "use_cluster_limits"]
 
 _LOCK = threading.Lock()
 _BUILT: dict[str, LM] = {}
+# set in a worker process by its actor: where the LMs built here take their limits from
+_LIMITS: list[Any] = []  # [limiter actor handle, worker id]
+
+
+def use_cluster_limits(actor: Any, worker_id: str) -> None:
+    """Make the LMs built from now on in this process draw their limits from the limiter actor."""
+    _LIMITS[:] = [actor, worker_id]
 
 
 def lm_config(lm: LM) -> dict[str, Any]:
@@ -43,8 +51,8 @@ def lm_config(lm: LM) -> dict[str, Any]:
 def lm_from_config(config: dict[str, Any]) -> LM:
     """The worker's ``LM`` for ``config`` (one per distinct configuration in this process)."""
     factory = config.get("http_client_factory")
-    key = json.dumps({k: v for k, v in config.items() if k != "http_client_factory"}, sort_keys=True, default=repr)
-    key += f"|{id(factory) if factory is not None else ''}"
+    shared = json.dumps({k: v for k, v in config.items() if k != "http_client_factory"}, sort_keys=True, default=repr)
+    key = f"{shared}|{id(factory) if factory is not None else ''}"
     with _LOCK:
         lm = _BUILT.get(key)
         if lm is None:
@@ -64,5 +72,10 @@ def lm_from_config(config: dict[str, Any]) -> LM:
                 **params,
             )
             lm.backoff_base, lm.backoff_max = config["backoff"]
+            if _LIMITS:
+                from ._limits import install
+
+                # the same key on every worker: LMs with the same arguments share the cluster's limits
+                install(lm, hashlib.sha256(shared.encode()).hexdigest()[:16], _LIMITS[0], _LIMITS[1])
             _BUILT[key] = lm
         return lm

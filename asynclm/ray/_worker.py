@@ -14,6 +14,7 @@ from typing import Any
 
 import anyio
 
+from asynclm.lm import track_usage
 from asynclm.runtime import asyncify, call_with_args, context, is_async_callable
 
 __all__ = ["Worker", "portable_error"]
@@ -38,8 +39,15 @@ def portable_error(exc: BaseException) -> BaseException:
 class Worker:
     """One worker of a ``RayExecutor`` (used as a Ray actor class)."""
 
-    def __init__(self, concurrency: int) -> None:
+    def __init__(self, concurrency: int, limits: Any = None, worker_id: str = "") -> None:
         self.concurrency = concurrency
+        if limits is not None:
+            import ray
+
+            from ._serialize import use_cluster_limits
+
+            use_cluster_limits(limits, worker_id)
+            limits.register.remote(worker_id, ray.get_runtime_context().current_actor)
         self._jobs: OrderedDict[str, tuple[tuple[Any, ...], dict[str, Any], dict[int, Any]]] = OrderedDict()
         self._slots: anyio.Semaphore | None = None
 
@@ -56,7 +64,7 @@ class Worker:
 
     async def run_chunk(
         self, job: list[Any], chunk: list[tuple[int, int, Any]], timeout: float | None
-    ) -> list[tuple[bool, Any]]:
+    ) -> dict[str, Any]:
         fns, settings, callers = await self._job(job[0])
         if self._slots is None:
             self._slots = anyio.Semaphore(self.concurrency)
@@ -85,11 +93,17 @@ class Worker:
                     return
                 out[k] = (True, value)
 
-        with context(**settings):
+        with context(**settings), track_usage() as usage:
             async with anyio.create_task_group() as tg:
                 for k, (index, fi, args) in enumerate(chunk):
                     tg.start_soon(one, k, index, fi, args)
-        return out
+        return {"items": out, "usage": usage.by_model() if usage.calls else None, "cache_hits": usage.cache_hits}
+
+    def apply_pause(self, key: str, seconds: float) -> None:
+        """Another worker got a 429 with Retry-After from this LM: hold back this worker's requests too."""
+        from ._limits import apply_pause
+
+        apply_pause(key, seconds)
 
     def ping(self) -> int:
         import os
