@@ -260,6 +260,7 @@ class RayExecutor:
         load: dict[int, int] = {id(w): 0 for w in workers}
         in_flight = 0
         errors = 0
+        deaths = 0
         fatal: BaseException | None = None
         bar = progress if isinstance(progress, Progress) else Progress.maybe(bool(progress), total=n)
 
@@ -289,6 +290,12 @@ class RayExecutor:
                     in_flight -= end - start
                     if not ok:
                         if isinstance(value, ray.exceptions.RayActorError):
+                            deaths += 1
+                            if deaths > 3 * self.num_workers:  # a chunk that kills every worker it reaches
+                                raise RuntimeError(
+                                    f"RayExecutor: {deaths} workers died during this batch (last: {value}); "
+                                    "an item may be killing them (out of memory?): run it locally to see"
+                                ) from value
                             replacement = await anyio.to_thread.run_sync(self._replace, worker)
                             load.setdefault(id(replacement), 0)
                             todo.appendleft((start, end))
