@@ -80,6 +80,10 @@ class RayExecutor:
         env_vars: environment variables for the workers (for instance an API key read from the
             driver's environment); passed through Ray's runtime env, never stored with a program.
         runtime_env: a Ray runtime env for the workers (``env_vars`` is merged into it).
+        threads_per_worker: the most worker threads a worker runs plain (sync) functions in at
+            once — metrics, ``def forward`` programs (anyio's default is 40). CPU-bound functions
+            in many threads of one process fight over its GIL with Ray's own threads; ``None``:
+            anyio's default.
     """
 
     def __init__(
@@ -92,6 +96,7 @@ class RayExecutor:
         chunk_size: int = 64,
         env_vars: Mapping[str, str] | None = None,
         runtime_env: Mapping[str, Any] | None = None,
+        threads_per_worker: int | None = 4,
     ) -> None:
         for name, value in (
             ("num_workers", num_workers),
@@ -107,6 +112,9 @@ class RayExecutor:
         self.address = address
         self.num_cpus_per_worker = float(num_cpus_per_worker)
         self.chunk_size = chunk_size
+        if threads_per_worker is not None and (not isinstance(threads_per_worker, int) or threads_per_worker < 1):
+            raise ValueError(f"RayExecutor(threads_per_worker={threads_per_worker!r}): use an int >= 1, or None")
+        self.threads_per_worker = threads_per_worker
         env = dict(runtime_env or {})
         if env_vars:
             env["env_vars"] = {**dict(env.get("env_vars") or {}), **dict(env_vars)}
@@ -134,7 +142,7 @@ class RayExecutor:
             options["runtime_env"] = self._runtime_env
         self._count += 1
         actor = ray.remote(Worker).options(**options)
-        return actor.remote(self.concurrency_per_worker, self._limits, f"w{self._count}")
+        return actor.remote(self.concurrency_per_worker, self._limits, f"w{self._count}", self.threads_per_worker)
 
     def _start(self) -> list[Any]:
         """Join or start Ray and make the actors (blocking: call it in a worker thread)."""

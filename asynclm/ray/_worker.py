@@ -13,6 +13,7 @@ from collections import OrderedDict
 from typing import Any
 
 import anyio
+import anyio.to_thread
 
 from asynclm.lm import track_usage
 from asynclm.runtime import asyncify, call_with_args, context, is_async_callable
@@ -39,8 +40,11 @@ def portable_error(exc: BaseException) -> BaseException:
 class Worker:
     """One worker of a ``RayExecutor`` (used as a Ray actor class)."""
 
-    def __init__(self, concurrency: int, limits: Any = None, worker_id: str = "") -> None:
+    def __init__(
+        self, concurrency: int, limits: Any = None, worker_id: str = "", threads: int | None = None
+    ) -> None:
         self.concurrency = concurrency
+        self.threads = threads
         if limits is not None:
             import ray
 
@@ -68,6 +72,8 @@ class Worker:
         fns, settings, callers = await self._job(job[0])
         if self._slots is None:
             self._slots = anyio.Semaphore(self.concurrency)
+            if self.threads is not None:  # plain functions (metrics) run in at most this many threads at once
+                anyio.to_thread.current_default_thread_limiter().total_tokens = self.threads
         slots = self._slots
         out: list[tuple[bool, Any]] = [(False, None)] * len(chunk)
 
