@@ -95,13 +95,14 @@ _EXPORTS: dict[str, str] = {
     "ScoreWithFeedback": "asynclm.optimize",
 }
 
-# subpackages behind an extra, imported on first use: ``asynclm.mcp`` (pip install 'asynclm[mcp]')
-_SUBPACKAGES = ("mcp",)
+# subpackages behind an extra, imported on first use: ``asynclm.mcp`` (pip install 'asynclm[mcp]'),
+# ``asynclm.ray`` (pip install 'asynclm[ray]'; Ray itself is imported when a RayExecutor starts)
+_SUBPACKAGES = ("mcp", "ray")
 
 __all__ = ["__version__", *sorted([*_EXPORTS, *_SUBPACKAGES])]
 
 if TYPE_CHECKING:  # static checkers see the real names; at run time they load lazily
-    from asynclm import mcp as mcp
+    from asynclm import mcp as mcp, ray as ray
     from asynclm.adapters import (
         Adapter as Adapter,
         ChatAdapter as ChatAdapter,

@@ -17,7 +17,8 @@ from typing import Any, TextIO
 import anyio
 import anyio.to_thread
 
-from asynclm.runtime import Progress, SyncCallable, asyncify, is_async_callable, run_items
+from asynclm.runtime import Progress, SyncCallable, asyncify, current_executor, is_async_callable, run_items
+from asynclm.runtime._executor import check_executor
 from asynclm.signatures import Example, Prediction
 
 from ._metrics import answer_exact_match, answer_passage_match
@@ -154,6 +155,9 @@ class Evaluate(SyncCallable):
         timeout: a per-example deadline in seconds (a timed-out example fails with
             ``TimeoutError`` and counts against ``max_errors``).
         file: where ``display_table`` prints (default ``sys.stdout``).
+        executor: run the examples there (``asynclm.ray.RayExecutor``): the program and the metric
+            run on its workers, the scores are summed here. Default: the ``context(executor=...)``
+            setting, else this process.
 
     ``metric``, ``devset``, ``concurrency``, ``progress``, ``display_table``, ``save_as_csv`` and
     ``save_as_json`` can be overridden per call:
@@ -175,8 +179,10 @@ class Evaluate(SyncCallable):
         save_as_json: str | os.PathLike[str] | None = None,
         timeout: float | None = None,
         file: TextIO | None = None,
+        executor: Any = None,
     ) -> None:
         _check_concurrency(concurrency)
+        check_executor(executor, "Evaluate(executor)")
         if max_errors is not None and (not isinstance(max_errors, int) or max_errors < 0):
             raise ValueError(f"Evaluate(max_errors={max_errors!r}): use an int >= 0, or None for no limit")
         if timeout is not None and not (timeout > 0 and math.isfinite(timeout)):
@@ -192,6 +198,7 @@ class Evaluate(SyncCallable):
         self.save_as_json = save_as_json
         self.timeout = timeout
         self.file = file
+        self.executor = executor
 
     def __repr__(self) -> str:
         metric = metric_name(self.metric) if self.metric is not None else None
@@ -224,22 +231,11 @@ class Evaluate(SyncCallable):
         csv_path = save_as_csv if save_as_csv is not None else self.save_as_csv
         json_path = save_as_json if save_as_json is not None else self.save_as_json
 
-        run_program = program if is_async_callable(program) else asyncify(program)
         scores: list[float | None] = [None] * len(examples)
 
         misuse: list[TypeError] = []
         scope = anyio.CancelScope()
-
-        async def one(index: int, example: Example) -> Any:
-            prediction = await run_program(**dict(example.inputs()))
-            value = await call_metric(metric, example, prediction)
-            try:
-                scores[index] = metric_score(value, metric)
-            except TypeError as exc:  # a bug in the metric, not a failed example: stop now
-                misuse.append(exc)
-                scope.cancel()
-                raise
-            return prediction
+        one = _Scorer(program, metric)  # runs wherever the items run; the scores are summed here
 
         bar = Progress(len(examples), desc="Evaluate") if show_progress else None
         total = 0.0
@@ -248,6 +244,13 @@ class Evaluate(SyncCallable):
 
         def on_result(index: int, value: Any, error: BaseException | None) -> None:
             nonlocal total, done
+            if error is None:
+                try:
+                    scores[index] = metric_score(value[1], metric)
+                except TypeError as exc:  # a bug in the metric, not a failed example: stop now
+                    misuse.append(exc)
+                    scope.cancel()
+                    return
             done += 1
             if error is not None:
                 if isinstance(error, Exception):
@@ -263,11 +266,12 @@ class Evaluate(SyncCallable):
         try:
             with scope:
                 predictions = await run_items(
-                    [(one, (i, ex)) for i, ex in enumerate(examples)],
+                    [(one, (ex,)) for ex in examples],
                     concurrency=concurrency,
                     max_errors=self.max_errors,
                     timeout=self.timeout,
                     on_result=on_result,
+                    executor=current_executor(self.executor),
                 )
         finally:
             if bar is not None:
@@ -281,7 +285,7 @@ class Evaluate(SyncCallable):
                 results.append((example, Prediction(), self.failure_score))
             else:
                 score = scores[i]
-                results.append((example, predictions[i], score if score is not None else self.failure_score))
+                results.append((example, predictions[i][0], score if score is not None else self.failure_score))
         mean = sum(score for _, _, score in results) / len(results)
         result = EvaluationResult(score=round(100 * mean, 2), results=results, errors=errors)
         logger.info("Evaluate: %s on %d examples, %d failed", result.score, len(results), len(errors))
@@ -302,6 +306,27 @@ class Evaluate(SyncCallable):
                 data = json.dumps(rows, ensure_ascii=False, indent=2, default=str)
                 await anyio.to_thread.run_sync(_write_text, json_path, data + "\n")
         return result
+
+
+class _Scorer:
+    """One example's work: run the program, then the metric; returns ``(prediction, metric value)``.
+
+    A plain object holding the program and the metric (no closure over ``Evaluate``'s state), so an
+    executor can ship it to other processes.
+    """
+
+    __slots__ = ("metric", "program")
+
+    def __init__(self, program: Callable[..., Any], metric: Metric) -> None:
+        self.program = program
+        self.metric = metric
+
+    async def __call__(self, example: Example) -> tuple[Any, Any]:
+        program = self.program
+        run = program if is_async_callable(program) else asyncify(program)
+        prediction = await run(**dict(example.inputs()))
+        value = await call_metric(self.metric, example, prediction)
+        return prediction, value
 
 
 def _check_concurrency(concurrency: Any) -> None:

@@ -12,6 +12,7 @@ from typing import Any
 from asynclm.runtime import (
     SyncCallable,
     asyncify,
+    current_executor,
     is_async_callable,
     run_items,
     sync_twin,
@@ -79,6 +80,7 @@ class Module(SyncCallable):
         return_exceptions: bool = False,
         timeout: float | None = None,
         progress: bool = False,
+        executor: Any = None,
     ) -> list[Any]:
         """Run the program on many inputs concurrently; results in input order.
 
@@ -88,6 +90,8 @@ class Module(SyncCallable):
         with its original type after cancelling the rest; ``return_exceptions=True`` puts each
         failure in its slot instead; ``timeout`` is per item. ``concurrency=None``: no bound (every
         item at once; what a ``BatchLM`` needs to gather each step's calls into one provider batch).
+        ``executor``: run the items there (``asynclm.ray.RayExecutor``; default: the
+        ``context(executor=...)`` setting, else here).
         """
         from asynclm.runtime import Parallel
 
@@ -101,6 +105,7 @@ class Module(SyncCallable):
             return_exceptions=return_exceptions,
             timeout=timeout,
             progress=progress,
+            executor=current_executor(executor),
         )
 
     # -- structure ------------------------------------------------------------------------------

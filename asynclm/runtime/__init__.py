@@ -5,6 +5,7 @@ Knows nothing about language models; every other layer builds on it.
 """
 
 from ._contexts import enter_sync
+from ._executor import Executor, current_executor
 from ._home import HomeLoop, HomeLoopClosedError, home_loop
 from ._iterate import iterate_sync
 from ._limits import ConcurrencyLimiter, CrossLoopEvent, RateLimiter
@@ -29,6 +30,7 @@ __all__ = [
     "BoundSyncTwin",
     "ConcurrencyLimiter",
     "CrossLoopEvent",
+    "Executor",
     "HomeLoop",
     "HomeLoopClosedError",
     "Parallel",
@@ -43,6 +45,7 @@ __all__ = [
     "call_with_args",
     "configure",
     "context",
+    "current_executor",
     "current_settings",
     "enter_sync",
     "home_loop",

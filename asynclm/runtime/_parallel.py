@@ -8,6 +8,7 @@ from typing import Any
 
 import anyio
 
+from ._executor import check_executor, current_executor
 from ._progress import Progress
 from ._sync import SyncCallable, asyncify, is_async_callable
 
@@ -58,12 +59,15 @@ class Parallel(SyncCallable):
         timeout: a per-item deadline in seconds; an item over it is cancelled (its ``finally``
             blocks run) and fails with ``TimeoutError``.
         progress: show a progress bar (tqdm) on stderr when it is a terminal.
+        executor: run the items there (``asynclm.ray.RayExecutor``) instead of in this event loop,
+            with the same results, order and errors; default: the ``context(executor=...)``
+            setting, else this process.
 
     An instance holds only its configuration: it can be awaited many times, concurrently, and
     nested inside its own items.
     """
 
-    __slots__ = ("concurrency", "max_errors", "progress", "return_exceptions", "timeout")
+    __slots__ = ("concurrency", "executor", "max_errors", "progress", "return_exceptions", "timeout")
 
     def __init__(
         self,
@@ -72,6 +76,7 @@ class Parallel(SyncCallable):
         return_exceptions: bool = False,
         timeout: float | None = None,
         progress: bool = False,
+        executor: Any = None,
     ) -> None:
         if concurrency is not None and (
             not isinstance(concurrency, int) or isinstance(concurrency, bool) or concurrency < 1
@@ -88,6 +93,8 @@ class Parallel(SyncCallable):
         self.return_exceptions = return_exceptions
         self.timeout = timeout
         self.progress = progress
+        check_executor(executor, "Parallel(executor)")
+        self.executor = executor
 
     def __repr__(self) -> str:
         return (
@@ -113,6 +120,7 @@ class Parallel(SyncCallable):
             return_exceptions=self.return_exceptions,
             timeout=self.timeout,
             progress=self.progress,
+            executor=current_executor(self.executor),
         )
 
 
@@ -125,8 +133,11 @@ async def run_items(
     timeout: float | None = None,
     progress: bool | Progress = False,
     on_result: Callable[[int, Any, BaseException | None], None] | None = None,
+    executor: Any = None,
 ) -> list[Any]:
     """The engine behind ``Parallel`` (and module ``batch`` / ``Evaluate``).
+
+    With an ``executor`` (see ``runtime.Executor``) the items run there, under the same contract.
 
     ``concurrency`` workers pull the next index from a shared counter: no task or semaphore per
     item, so 10 000 items cost 10 000 awaits and nothing more. ``on_result(index, value, error)``
@@ -137,6 +148,17 @@ async def run_items(
     results: list[Any] = [None] * n
     if n == 0:
         return results
+    if executor is not None:
+        out: list[Any] = await executor.run_items(
+            items,
+            concurrency=concurrency,
+            max_errors=max_errors,
+            return_exceptions=return_exceptions,
+            timeout=timeout,
+            progress=progress,
+            on_result=on_result,
+        )
+        return out
     callers: dict[int, Callable[..., Any]] = {}  # id(fn) -> fn itself, or fn wrapped by asyncify
     next_index = 0
     errors = 0

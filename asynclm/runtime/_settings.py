@@ -41,6 +41,9 @@ class Settings:
         callbacks: callbacks notified of module, LM, adapter and tool events.
         max_parse_retries: how many times a predictor re-asks the LM after an unparsable answer.
         trace: whether module calls record their inputs and outputs in the task-local trace.
+        executor: where ``Parallel``, ``Module.batch`` and ``Evaluate`` (and so the optimizers'
+            evaluations) run their items when no ``executor=`` is passed to them: an object with an
+            async ``run_items`` method (``asynclm.ray.RayExecutor``); ``None``: in this process.
     """
 
     lm: Any = None
@@ -51,6 +54,7 @@ class Settings:
     callbacks: tuple[Any, ...] = ()
     max_parse_retries: int = 1
     trace: bool = True
+    executor: Any = None
 
 
 _FIELDS: frozenset[str] = frozenset(f.name for f in dataclasses.fields(Settings))
@@ -84,6 +88,12 @@ def _check(kwargs: Mapping[str, Any], what: str) -> dict[str, Any]:
         if not hasattr(cache_dir, "__fspath__"):
             raise TypeError(f"{what}(cache_dir={cache_dir!r}) takes a directory path (str or os.PathLike), or None")
         checked["cache_dir"] = str(cache_dir.__fspath__())
+    executor = checked.get("executor")
+    if executor is not None and not callable(getattr(executor, "run_items", None)):
+        raise TypeError(
+            f"{what}(executor={executor!r}): an executor is an object with an async run_items(...) method, "
+            "such as asynclm.ray.RayExecutor(num_workers=2); or None to run in this process"
+        )
     lm = checked.get("lm")
     if lm is not None and not callable(lm):  # an LM is an async callable; runtime knows no more of it
         hint = f"asynclm.LM({lm!r})" if isinstance(lm, str) else "asynclm.LM('openai/gpt-4o-mini')"

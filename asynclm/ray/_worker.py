@@ -1,0 +1,117 @@
+"""The Ray actor that runs a batch's items: one asyncio event loop with asynclm inside.
+
+Ray runs an actor whose methods are coroutines on its own asyncio loop; each ``run_chunk`` call
+runs its items concurrently there (``Parallel``'s rules: dict/tuple/``Example`` arguments, plain
+functions in worker threads, the per-item deadline) and returns one ``(ok, value or exception)``
+per item, in order. The items' callables and the driver's settings arrive once per batch (one Ray
+object) and are kept while the batch runs.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Any
+
+import anyio
+import anyio.to_thread
+
+from asynclm.lm import track_usage
+from asynclm.runtime import asyncify, call_with_args, context, is_async_callable
+
+__all__ = ["Worker", "portable_error"]
+
+_JOBS_KEPT = 8
+
+
+def portable_error(exc: BaseException) -> BaseException:
+    """``exc`` if it survives a round trip through Ray's serializer, else a ``RemoteItemError`` naming it."""
+    from ray import cloudpickle
+
+    from ._executor import RemoteItemError
+
+    dumps: Any = cloudpickle.dumps
+    try:
+        cloudpickle.loads(dumps(exc))
+    except Exception:
+        return RemoteItemError(f"{type(exc).__module__}.{type(exc).__qualname__}: {exc}", type(exc).__qualname__)
+    return exc
+
+
+class Worker:
+    """One worker of a ``RayExecutor`` (used as a Ray actor class)."""
+
+    def __init__(
+        self, concurrency: int, limits: Any = None, worker_id: str = "", threads: int | None = None
+    ) -> None:
+        self.concurrency = concurrency
+        self.threads = threads
+        if limits is not None:
+            import ray
+
+            from ._serialize import use_cluster_limits
+
+            use_cluster_limits(limits, worker_id)
+            limits.register.remote(worker_id, ray.get_runtime_context().current_actor)
+        self._jobs: OrderedDict[str, tuple[tuple[Any, ...], dict[str, Any], dict[int, Any]]] = OrderedDict()
+        self._slots: anyio.Semaphore | None = None
+
+    async def _job(self, ref: Any) -> tuple[tuple[Any, ...], dict[str, Any], dict[int, Any]]:
+        key = ref.hex()
+        job = self._jobs.get(key)
+        if job is None:
+            fns, settings = await ref
+            job = (fns, settings, {})
+            self._jobs[key] = job
+            while len(self._jobs) > _JOBS_KEPT:
+                self._jobs.popitem(last=False)
+        return job
+
+    async def run_chunk(
+        self, job: list[Any], chunk: list[tuple[int, int, Any]], timeout: float | None
+    ) -> dict[str, Any]:
+        fns, settings, callers = await self._job(job[0])
+        if self._slots is None:
+            self._slots = anyio.Semaphore(self.concurrency)
+            if self.threads is not None:  # plain functions (metrics) run in at most this many threads at once
+                anyio.to_thread.current_default_thread_limiter().total_tokens = self.threads
+        slots = self._slots
+        out: list[tuple[bool, Any]] = [(False, None)] * len(chunk)
+
+        async def invoke(fi: int, args: Any, index: int) -> Any:
+            caller = callers.get(fi)
+            if caller is None:
+                fn = fns[fi]
+                caller = callers[fi] = fn if is_async_callable(fn) else asyncify(fn)
+            return await call_with_args(caller, args, index)
+
+        async def one(k: int, index: int, fi: int, args: Any) -> None:
+            async with slots:
+                try:
+                    if timeout is None:
+                        value = await invoke(fi, args, index)
+                    else:
+                        with anyio.move_on_after(timeout) as deadline:
+                            value = await invoke(fi, args, index)
+                        if deadline.cancel_called:
+                            raise TimeoutError(f"Parallel item {index} did not finish within {timeout} s")
+                except Exception as exc:
+                    out[k] = (False, portable_error(exc))
+                    return
+                out[k] = (True, value)
+
+        with context(**settings), track_usage() as usage:
+            async with anyio.create_task_group() as tg:
+                for k, (index, fi, args) in enumerate(chunk):
+                    tg.start_soon(one, k, index, fi, args)
+        return {"items": out, "usage": usage.by_model() if usage.calls else None, "cache_hits": usage.cache_hits}
+
+    def apply_pause(self, key: str, seconds: float) -> None:
+        """Another worker got a 429 with Retry-After from this LM: hold back this worker's requests too."""
+        from ._limits import apply_pause
+
+        apply_pause(key, seconds)
+
+    def ping(self) -> int:
+        import os
+
+        return os.getpid()
