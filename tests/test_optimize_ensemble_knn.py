@@ -252,3 +252,33 @@ async def test_knn_fewshot_embedder_errors_are_clear() -> None:
 
     with pytest.raises(TypeError, match="not a vector"):
         await KNNFewShot(k=1, trainset=TRAIN, embedder=not_vectors).compile(asynclm.Predict("question -> answer"))
+
+
+def test_knn_fewshot_from_many_threads_embeds_the_training_set_once() -> None:
+    """Compiling and calling from several threads (each on its own portal loop) at once: the
+    training set is embedded once, and each thread gets its own neighbours."""
+    import threading
+
+    calls: list[int] = []
+
+    def counting(texts: list[str]) -> list[list[float]]:
+        calls.append(len(texts))
+        return bag_of_words(texts)
+
+    knn = KNNFewShot(k=1, trainset=TRAIN, embedder=counting, max_bootstrapped_demos=0, max_labeled_demos=1)
+    with FakeOpenAIServer(Fields(lambda inputs: {"answer": inputs["question"]}), latency=0.05) as server:
+        student = asynclm.Predict("question -> answer", lm=lm_for(server))
+        answers: dict[int, str] = {}
+
+        def work(i: int) -> None:
+            compiled = knn.compile.sync(student)
+            answers[i] = compiled.sync(question=f"sky color {i}?").answer
+
+        threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert answers == {i: f"sky color {i}?" for i in range(4)}
+    assert calls.count(len(TRAIN)) == 1  # the training set once; then one query each
+    assert sorted(calls) == [1, 1, 1, 1, len(TRAIN)]

@@ -8,10 +8,8 @@ import types
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-import anyio
-
 from asynclm.modules import Module
-from asynclm.runtime import asyncify, is_async_callable, sync_twin
+from asynclm.runtime import ConcurrencyLimiter, asyncify, is_async_callable, sync_twin
 from asynclm.signatures import Example
 
 from ._base import Teleprompter, check_trainset
@@ -44,7 +42,9 @@ class _Neighbours:
         self.trainset = trainset
         self._embed = embed
         self._vectors: list[list[float]] | None = None
-        self._lock = anyio.Lock()  # the training set is embedded once, by the first caller
+        # the training set is embedded once, by the first caller; a process-wide limiter (not an
+        # anyio.Lock): the compiled program may be called from several threads' loops at once
+        self._once = ConcurrencyLimiter(1)
 
     async def _vectors_of(self, texts: list[str]) -> list[list[float]]:
         vectors = await self._embed(texts)
@@ -54,10 +54,15 @@ class _Neighbours:
         return [_unit(v, repr(t[:40])) for v, t in zip(vectors, texts, strict=True)]
 
     async def prepare(self) -> None:
-        async with self._lock:
+        if self._vectors is not None:
+            return
+        await self._once.acquire()
+        try:
             if self._vectors is None:
                 texts = [_text((k, v) for k, v in ex.items() if k in (ex.input_keys or ())) for ex in self.trainset]
                 self._vectors = await self._vectors_of(texts)
+        finally:
+            self._once.release()
 
     async def nearest(self, inputs: Mapping[str, Any]) -> list[Example]:
         await self.prepare()
