@@ -326,12 +326,37 @@ async def test_a_react_agent_through_batch_lm_takes_one_batch_per_step(
 
     server.set_responses(respond)
     blm = make(server)
-    react = ReAct("question -> answer", tools=[weather])
+    react = ReAct("question -> answer", tools=[weather], native_tools=False)  # the text protocol scripted above
     with alm.context(lm=blm, cache_dir=str(tmp_path)):
         preds = await react.batch([{"question": f"Weather {i}?"} for i in range(40)], concurrency=None)
     assert all(p.answer == "sunny" and p.trajectory["observation_0"] == "sunny in Oslo" for p in preds)
     assert server.batches_created == 3  # step 0 (tool), step 1 (finish), extract
     assert server.requests == 120
+
+
+async def test_a_react_agent_with_native_tool_calls_through_batch_lm(server: FakeOpenAIServer, tmp_path: Path) -> None:
+    """Native tool calling through BatchLM: the batch lines carry `tools`, the answers' tool calls
+    reach ReAct, each turn is one provider batch."""
+    from asynclm.modules import ReAct
+    from asynclm.testing import Reply
+    from asynclm.testing._render import render_chat
+
+    def respond(request: Any) -> Any:
+        if "tools" not in request.json:  # the extract step
+            return render_chat({"reasoning": "read it", "answer": "sunny"})
+        if any(m.get("role") == "tool" for m in request.messages):
+            return Reply(text="done")  # no tool call: the agent is finished
+        return Reply(tool_calls=[{"name": "weather", "args": {"city": "Oslo"}}])
+
+    async def weather(city: str) -> str:
+        return f"sunny in {city}"
+
+    server.set_responses(respond)
+    react = ReAct("question -> answer", tools=[weather])
+    with alm.context(lm=make(server), cache_dir=str(tmp_path)):
+        preds = await react.batch([{"question": f"Weather {i}?"} for i in range(20)], concurrency=None)
+    assert all(p.answer == "sunny" and p.trajectory["observation_0"] == "sunny in Oslo" for p in preds)
+    assert server.batches_created == 3  # the tool turn, the finishing turn, extract
 
 
 async def test_evaluate_with_no_bound_makes_one_batch_per_step(server: FakeOpenAIServer, tmp_path: Path) -> None:
