@@ -104,7 +104,9 @@ async def test_ensemble_size_and_deterministic_draws() -> None:
         for _ in range(3):  # the same inputs always use the same two programs
             assert [p.answer for p in await two(question="q1")] == first
         seeded = [await Ensemble(size=1, seed=7).compile(programs) for _ in range(2)]
-        draws = [[(await e(question=f"q{i}"))[0].answer for i in range(6)] for e in seeded]
+        draws: list[list[str]] = []
+        for ensembled in seeded:  # (no nested async comprehension: Python 3.10 refuses it)
+            draws.append([(await ensembled(question=f"q{i}"))[0].answer for i in range(6)])
         assert draws[0] == draws[1]  # one seed, one sequence of draws
 
 
