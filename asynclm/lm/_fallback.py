@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import sys
 import time
 from collections import deque
 from collections.abc import AsyncGenerator, Sequence
@@ -243,9 +244,11 @@ class FallbackLM(SyncCallable):
                 if later.__cause__ is None and later is not earlier:
                     later.__cause__ = earlier
             tried = "; ".join(f"{lm.model} failed ({type(exc).__name__})" for lm, exc in errors)
-            error.add_note(
-                f"FallbackLM: {tried}; then this error, from {failed.model} (earlier ones chained as __cause__)"
-            )
+            note = f"FallbackLM: {tried}; then this error, from {failed.model} (earlier ones chained as __cause__)"
+            if sys.version_info >= (3, 11):
+                error.add_note(note)
+            else:  # what add_note does (the exceptiongroup backport prints __notes__ on 3.10)
+                error.__notes__ = [*getattr(error, "__notes__", []), note]
         entry = self._entry(prompt, messages, params, errors, started, t0)
         entry.update(model=None, outputs=[], usage=Usage().to_dict(), cache_hit=False,
                      error=f"{type(error).__name__}: {error}")
