@@ -9,6 +9,7 @@ object) and are kept while the batch runs.
 
 from __future__ import annotations
 
+import importlib
 from collections import OrderedDict
 from typing import Any
 
@@ -24,25 +25,29 @@ _JOBS_KEPT = 8
 
 
 def portable_error(exc: BaseException) -> BaseException:
-    """``exc`` if it survives a round trip through Ray's serializer, else a ``RemoteItemError`` naming it."""
-    from ray import cloudpickle
-
+    """``exc`` if it can travel back to the driver (its class importable by name there, and
+    rebuilt from what it reduces to, which is what Ray's serializer does with it), else a
+    ``RemoteItemError`` naming it."""
     from ._executor import RemoteItemError
 
-    dumps: Any = cloudpickle.dumps
+    cls = type(exc)
     try:
-        cloudpickle.loads(dumps(exc))
+        found: Any = importlib.import_module(cls.__module__)
+        for part in cls.__qualname__.split("."):
+            found = getattr(found, part)
+        if found is not cls:
+            raise LookupError(cls.__qualname__)
+        reduced: Any = exc.__reduce_ex__(2)
+        reduced[0](*reduced[1])
     except Exception:
-        return RemoteItemError(f"{type(exc).__module__}.{type(exc).__qualname__}: {exc}", type(exc).__qualname__)
+        return RemoteItemError(f"{cls.__module__}.{cls.__qualname__}: {exc}", cls.__qualname__)
     return exc
 
 
 class Worker:
     """One worker of a ``RayExecutor`` (used as a Ray actor class)."""
 
-    def __init__(
-        self, concurrency: int, limits: Any = None, worker_id: str = "", threads: int | None = None
-    ) -> None:
+    def __init__(self, concurrency: int, limits: Any = None, worker_id: str = "", threads: int | None = None) -> None:
         self.concurrency = concurrency
         self.threads = threads
         if limits is not None:
