@@ -107,6 +107,13 @@ async def caller(client: str, base_url: str, limit: int = 0) -> AsyncIterator[Ca
             return str((await lm(messages=messages)).texts[0])
 
         yield call
+    elif client == "anyio-sleep":  # the floor of the cancel scenario: a task and nothing else
+
+        async def call() -> str:
+            await anyio.sleep(3600)
+            return ""
+
+        yield call
     elif client in ("asynclm", "asynclm-aiohttp"):
         predict = make_predict(base_url, client)
 
@@ -267,13 +274,16 @@ async def _in_flight(base_url: str) -> int:
 
 async def _cancel(spec: dict[str, Any]) -> dict[str, float]:
     """Client CPU and wall time to cancel ``n`` calls in flight (the server never answers within
-    the run): from ``cancel()`` to the task group's exit, every request's connection closed."""
+    the run): from ``cancel()`` to the task group's exit, every request's connection closed.
+    ``anyio-sleep`` is the floor: tasks in ``anyio.sleep``, no connection at all."""
     n, client = spec["n"], spec["client"]
     async with caller(client, spec["url"], limit=0) as call, anyio.create_task_group() as tg:
         for _ in range(n):
             tg.start_soon(call)
         with anyio.fail_after(60):
-            while await _in_flight(spec["url"]) < n:
+            if client == "anyio-sleep":
+                await anyio.sleep(0.2)
+            while client != "anyio-sleep" and await _in_flight(spec["url"]) < n:
                 await anyio.sleep(0.05)
         cpu0, t0 = time.process_time(), time.perf_counter()
         tg.cancel_scope.cancel()
