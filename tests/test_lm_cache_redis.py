@@ -19,7 +19,8 @@ import anyio
 import pytest
 
 import asynclm
-from asynclm.lm import LM, _redis
+from asynclm.lm import LM
+from asynclm.runtime._asyncio_thread import loop_thread_alive
 from asynclm.testing import FakeOpenAIServer
 
 redis = pytest.importorskip("redis", reason="the redis package is not installed: pip install 'asynclm[redis]'")
@@ -133,7 +134,7 @@ async def test_lm_calls_share_entries_through_redis(
     assert (again.text, again.cache_hit) == (f"echo: {prompt}", True)
     assert server.requests == 1
     if anyio_backend == "trio":  # the asyncio-only client ran on asynclm's loop thread
-        assert _redis._thread is not None and _redis._thread.thread.is_alive()
+        assert loop_thread_alive()
 
 
 async def test_the_memory_layer_sits_in_front_of_redis(server: FakeOpenAIServer, redis_server: RedisServer) -> None:

@@ -5,10 +5,9 @@ that made it. So:
 
 * on an asyncio loop, each loop gets its own client from the per-loop registry
   (``asynclm.runtime.loop_resource``), made inside that loop and closed when its run ends;
-* on trio, each command is handed to one dedicated asyncio loop thread owned by asynclm (started
-  on first use, a daemon, stopped at exit, forgotten in a forked child) and awaited without
-  blocking a worker thread: the trio task waits on an event that the asyncio side sets through
-  trio's thread-safe waker. Cancelling the trio task cancels the command.
+* on trio, each command runs on the runtime's shared asyncio loop thread
+  (``asynclm.runtime._asyncio_thread.run_on_asyncio``), awaited without blocking a worker thread;
+  cancelling the trio task cancels the command.
 
 Values are the server's JSON response bytes as Redis strings (no pickle), under
 ``<prefix><sha256 key>``, with ``SET ... PX <ttl>`` when a TTL is given.
@@ -20,22 +19,16 @@ and Redis is tried again after ``retry_after`` seconds, by one call at a time.
 
 from __future__ import annotations
 
-import asyncio
-import atexit
-import concurrent.futures
 import logging
 import os
 import threading
 import time
 import warnings
-from collections.abc import Callable, Coroutine
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-import anyio
-
 from asynclm.runtime import loop_resource
-from asynclm.runtime._backends import current_waker, running_loop_name
+from asynclm.runtime._asyncio_thread import run_on_asyncio
 
 from ._cache import CacheWarning, MemoryCache, SharedCache, Store
 
@@ -43,7 +36,6 @@ __all__ = ["RedisCache"]
 
 logger = logging.getLogger("asynclm.lm")
 
-T = TypeVar("T")
 _warn_lock = threading.Lock()
 _MISSING = "asynclm.RedisCache needs the redis package: pip install 'asynclm[redis]'"
 
@@ -140,18 +132,13 @@ class RedisCache(SharedCache):
     async def _set(self, key: str, value: bytes) -> None:
         await self._client().set(self.prefix + key, value, px=self._px)
 
-    async def _run(self, fn: Callable[..., Coroutine[Any, Any, T]], *args: Any) -> T:
-        if running_loop_name() == "asyncio":
-            return await fn(*args)
-        return await _on_loop_thread(fn, *args)
-
     # -- the cache interface --------------------------------------------------------------------
 
     async def aget(self, key: str) -> bytes | None:
         if self._down_until and not self._probe():
             return None
         try:
-            value = await self._run(self._get, key)
+            value = await run_on_asyncio(self._get, key)
         except Exception as exc:
             self._fail(exc)
             return None
@@ -162,7 +149,7 @@ class RedisCache(SharedCache):
         if self._down_until and not self._probe():
             return
         try:
-            await self._run(self._set, key, value)
+            await run_on_asyncio(self._set, key, value)
         except Exception as exc:
             self._fail(exc)
         else:
@@ -204,80 +191,8 @@ async def _aclose(client: Any) -> None:
     await client.aclose()
 
 
-# -- the asyncio loop thread for callers on other loops (trio) ----------------------------------
-
-
-class _LoopThread:
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self._main, name="asynclm-redis-loop", daemon=True)
-        self.thread.start()
-
-    def _main(self) -> None:
-        asyncio.set_event_loop(self.loop)
-        try:
-            self.loop.run_forever()
-        finally:
-            try:  # closes the loop's Redis clients (the per-loop registry's closers)
-                self.loop.run_until_complete(self.loop.shutdown_asyncgens())
-            finally:
-                self.loop.close()
-
-    def stop(self) -> None:
-        try:
-            self.loop.call_soon_threadsafe(self.loop.stop)
-        except RuntimeError:  # already closed
-            return
-        self.thread.join(timeout=5)
-
-
-_thread: _LoopThread | None = None
-_thread_lock = threading.Lock()
-
-
-def _loop_thread() -> _LoopThread:
-    global _thread
-    thread = _thread
-    if thread is None or not thread.thread.is_alive():
-        with _thread_lock:
-            if _thread is thread:
-                _thread = _LoopThread()
-            thread = _thread
-    assert thread is not None
-    return thread
-
-
-async def _on_loop_thread(fn: Callable[..., Coroutine[Any, Any, T]], *args: Any) -> T:
-    """Run ``fn(*args)`` on the asyncio loop thread; await it here without holding a thread."""
-    future: concurrent.futures.Future[T] = asyncio.run_coroutine_threadsafe(fn(*args), _loop_thread().loop)
-    event = anyio.Event()
-    wake = current_waker()
-
-    def done(_: object) -> None:
-        try:
-            wake(event.set)
-        except Exception:  # the caller's loop has ended
-            pass
-
-    future.add_done_callback(done)
-    try:
-        await event.wait()
-    except BaseException:
-        future.cancel()
-        raise
-    return future.result()
-
-
-@atexit.register
-def _stop_loop_thread() -> None:
-    if _thread is not None:
-        _thread.stop()
-
-
 def _forget_in_child() -> None:
-    global _thread, _thread_lock, _warn_lock
-    _thread = None
-    _thread_lock = threading.Lock()
+    global _warn_lock
     _warn_lock = threading.Lock()
 
 
