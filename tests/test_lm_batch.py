@@ -386,3 +386,38 @@ async def test_a_journaled_batch_the_provider_does_not_know_is_submitted_again(
     assert pred.draft == "q0!"
     assert server.batches_created == 1
     assert journal_for(str(tmp_path)).batch_ids() == []
+
+
+_JOURNAL_WRITER = textwrap.dedent(
+    """
+    import os, sys, time
+    from asynclm.lm._batch_journal import journal_for
+
+    directory, name, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    go = os.path.join(directory, "go")
+    while not os.path.exists(go):
+        time.sleep(0.001)
+    journal = journal_for(directory)
+    for i in range(n):  # add n batches, then forget the even ones, as fast as it can
+        journal.add(f"{name}-{i}", {"provider": "openai", "keys": [f"{name}-key-{i}"]})
+    for i in range(0, n, 2):
+        journal.remove(f"{name}-{i}")
+    """
+)
+
+
+def test_processes_writing_the_journal_at_once_lose_no_entry(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    names, n = [f"p{k}" for k in range(4)], 20
+    children = [
+        subprocess.Popen([sys.executable, "-c", _JOURNAL_WRITER, str(tmp_path), name, str(n)], env=env)
+        for name in names
+    ]
+    time.sleep(0.5)  # (each child waits for the go file: they all start writing together)
+    (tmp_path / "go").touch()
+    for child in children:
+        assert child.wait(timeout=120) == 0
+    expected = {f"{name}-{i}" for name in names for i in range(1, n, 2)}
+    journal = journal_for(str(tmp_path))
+    assert set(journal.batch_ids()) == expected  # every add and every remove took effect
+    assert journal.lookup("p3-key-19") == ("p3-19", {"provider": "openai", "keys": ["p3-key-19"]})
