@@ -50,7 +50,8 @@ def serve(delay: float) -> None:
         print(f"{SERVE_READY}{server.port}", flush=True)
         for line in sys.stdin:
             if line.strip() == "stats":
-                timings = list(server._core.batches.timings)  # the bench's view into its own kit
+                # the bench's view into its own kit (absent before the phases were measured)
+                timings = list(getattr(server._core.batches, "timings", ()))
                 print(json.dumps({"cpu_s": time.process_time(), "batches": timings}), flush=True)
 
 
@@ -151,6 +152,9 @@ def _rounds(row: dict[str, Any], server_batches: list[dict[str, Any]]) -> list[d
     for done in (h for h in history if h["status"] != "submitted"):
         sub = submitted.get(done["batch"], {})
         srv = by_id.get(done["batch"], {})
+        if "submitting" not in sub or "seen" not in done or "done" not in srv:
+            begin = done["time"]  # a version without the phases' timestamps
+            continue
         phases = {
             "build": sub.get("last_queued", begin) - begin,
             "window": sub.get("submitting", 0) - sub.get("last_queued", 0),

@@ -4,6 +4,8 @@ re-attach, budgets, streaming refused. Both backends."""
 
 from __future__ import annotations
 
+import io
+import logging
 import os
 import subprocess
 import sys
@@ -186,21 +188,25 @@ _CHILD = textwrap.dedent(
     import asynclm as alm
     from asynclm.lm import BatchLM
 
-    base_url, cache_dir = sys.argv[1], sys.argv[2]
-    lm = alm.LM("openai/gpt-4o-mini", base_url=base_url, api_key="sk-test-batch")
+    base_url, cache_dir, model, backend = sys.argv[1:5]
+    lm = alm.LM(model, base_url=base_url, api_key="sk-test-batch")
     blm = BatchLM(lm, window=1.0, poll_interval=0.05)
     qa = alm.Predict("question -> draft")
-    with alm.context(lm=blm, cache_dir=cache_dir):
+    with alm.context(lm=blm, cache_dir=cache_dir, backend=backend):
         qa.batch.sync([{"question": f"q{i}"} for i in range(50)], concurrency=None)
     """
 )
 
 
-def test_a_crashed_run_is_resumed_by_re_attaching(tmp_path: Path) -> None:
-    with FakeOpenAIServer(Fields(_fields), batch_delay=3.0) as server:
+@pytest.mark.parametrize("provider", ["openai", "anthropic"])
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_a_crashed_run_is_resumed_by_re_attaching(tmp_path: Path, provider: str, backend: str) -> None:
+    # both runs call .sync(): the portal runs `backend`; the first run is killed once it has submitted
+    with FakeOpenAIServer(Fields(_fields), batch_delay=3.0, api_key=KEY) as server:
         env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+        model = make(server, provider).model
         child = subprocess.Popen(
-            [sys.executable, "-c", _CHILD, server.base_url, str(tmp_path)], env=env,
+            [sys.executable, "-c", _CHILD, server.base_url, str(tmp_path), model, backend], env=env,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         )  # fmt: skip
         try:
@@ -215,9 +221,9 @@ def test_a_crashed_run_is_resumed_by_re_attaching(tmp_path: Path) -> None:
         assert server.batches_created == 1
         (_batch_id,) = journal_for(str(tmp_path)).batch_ids()
         assert server.requests == 0  # the provider has not answered yet
-        blm = make(server)
+        blm = make(server, provider)
         qa = alm.Predict("question -> draft")
-        with alm.context(lm=blm, cache_dir=str(tmp_path)):
+        with alm.context(lm=blm, cache_dir=str(tmp_path), backend=backend):
             preds = qa.batch.sync([{"question": f"q{i}"} for i in range(50)], concurrency=None)
         assert [p.draft for p in preds] == [f"q{i}!" for i in range(50)]
         assert server.batches_created == 1  # re-attached: nothing submitted (or paid) twice
@@ -421,3 +427,32 @@ def test_processes_writing_the_journal_at_once_lose_no_entry(tmp_path: Path) -> 
     journal = journal_for(str(tmp_path))
     assert set(journal.batch_ids()) == expected  # every add and every remove took effect
     assert journal.lookup("p3-key-19") == ("p3-19", {"provider": "openai", "keys": ["p3-key-19"]})
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:  # tqdm draws only on a terminal
+        return True
+
+
+async def test_the_progress_bar_shows_queued_submitted_and_completed(
+    server: FakeOpenAIServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    pytest.importorskip("tqdm")
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    blm = make(server, progress=True, window=0.5)
+    qa = alm.Predict("question -> draft")
+    with caplog.at_level(logging.INFO, logger="asynclm.lm.batch"), alm.context(lm=blm, cache_dir=str(tmp_path)):
+        preds = await qa.batch([{"question": f"q{i}"} for i in range(7)], concurrency=None)
+    assert [p.draft for p in preds] == [f"q{i}!" for i in range(7)]
+    (batch,) = [h["batch"] for h in blm.history if h["status"] == "completed"]
+    # the same counts, logged and drawn: submitted with 0 of 7 done, then 7 of 7 done
+    assert [r.getMessage() for r in caplog.records] == [
+        f"submitted batch {batch} (7 requests): queued 0, submitted 7, completed 0",
+        f"batch {batch} completed: queued 0, submitted 7, completed 7",
+    ]
+    frames = [f for f in terminal.getvalue().replace("\n", "\r").split("\r") if f.strip()]
+    assert all(f.startswith("provider batches:") for f in frames)
+    submitted = [f for f in frames if "batches=1" in f]  # one batch in flight, none done yet
+    assert submitted and all(" 0/7 " in f and "queued=0" in f for f in submitted)
+    assert " 7/7 " in frames[-1] and "100%" in frames[-1] and "batches=0, queued=0" in frames[-1]
