@@ -456,3 +456,29 @@ async def test_the_progress_bar_shows_queued_submitted_and_completed(
     submitted = [f for f in frames if "batches=1" in f]  # one batch in flight, none done yet
     assert submitted and all(" 0/7 " in f and "queued=0" in f for f in submitted)
     assert " 7/7 " in frames[-1] and "100%" in frames[-1] and "batches=0, queued=0" in frames[-1]
+
+
+async def test_the_driver_and_its_heir_cancelled_together_leave_the_others_answered(
+    server: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    # the first parked call drives (submits, polls); when it leaves, the next parked call takes
+    # over. Cancel both at once: the others must still get their answers.
+    blm = make(server, window=0.3)
+    qa = alm.Predict("question -> draft")
+    scopes = [anyio.CancelScope() for _ in range(6)]
+    answers: dict[int, str] = {}
+
+    async def item(i: int) -> None:
+        with scopes[i]:
+            answers[i] = (await qa(question=f"q{i}")).draft
+
+    with alm.context(lm=blm, cache_dir=str(tmp_path)), anyio.fail_after(30):  # (a hang before the fix)
+        async with anyio.create_task_group() as tg:
+            for i in range(6):  # parked one by one: 0 drives, 1 is next in line
+                tg.start_soon(item, i)
+                while len(blm._pending) <= i:
+                    await anyio.sleep(0.001)
+            scopes[0].cancel()
+            scopes[1].cancel()
+    assert answers == {i: f"q{i}!" for i in range(2, 6)}
+    assert server.batches_created == 1

@@ -30,7 +30,7 @@ import os
 import re
 import sys
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -256,7 +256,9 @@ class BatchLM(SyncCallable):
 
     def _reset(self) -> None:
         self._token: Any = None
-        self._reqs: dict[str, _Req] = {}
+        # ordered: the driver's successor is the oldest waiting request, found without a scan
+        self._reqs: OrderedDict[str, _Req] = OrderedDict()
+        self._heir: _Req | None = None  # woken to drive next
         self._pending: dict[str, _Req] = {}
         self._batches: dict[str, _Batch] = {}
         self._journals: dict[str | None, Journal] = {}
@@ -429,6 +431,7 @@ class BatchLM(SyncCallable):
             while not req.resolved:
                 if not self._driving:
                     self._driving = True
+                    self._heir = None
                     try:
                         await self._drive(req, journal)
                     finally:
@@ -441,15 +444,21 @@ class BatchLM(SyncCallable):
             if req.waiters == 0 and not req.resolved:
                 with anyio.CancelScope(shield=True):
                     await self._abandon(req)
+            if self._heir is req and not self._driving:  # woken to drive, but leaving (cancelled)
+                self._hand_over()
         if req.error is not None:
             raise _clone(req.error)
         assert req.payload is not None
         return req.payload
 
     def _hand_over(self) -> None:
-        """The driver leaves: wake one unresolved request's waiters, one of which drives next."""
+        """The driver leaves: wake one unresolved request's waiters, one of which drives next.
+
+        (Requests leave ``_reqs`` when resolved or abandoned, so the first one waits.)"""
+        self._heir = None
         for req in self._reqs.values():
             if not req.resolved and req.waiters > 0:
+                self._heir = req
                 old, req.event = req.event, anyio.Event()
                 old.set()
                 return
@@ -712,6 +721,8 @@ class BatchLM(SyncCallable):
                     req = self._reqs.get(key)
                     if req is not None and req.batch == batch.id:
                         req.batch = None
+                        if not self._pending:
+                            self._first_queued = time.time()
                         self._pending[key] = req
                         self._last_enqueue = anyio.current_time()
                 return
