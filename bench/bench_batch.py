@@ -181,7 +181,7 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(run_client(json.loads(argv[1]))))
         return
     parser = argparse.ArgumentParser(prog="python -m bench.bench_batch", description=__doc__.split("\n")[0])
-    parser.add_argument("--items", type=int, default=10_000)
+    parser.add_argument("--items", type=int, default=None, help="default 10 000 (200 with --smoke)")
     parser.add_argument("--delay", type=float, default=1.0, help="the fake provider's processing time per batch")
     parser.add_argument("--window", type=float, default=1.0)
     parser.add_argument("--poll", type=float, default=0.5)
@@ -189,11 +189,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--baseline-concurrency", type=int, default=256,
                         help="calls in flight for the plain-LM baseline row")  # fmt: skip
     parser.add_argument("--no-baseline", action="store_true")
-    parser.add_argument("--smoke", action="store_true", help="200 items, 0.1 s delay/window/poll")
+    parser.add_argument("--smoke", action="store_true", help="200 items (unless --items), 0.1 s delay/window/poll")
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
     if args.smoke:
-        args.items, args.delay, args.window, args.poll = 200, 0.1, 0.1, 0.1
+        args.items, args.delay, args.window, args.poll = args.items or 200, 0.1, 0.1, 0.1
+    args.items = args.items or 10_000
     server = _Server(args.delay)
     rows: list[dict[str, Any]] = []
     try:
