@@ -331,7 +331,7 @@ async def test_a_react_agent_through_batch_lm_takes_one_batch_per_step(
         return f"sunny in {city}"
 
     server.set_responses(respond)
-    blm = make(server)
+    blm = make(server, window=1.0)  # a loaded machine can pause a process for a good part of 0.2 s
     react = ReAct("question -> answer", tools=[weather], native_tools=False)  # the text protocol scripted above
     with alm.context(lm=blm, cache_dir=str(tmp_path)):
         preds = await react.batch([{"question": f"Weather {i}?"} for i in range(40)], concurrency=None)
@@ -359,10 +359,12 @@ async def test_a_react_agent_with_native_tool_calls_through_batch_lm(server: Fak
 
     server.set_responses(respond)
     react = ReAct("question -> answer", tools=[weather])
-    with alm.context(lm=make(server), cache_dir=str(tmp_path)):
+    blm = make(server, window=1.0)  # (as above)
+    with alm.context(lm=blm, cache_dir=str(tmp_path)):
         preds = await react.batch([{"question": f"Weather {i}?"} for i in range(20)], concurrency=None)
     assert all(p.answer == "sunny" and p.trajectory["observation_0"] == "sunny in Oslo" for p in preds)
-    assert server.batches_created == 3  # the tool turn, the finishing turn, extract
+    # the tool turn, the finishing turn, extract
+    assert server.batches_created == 3, [(h["requests"], h["status"]) for h in blm.history]
 
 
 async def test_evaluate_with_no_bound_makes_one_batch_per_step(server: FakeOpenAIServer, tmp_path: Path) -> None:
