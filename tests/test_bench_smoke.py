@@ -71,3 +71,25 @@ def test_server_cpu_and_goals_reported(report: tuple[dict[str, Any], str]) -> No
     assert all(g["met"] is None or isinstance(g["met"], bool) for g in goals.values())
     assert "### Goals" in text and "### 1. Sequential calls" in text
     assert data["markdown"].strip() == text.strip()
+
+
+def test_the_batch_bench_explains_its_rounds(tmp_path: Path) -> None:
+    import os
+    import subprocess
+
+    out = tmp_path / "batch.json"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    run = subprocess.run(
+        [sys.executable, "-m", "bench.bench_batch", "--smoke", "--items", "40", "--backends", "asyncio",
+         "--baseline-concurrency", "8", "--out", str(out)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    batch, plain = json.loads(out.read_text())["rows"]
+    assert batch["mode"] == "batch" and plain["mode"] == "plain"
+    assert batch["correct"] and plain["correct"] and batch["batch_sizes"] == [40, 40]
+    assert len(batch["rounds"]) == 2  # one per program step, each with its phases
+    phases = {"build", "window", "submit", "provider", "poll_wait", "download_parse"}
+    assert all(phases <= set(r) for r in batch["rounds"])
+    assert batch["cpu_us_per_call"] > 0 and plain["cpu_us_per_call"] > 0 and batch["server_cpu_s"] >= 0
+    assert "Phases per round" in run.stdout and "plain LM" in run.stdout

@@ -4,6 +4,8 @@ re-attach, budgets, streaming refused. Both backends."""
 
 from __future__ import annotations
 
+import io
+import logging
 import os
 import subprocess
 import sys
@@ -186,21 +188,25 @@ _CHILD = textwrap.dedent(
     import asynclm as alm
     from asynclm.lm import BatchLM
 
-    base_url, cache_dir = sys.argv[1], sys.argv[2]
-    lm = alm.LM("openai/gpt-4o-mini", base_url=base_url, api_key="sk-test-batch")
+    base_url, cache_dir, model, backend = sys.argv[1:5]
+    lm = alm.LM(model, base_url=base_url, api_key="sk-test-batch")
     blm = BatchLM(lm, window=1.0, poll_interval=0.05)
     qa = alm.Predict("question -> draft")
-    with alm.context(lm=blm, cache_dir=cache_dir):
+    with alm.context(lm=blm, cache_dir=cache_dir, backend=backend):
         qa.batch.sync([{"question": f"q{i}"} for i in range(50)], concurrency=None)
     """
 )
 
 
-def test_a_crashed_run_is_resumed_by_re_attaching(tmp_path: Path) -> None:
-    with FakeOpenAIServer(Fields(_fields), batch_delay=3.0) as server:
+@pytest.mark.parametrize("provider", ["openai", "anthropic"])
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_a_crashed_run_is_resumed_by_re_attaching(tmp_path: Path, provider: str, backend: str) -> None:
+    # both runs call .sync(): the portal runs `backend`; the first run is killed once it has submitted
+    with FakeOpenAIServer(Fields(_fields), batch_delay=3.0, api_key=KEY) as server:
         env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+        model = make(server, provider).model
         child = subprocess.Popen(
-            [sys.executable, "-c", _CHILD, server.base_url, str(tmp_path)], env=env,
+            [sys.executable, "-c", _CHILD, server.base_url, str(tmp_path), model, backend], env=env,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         )  # fmt: skip
         try:
@@ -215,9 +221,9 @@ def test_a_crashed_run_is_resumed_by_re_attaching(tmp_path: Path) -> None:
         assert server.batches_created == 1
         (_batch_id,) = journal_for(str(tmp_path)).batch_ids()
         assert server.requests == 0  # the provider has not answered yet
-        blm = make(server)
+        blm = make(server, provider)
         qa = alm.Predict("question -> draft")
-        with alm.context(lm=blm, cache_dir=str(tmp_path)):
+        with alm.context(lm=blm, cache_dir=str(tmp_path), backend=backend):
             preds = qa.batch.sync([{"question": f"q{i}"} for i in range(50)], concurrency=None)
         assert [p.draft for p in preds] == [f"q{i}!" for i in range(50)]
         assert server.batches_created == 1  # re-attached: nothing submitted (or paid) twice
@@ -325,7 +331,7 @@ async def test_a_react_agent_through_batch_lm_takes_one_batch_per_step(
         return f"sunny in {city}"
 
     server.set_responses(respond)
-    blm = make(server)
+    blm = make(server, window=1.0)  # a loaded machine can pause a process for a good part of 0.2 s
     react = ReAct("question -> answer", tools=[weather], native_tools=False)  # the text protocol scripted above
     with alm.context(lm=blm, cache_dir=str(tmp_path)):
         preds = await react.batch([{"question": f"Weather {i}?"} for i in range(40)], concurrency=None)
@@ -353,10 +359,12 @@ async def test_a_react_agent_with_native_tool_calls_through_batch_lm(server: Fak
 
     server.set_responses(respond)
     react = ReAct("question -> answer", tools=[weather])
-    with alm.context(lm=make(server), cache_dir=str(tmp_path)):
+    blm = make(server, window=1.0)  # (as above)
+    with alm.context(lm=blm, cache_dir=str(tmp_path)):
         preds = await react.batch([{"question": f"Weather {i}?"} for i in range(20)], concurrency=None)
     assert all(p.answer == "sunny" and p.trajectory["observation_0"] == "sunny in Oslo" for p in preds)
-    assert server.batches_created == 3  # the tool turn, the finishing turn, extract
+    # the tool turn, the finishing turn, extract
+    assert server.batches_created == 3, [(h["requests"], h["status"]) for h in blm.history]
 
 
 async def test_evaluate_with_no_bound_makes_one_batch_per_step(server: FakeOpenAIServer, tmp_path: Path) -> None:
@@ -386,3 +394,93 @@ async def test_a_journaled_batch_the_provider_does_not_know_is_submitted_again(
     assert pred.draft == "q0!"
     assert server.batches_created == 1
     assert journal_for(str(tmp_path)).batch_ids() == []
+
+
+_JOURNAL_WRITER = textwrap.dedent(
+    """
+    import os, sys, time
+    from asynclm.lm._batch_journal import journal_for
+
+    directory, name, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    go = os.path.join(directory, "go")
+    while not os.path.exists(go):
+        time.sleep(0.001)
+    journal = journal_for(directory)
+    for i in range(n):  # add n batches, then forget the even ones, as fast as it can
+        journal.add(f"{name}-{i}", {"provider": "openai", "keys": [f"{name}-key-{i}"]})
+    for i in range(0, n, 2):
+        journal.remove(f"{name}-{i}")
+    """
+)
+
+
+def test_processes_writing_the_journal_at_once_lose_no_entry(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    names, n = [f"p{k}" for k in range(4)], 20
+    children = [
+        subprocess.Popen([sys.executable, "-c", _JOURNAL_WRITER, str(tmp_path), name, str(n)], env=env)
+        for name in names
+    ]
+    time.sleep(0.5)  # (each child waits for the go file: they all start writing together)
+    (tmp_path / "go").touch()
+    for child in children:
+        assert child.wait(timeout=120) == 0
+    expected = {f"{name}-{i}" for name in names for i in range(1, n, 2)}
+    journal = journal_for(str(tmp_path))
+    assert set(journal.batch_ids()) == expected  # every add and every remove took effect
+    assert journal.lookup("p3-key-19") == ("p3-19", {"provider": "openai", "keys": ["p3-key-19"]})
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:  # tqdm draws only on a terminal
+        return True
+
+
+async def test_the_progress_bar_shows_queued_submitted_and_completed(
+    server: FakeOpenAIServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    pytest.importorskip("tqdm")
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    blm = make(server, progress=True, window=0.5)
+    qa = alm.Predict("question -> draft")
+    with caplog.at_level(logging.INFO, logger="asynclm.lm.batch"), alm.context(lm=blm, cache_dir=str(tmp_path)):
+        preds = await qa.batch([{"question": f"q{i}"} for i in range(7)], concurrency=None)
+    assert [p.draft for p in preds] == [f"q{i}!" for i in range(7)]
+    (batch,) = [h["batch"] for h in blm.history if h["status"] == "completed"]
+    # the same counts, logged and drawn: submitted with 0 of 7 done, then 7 of 7 done
+    assert [r.getMessage() for r in caplog.records] == [
+        f"submitted batch {batch} (7 requests): queued 0, submitted 7, completed 0",
+        f"batch {batch} completed: queued 0, submitted 7, completed 7",
+    ]
+    frames = [f for f in terminal.getvalue().replace("\n", "\r").split("\r") if f.strip()]
+    assert all(f.startswith("provider batches:") for f in frames)
+    submitted = [f for f in frames if "batches=1" in f]  # one batch in flight, none done yet
+    assert submitted and all(" 0/7 " in f and "queued=0" in f for f in submitted)
+    assert " 7/7 " in frames[-1] and "100%" in frames[-1] and "batches=0, queued=0" in frames[-1]
+
+
+async def test_the_driver_and_its_heir_cancelled_together_leave_the_others_answered(
+    server: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    # the first parked call drives (submits, polls); when it leaves, the next parked call takes
+    # over. Cancel both at once: the others must still get their answers.
+    blm = make(server, window=0.3)
+    qa = alm.Predict("question -> draft")
+    scopes = [anyio.CancelScope() for _ in range(6)]
+    answers: dict[int, str] = {}
+
+    async def item(i: int) -> None:
+        with scopes[i]:
+            answers[i] = (await qa(question=f"q{i}")).draft
+
+    with alm.context(lm=blm, cache_dir=str(tmp_path)), anyio.fail_after(30):  # (a hang before the fix)
+        async with anyio.create_task_group() as tg:
+            for i in range(6):  # parked one by one: 0 drives, 1 is next in line
+                tg.start_soon(item, i)
+                while len(blm._pending) <= i:
+                    await anyio.sleep(0.001)
+            scopes[0].cancel()
+            scopes[1].cancel()
+    assert answers == {i: f"q{i}!" for i in range(2, 6)}
+    assert server.batches_created == 1

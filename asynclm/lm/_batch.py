@@ -26,9 +26,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import re
 import sys
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -38,9 +40,9 @@ import anyio
 
 from asynclm.runtime import SyncCallable, current_settings
 
-from ._batch_journal import journal_for
+from ._batch_journal import Journal, journal_for
 from ._budget import admit, settle
-from ._cache import cache_key, check_cache_mode, default_cache_dir, memory_store, store_for
+from ._cache import DiskCache, cache_key, check_cache_mode, default_cache_dir, memory_store, store_for
 from ._client import HISTORY_SIZE, LM, _clone
 from ._errors import BadRequestError, LMError, LMTimeoutError, ServerError
 from ._models import LMResponse, Usage
@@ -61,7 +63,15 @@ MAX_BATCH_BYTES = 180_000_000
 _TERMINAL = ("completed", "failed", "expired", "cancelled", "ended")
 _EXPIRED = -1  # a line the provider did not run before its window passed
 _CANCELED = -2  # a line not run because the batch was cancelled
-_Results = dict[str, tuple[int, Any, "str | None"]]
+# custom_id -> (status, body: decoded, or its bytes, request id, the body decoded and checked or None)
+_Results = dict[str, tuple[int, Any, "str | None", "dict[str, Any] | None"]]
+# an OpenAI output line as OpenAI (and the fake provider) write it: the body's bytes are taken as
+# they are, decoded once and kept for the cache (other shapes are decoded whole)
+_LINE = re.compile(
+    rb'\{\s*"id"\s*:\s*"[^"\\]*"\s*,\s*"custom_id"\s*:\s*"([0-9a-f]{64})"\s*,\s*"response"\s*:\s*\{\s*'
+    rb'"status_code"\s*:\s*(2\d\d)\s*,\s*"request_id"\s*:\s*(?:"([^"\\]*)"|null)\s*,\s*"body"\s*:\s*'
+)
+_TAILS = (b'},"error":null}', b'}, "error": null}')
 _loads = json.loads
 _dumps = json.dumps
 
@@ -69,13 +79,17 @@ _dumps = json.dumps
 class _Req:
     """One distinct request (by cache key) waiting for its batch."""
 
-    __slots__ = ("batch", "body", "error", "event", "key", "payload", "waiters")
+    __slots__ = ("batch", "data", "error", "event", "key", "payload", "raw", "store", "waiters")
 
-    def __init__(self, key: str, body: dict[str, Any]) -> None:
+    def __init__(self, key: str, data: bytes, store: Any) -> None:
         self.key = key
-        self.body = body  # the provider's request body (the wire mapping applied)
+        # the provider's request body, encoded once (the bytes the cache key hashes): the batch
+        # file's lines embed it as is
+        self.data = data
+        self.store = store  # where its answer goes (None: cache=False)
         self.event = anyio.Event()
         self.payload: bytes | None = None
+        self.raw: dict[str, Any] | None = None  # the payload decoded once, for the first waiter
         self.error: BaseException | None = None
         self.batch: str | None = None
         self.waiters = 0
@@ -85,14 +99,58 @@ class _Req:
         return self.payload is not None or self.error is not None
 
 
-class _Batch:
-    __slots__ = ("failures", "id", "journal", "keys", "live", "next_poll")
+def _answered_line(line: bytes, check: Any) -> tuple[str, tuple[int, bytes, str | None, dict[str, Any]]] | None:
+    """(custom_id, result) of an OpenAI output line holding a 2xx completion, with the body's
+    bytes cut out and decoded once; ``None`` when the line has another shape (then it is decoded
+    whole)."""
+    m = _LINE.match(line)
+    if m is None:
+        return None
+    line = line.rstrip()
+    for tail in _TAILS:
+        if line.endswith(tail):
+            body = line[m.end() : -len(tail)]
+            try:
+                raw = check(body)[0]  # ValueError: not the body alone, or not a completion
+            except ValueError:
+                return None
+            request_id = m.group(3)
+            return m.group(1).decode(), (
+                int(m.group(2)), body, None if request_id is None else request_id.decode(), raw
+            )
+    return None
 
-    def __init__(self, batch_id: str, keys: list[str], journal: Any, next_poll: float) -> None:
+
+class _Lookup:
+    """Persistent-cache look-ups of the calls that arrived together: one worker-thread hop."""
+
+    __slots__ = ("event", "found", "keys")
+
+    def __init__(self) -> None:
+        self.keys: list[str] = []
+        self.found: dict[str, bytes] | None = None
+        self.event = anyio.Event()
+
+
+def _get_many(disk: DiskCache, keys: list[str]) -> dict[str, bytes]:
+    found: dict[str, bytes] = {}
+    for key in keys:  # the first get reads the file's index of keys; the misses then cost no query
+        if not disk.surely_absent(key):
+            value = disk.get(key)
+            if value is not None:
+                found[key] = value
+    return found
+
+
+class _Batch:
+    __slots__ = ("failures", "id", "journal", "keys", "live", "next_poll", "store")
+
+    def __init__(self, batch_id: str, keys: list[str], journal: Journal, next_poll: float, store: Any) -> None:
         self.id = batch_id
         self.keys = keys
         self.journal = journal
         self.next_poll = next_poll
+        self.store = store  # for its answers no waiting call takes
         self.failures = 0
         self.live = 0  # requests of this process still waiting for it
 
@@ -179,6 +237,10 @@ class BatchLM(SyncCallable):
             raise ValueError(f"BatchLM(max_requests={max_requests!r}): use an int from 1 to {OPENAI_MAX_REQUESTS}")
         if not (isinstance(poll_interval, (int, float)) and poll_interval > 0):
             raise ValueError(f"BatchLM(poll_interval={poll_interval!r}): use a number of seconds > 0")
+        from importlib.util import find_spec
+
+        if find_spec("filelock") is None:  # here, not when a created batch must reach the journal
+            raise ImportError("BatchLM's journal of submitted batches needs filelock: pip install 'asynclm[batch]'")
         self.lm = lm
         self.window = float(window)
         self.max_requests = max_requests
@@ -194,10 +256,15 @@ class BatchLM(SyncCallable):
 
     def _reset(self) -> None:
         self._token: Any = None
-        self._reqs: dict[str, _Req] = {}
+        # ordered: the driver's successor is the oldest waiting request, found without a scan
+        self._reqs: OrderedDict[str, _Req] = OrderedDict()
+        self._heir: _Req | None = None  # woken to drive next
         self._pending: dict[str, _Req] = {}
         self._batches: dict[str, _Batch] = {}
+        self._journals: dict[str | None, Journal] = {}
+        self._lookups: dict[DiskCache, _Lookup] = {}
         self._last_enqueue = 0.0
+        self._first_queued = 0.0  # wall clock, for the history's phases
         self._arriving = 0
         self._driving = False
         self._kick = anyio.Event()
@@ -240,11 +307,12 @@ class BatchLM(SyncCallable):
         use_cache = params.pop("cache", lm.cache)
         params.pop("timeout", None)
         rollout_id = params.pop("rollout_id", None)
-        check_cache_mode(use_cache, "call")
+        if use_cache is not True:
+            check_cache_mode(use_cache, "call")
         if "stream" in params:
             raise self.stream._refuse()
         body = lm._body(prompt, messages, params)
-        data = lm._encode(body, canonical=True)
+        data = lm._encode(body, canonical=True)  # the wire body, encoded once: key, batch line, budget
         key = cache_key(lm._cache_endpoint, data, rollout_id)
         started = time.time()
         t0 = time.perf_counter()
@@ -258,22 +326,19 @@ class BatchLM(SyncCallable):
                 "BatchLM: one BatchLM serves one event loop at a time; make one BatchLM per thread/loop"
             )
         if use_cache and use_cache != "refresh":
-            self._arriving += 1  # the driver holds the window open while calls are on their way
-            try:
-                hit = store.memory.get(key)
-                if hit is None and store.persistent is not None:
-                    hit = await store.persistent.aget(key)
-                    if hit is not None:
-                        store.memory.put(key, hit)
-            finally:
-                self._arriving -= 1
+            hit = store.memory.get(key)
+            if hit is None and store.persistent is not None:
+                self._arriving += 1  # the driver holds the window open while calls are on their way
+                try:
+                    hit = await self._lookup(store, key)
+                finally:
+                    self._arriving -= 1
             if hit is not None:
                 response = lm._from_cache(hit)
                 record_usage(lm.model_name, response.usage, True)
                 lm._record(body, response.texts, response.usage, True, started, t0)
                 return response
-        directory = settings.cache_dir if settings.cache_dir is not None else default_cache_dir()
-        journal = journal_for(directory)
+        journal = self._journal(settings.cache_dir)
         ticket = admit(lm, data, body, True)  # usage_limits: reserve before submission
         if ticket is not None and not ticket.admitted:
             await ticket.wait()
@@ -281,28 +346,21 @@ class BatchLM(SyncCallable):
         try:
             req = self._reqs.get(key)
             if req is None:
-                req = self._reqs[key] = _Req(key, lm._to_wire(body) if lm._to_wire is not None else body)
-                found = journal.lookup(key)
+                req = self._reqs[key] = _Req(key, data, store if use_cache else None)
+                found = journal.lookup(key, refresh=False)  # the journal in memory: no file access per call
                 if found is not None:  # submitted before (this process or an earlier one): re-attach
-                    batch_id, entry = found
-                    batch = self._batches.get(batch_id)
-                    if batch is None:
-                        batch = self._batches[batch_id] = _Batch(
-                            batch_id, list(entry.get("keys", ())), journal, anyio.current_time()
-                        )
-                        logger.info("re-attaching to provider batch %s (%d requests)", batch_id, len(batch.keys))
-                        self._kick.set()
-                    req.batch = batch_id
-                    batch.live += 1
+                    self._attach(req, *found, journal)
                 else:
                     if not self._pending:
                         self._kick.set()
+                        self._first_queued = time.time()
                     self._pending[key] = req
                     self._last_enqueue = anyio.current_time()
                     if len(self._pending) >= self.max_requests:
                         self._kick.set()
-            payload = await self._wait(req, journal, store if use_cache else None)
-            response = lm._wire.response(_loads(payload), lm.model_name, False)
+            payload = await self._wait(req, journal)
+            raw, req.raw = req.raw, None  # decoded once when its batch ended; a second waiter decodes anew
+            response = lm._wire.response(raw if raw is not None else _loads(payload), lm.model_name, False)
             usage = response.usage
             cost = lm._pricer.cost(usage)
             usage.cost = None if cost is None else cost * BATCH_DISCOUNT
@@ -316,14 +374,66 @@ class BatchLM(SyncCallable):
         lm._record(body, response.texts, usage, False, started, t0)
         return response
 
-    async def _wait(self, req: _Req, journal: Any, store: Any) -> bytes:
+    def _journal(self, directory: str | None) -> Journal:
+        journal = self._journals.get(directory)
+        if journal is None:
+            journal = journal_for(directory if directory is not None else default_cache_dir())
+            if directory is None or os.path.isabs(directory):  # a relative one follows the working directory
+                self._journals[directory] = journal
+        return journal
+
+    def _attach(self, req: _Req, batch_id: str, entry: dict[str, Any], journal: Journal) -> None:
+        """Wait for ``req`` in the provider batch ``batch_id`` (submitted earlier, found in the journal)."""
+        batch = self._batches.get(batch_id)
+        if batch is None:
+            batch = self._batches[batch_id] = _Batch(batch_id, list(entry.get("keys", ())), journal,
+                                                     anyio.current_time(), req.store)  # fmt: skip
+            logger.info("re-attaching to provider batch %s (%d requests)", batch_id, len(batch.keys))
+            self._kick.set()
+        req.batch = batch_id
+        batch.live += 1
+
+    async def _lookup(self, store: Any, key: str) -> bytes | None:
+        """The persistent cache's answer for ``key``. For the SQLite file, the calls that arrive
+        together share one worker-thread hop (a hop per call was a tenth of a parked call's CPU)."""
+        persistent = store.persistent
+        if not isinstance(persistent, DiskCache):
+            hit: bytes | None = await persistent.aget(key)
+        elif persistent.surely_absent(key) or not persistent.readable:
+            return None
+        else:
+            lookup = self._lookups.get(persistent)
+            if lookup is None:  # the first: let the calls started with it join, then one hop for all
+                lookup = self._lookups[persistent] = _Lookup()
+                lookup.keys.append(key)
+                try:
+                    await anyio.lowlevel.checkpoint()
+                    del self._lookups[persistent]
+                    lookup.found = await anyio.to_thread.run_sync(_get_many, persistent, lookup.keys)
+                finally:
+                    if self._lookups.get(persistent) is lookup:
+                        del self._lookups[persistent]
+                    lookup.event.set()
+            else:
+                lookup.keys.append(key)
+                await lookup.event.wait()
+            if lookup.found is None:  # the first call was cancelled before its hop: look up alone
+                hit = await persistent.aget(key)
+            else:
+                hit = lookup.found.get(key)
+        if hit is not None:
+            store.memory.put(key, hit)
+        return hit
+
+    async def _wait(self, req: _Req, journal: Journal) -> bytes:
         req.waiters += 1
         try:
             while not req.resolved:
                 if not self._driving:
                     self._driving = True
+                    self._heir = None
                     try:
-                        await self._drive(req, journal, store)
+                        await self._drive(req, journal)
                     finally:
                         self._driving = False
                         self._hand_over()
@@ -334,15 +444,21 @@ class BatchLM(SyncCallable):
             if req.waiters == 0 and not req.resolved:
                 with anyio.CancelScope(shield=True):
                     await self._abandon(req)
+            if self._heir is req and not self._driving:  # woken to drive, but leaving (cancelled)
+                self._hand_over()
         if req.error is not None:
             raise _clone(req.error)
         assert req.payload is not None
         return req.payload
 
     def _hand_over(self) -> None:
-        """The driver leaves: wake one unresolved request's waiters, one of which drives next."""
+        """The driver leaves: wake one unresolved request's waiters, one of which drives next.
+
+        (Requests leave ``_reqs`` when resolved or abandoned, so the first one waits.)"""
+        self._heir = None
         for req in self._reqs.values():
             if not req.resolved and req.waiters > 0:
+                self._heir = req
                 old, req.event = req.event, anyio.Event()
                 old.set()
                 return
@@ -373,7 +489,7 @@ class BatchLM(SyncCallable):
 
     # -- the driver -------------------------------------------------------------------------------
 
-    async def _drive(self, me: _Req, journal: Any, store: Any) -> None:
+    async def _drive(self, me: _Req, journal: Journal) -> None:
         async with self._http() as http:
             while not me.resolved:
                 self._kick = anyio.Event()
@@ -387,7 +503,7 @@ class BatchLM(SyncCallable):
                     continue
                 for batch in list(self._batches.values()):
                     if batch.next_poll <= now and batch.id in self._batches:
-                        await self._poll(http, batch, store)
+                        await self._poll(http, batch)
                 if me.resolved:
                     break
                 wake = [b.next_poll for b in self._batches.values()]
@@ -429,6 +545,7 @@ class BatchLM(SyncCallable):
         path: str,
         *,
         json_body: Any = None,
+        content: bytes | None = None,
         files: Any = None,
         data: Any = None,
         raw: bool = False,
@@ -446,6 +563,10 @@ class BatchLM(SyncCallable):
                     response = await http.request(method, url, headers=headers, files=files, data=data)
                 elif json_body is not None:
                     response = await http.request(method, url, headers=headers, json=json_body)
+                elif content is not None:  # JSON already encoded
+                    response = await http.request(
+                        method, url, headers={**headers, "content-type": "application/json"}, content=content
+                    )
                 else:
                     response = await http.request(method, url, headers=headers)
             except Exception as exc:  # httpx's transport errors
@@ -483,29 +604,41 @@ class BatchLM(SyncCallable):
         prefix = f"/{version}" if version.startswith("v") and version[1:].isdigit() else "/v1"
         return prefix + self.lm._wire.path
 
-    async def _submit(self, http: Any, journal: Any) -> None:
+    async def _submit(self, http: Any, journal: Journal) -> None:
+        submitting = time.time()
+        last_queued = submitting - (anyio.current_time() - self._last_enqueue)
+        # requests that another process (or a run before a crash) submitted since this one queued
+        # them: re-attach. One stat of the journal per submission, not one per call.
+        if journal.refresh():
+            for key in [k for k in self._pending if journal.lookup(k, refresh=False) is not None]:
+                found = journal.lookup(key, refresh=False)
+                assert found is not None
+                self._attach(self._pending.pop(key), *found, journal)
+            if not self._pending:
+                return
         take: list[_Req] = []
         size = 0
         for r in self._pending.values():  # split by the provider's size limits
             if len(take) >= self.max_requests:
                 break
-            line = len(_dumps(r.body, separators=(",", ":"), ensure_ascii=False)) + 200
+            line = len(r.data) + 200
             if take and size + line > MAX_BATCH_BYTES:
                 break
             take.append(r)
             size += line
+        keys = [r.key for r in take]
         try:
+            # The lines are put together from each request's encoded body (keys are hex digests,
+            # nothing to escape): no request is encoded twice.
             if self._anthropic:
-                requests = [{"custom_id": r.key, "params": r.body} for r in take]
+                content = b'{"requests":[' + b",".join(
+                    [b'{"custom_id":"%s","params":%s}' % (r.key.encode(), r.data) for r in take]
+                ) + b"]}"
                 upload = None
             else:
                 endpoint = self._endpoint()
-                lines = [
-                    _dumps({"custom_id": r.key, "method": "POST", "url": endpoint, "body": r.body},
-                           separators=(",", ":"))
-                    for r in take
-                ]
-                content = ("\n".join(lines) + "\n").encode()
+                head = b'","method":"POST","url":' + _dumps(endpoint).encode() + b',"body":'
+                content = b"".join([b'{"custom_id":"' + r.key.encode() + head + r.data + b"}\n" for r in take])
                 upload = await self._call(
                     http, "POST", "/files", files={"file": ("asynclm-batch.jsonl", content, "application/jsonl")},
                     data={"purpose": "batch"},
@@ -513,7 +646,7 @@ class BatchLM(SyncCallable):
             # shielded: a batch the provider created must reach the journal, or a rerun pays twice
             with anyio.CancelScope(shield=True):
                 if upload is None:
-                    created = await self._call(http, "POST", "/messages/batches", json_body={"requests": requests})
+                    created = await self._call(http, "POST", "/messages/batches", content=content)
                 else:
                     created = await self._call(
                         http,
@@ -522,7 +655,6 @@ class BatchLM(SyncCallable):
                         json_body={"input_file_id": upload["id"], "endpoint": endpoint, "completion_window": "24h"},
                     )
                 batch_id = created["id"]
-                keys = [r.key for r in take]
                 entry = {
                     "provider": self.lm.provider,
                     "endpoint": self.lm._cache_endpoint,
@@ -536,14 +668,24 @@ class BatchLM(SyncCallable):
                 self._pending.pop(r.key, None)
                 self._resolve(r, error=exc)
             return
+        live = 0
         for r in take:
             self._pending.pop(r.key, None)
             r.batch = batch_id
-        self._batches[batch_id] = _Batch(batch_id, keys, journal, anyio.current_time() + self.poll_interval)
-        # (a call abandoned during the upload no longer waits: not counted)
-        self._batches[batch_id].live = sum(1 for r in take if self._reqs.get(r.key) is r)
+            live += self._reqs.get(r.key) is r  # (a call abandoned during the upload no longer waits)
+        batch = self._batches[batch_id] = _Batch(
+            batch_id, keys, journal, anyio.current_time() + self.poll_interval,
+            next((r.store for r in take if r.store is not None), None),
+        )
+        batch.live = live
         self.submitted += len(take)
-        self.history.append({"batch": batch_id, "requests": len(take), "status": "submitted", "time": time.time()})
+        self.history.append({
+            "batch": batch_id, "requests": len(take), "status": "submitted", "time": time.time(),
+            # wall-clock phases (bench/bench_batch.py explains a round with them)
+            "first_queued": self._first_queued, "last_queued": last_queued, "submitting": submitting,
+        })  # fmt: skip
+        if self._pending:
+            self._first_queued = time.time()
         if self.progress:
             self._report(f"submitted batch {batch_id} ({len(take)} requests)")
 
@@ -554,7 +696,8 @@ class BatchLM(SyncCallable):
         if self._bar is None:
             from tqdm.auto import tqdm
 
-            self._bar = tqdm(total=0, desc="provider batches", file=sys.stderr, disable=None, dynamic_ncols=True)
+            self._bar = tqdm(total=self.submitted, initial=self.completed, desc="provider batches", file=sys.stderr,
+                             disable=None, dynamic_ncols=True)  # fmt: skip
         bar = self._bar
         bar.total = self.submitted
         bar.n = self.completed
@@ -564,7 +707,7 @@ class BatchLM(SyncCallable):
             bar.close()
             self._bar = None
 
-    async def _poll(self, http: Any, batch: _Batch, store: Any) -> None:
+    async def _poll(self, http: Any, batch: _Batch) -> None:
         try:
             info = await self._call(http, "GET", f"{self._batches_path}/{batch.id}")
         except LMError as exc:
@@ -578,6 +721,8 @@ class BatchLM(SyncCallable):
                     req = self._reqs.get(key)
                     if req is not None and req.batch == batch.id:
                         req.batch = None
+                        if not self._pending:
+                            self._first_queued = time.time()
                         self._pending[key] = req
                         self._last_enqueue = anyio.current_time()
                 return
@@ -601,17 +746,22 @@ class BatchLM(SyncCallable):
         if status not in _TERMINAL:
             batch.next_poll = anyio.current_time() + self.poll_interval
             return
+        seen = time.time()
         if self._anthropic:
             results = await self._anthropic_results(http, batch.id, info)
         else:
             results = await self._openai_results(http, info)
         lm = self.lm
         url = f"{lm.base_url}{self._batches_path}/{batch.id}"
-        outcomes: list[tuple[str, bytes | None, LMError | None]] = []
+        outcomes: list[tuple[_Req | None, bytes | None, dict[str, Any] | None, LMError | None]] = []
+        stores = set()
+        disk_puts: list[tuple[DiskCache, str, bytes]] = []
+        reqs = self._reqs
         for key in batch.keys:
             found = results.get(key)
             error: LMError | None = None
             payload: bytes | None = None
+            raw: dict[str, Any] | None = None
             line_status = status
             if found is not None and found[0] in (_EXPIRED, _CANCELED):
                 line_status = "expired" if found[0] == _EXPIRED else "cancelled"
@@ -633,11 +783,16 @@ class BatchLM(SyncCallable):
                     error = ServerError(f"provider batch {batch.id} completed without a result for this request",
                                         model=lm.model_name)
             else:
-                code, answer, request_id = found
-                encoded = _dumps(answer, separators=(",", ":"), ensure_ascii=False).encode()
-                if 200 <= code < 300:
+                code, answer, request_id, raw = found
+                if isinstance(answer, bytes):
+                    encoded = answer
+                else:
+                    encoded = _dumps(answer, separators=(",", ":"), ensure_ascii=False).encode()
+                if raw is not None:
+                    payload = encoded  # decoded and checked while the file was read
+                elif 200 <= code < 300:
                     try:
-                        lm._wire.check(encoded)
+                        raw = lm._wire.check(encoded)[0]  # a fresh dict: the waiting call's response
                     except ValueError as exc:
                         error = ServerError(f"{url}: an invalid completion in the batch output ({exc})",
                                             model=lm.model_name)
@@ -646,24 +801,41 @@ class BatchLM(SyncCallable):
                 else:
                     error = lm._wire.error(code, encoded, url=url, model=lm.model_name, request_id=request_id,
                                            retry_after=None, secret=lm._key.value)
+            req = reqs.get(key)
+            if req is not None and req.batch != batch.id:
+                req = None
+            # answers nobody here waits for (a rerun of part of a crashed run's requests) are kept too
+            store = req.store if req is not None else batch.store
             if payload is not None and store is not None:
                 store.memory.put(key, payload)
-                if store.persistent is not None:
-                    await store.persistent.aput(key, payload)
-            outcomes.append((key, payload, error))
-        persistent = store.persistent if store is not None else None
-        flush = getattr(persistent, "flush", None)
-        if flush is not None:
-            await anyio.to_thread.run_sync(flush)  # the answers are on disk before the journal forgets
+                persistent = store.persistent
+                if isinstance(persistent, DiskCache):
+                    disk_puts.append((persistent, key, payload))
+                elif persistent is not None:
+                    await persistent.aput(key, payload)
+                stores.add(store)
+            outcomes.append((req, payload, raw, error))
+        # queued together, after the parsing: the disk cache's writer thread wakes once and
+        # commits them in one transaction instead of contending for the GIL line by line
+        for disk, key, payload in disk_puts:
+            disk.put(key, payload)
+        for store in stores:
+            flush = getattr(store.persistent, "flush", None)
+            if flush is not None:
+                await anyio.to_thread.run_sync(flush)  # the answers are on disk before the journal forgets
         await anyio.to_thread.run_sync(batch.journal.remove, batch.id)
         self._batches.pop(batch.id, None)
+        parsed = time.time()
         # every waiting call resumes at once (so that their next calls make one batch again)
-        for key, payload, error in outcomes:
-            req = self._reqs.get(key)
+        for req, payload, raw, error in outcomes:
             if req is not None and req.batch == batch.id:
+                req.raw = raw
                 self._resolve(req, payload=payload, error=error)
         self.completed += len(batch.keys)
-        self.history.append({"batch": batch.id, "requests": len(batch.keys), "status": status, "time": time.time()})
+        self.history.append({
+            "batch": batch.id, "requests": len(batch.keys), "status": status, "time": time.time(),
+            "seen": seen, "parsed": parsed,  # wall-clock phases (see bench/bench_batch.py)
+        })  # fmt: skip
         if self.progress:
             self._report(f"batch {batch.id} {status}")
 
@@ -675,7 +847,12 @@ class BatchLM(SyncCallable):
             if not file_id:
                 continue
             content = await self._call(http, "GET", f"/files/{file_id}/content", raw=True)
+            check = self.lm._wire.check
             for line in content.splitlines():
+                fast = _answered_line(line, check)
+                if fast is not None:
+                    results[fast[0]] = fast[1]
+                    continue
                 if not line.strip():
                     continue
                 try:
@@ -686,14 +863,15 @@ class BatchLM(SyncCallable):
                 response = record.get("response") or {}
                 if response:
                     results[custom_id] = (
-                        int(response.get("status_code") or 500), response.get("body"), response.get("request_id")
+                        int(response.get("status_code") or 500), response.get("body"), response.get("request_id"),
+                        None,
                     )
                 else:
                     err = record.get("error") or {}
                     if isinstance(err, dict) and err.get("code") == "batch_expired":
-                        results[custom_id] = (_EXPIRED, None, None)
+                        results[custom_id] = (_EXPIRED, None, None, None)
                     else:
-                        results[custom_id] = (500, {"error": err}, None)
+                        results[custom_id] = (500, {"error": err}, None, None)
         return results
 
     async def _anthropic_results(self, http: Any, batch_id: str, info: dict[str, Any]) -> _Results:
@@ -713,17 +891,19 @@ class BatchLM(SyncCallable):
             result = record.get("result") or {}
             kind = result.get("type")
             if kind == "succeeded":
-                results[custom_id] = (200, result.get("message"), None)
+                results[custom_id] = (200, result.get("message"), None, None)
             elif kind == "errored":
                 body = result.get("error") or {}
                 inner = body.get("error") if isinstance(body, dict) else None
                 error_type = inner.get("type") if isinstance(inner, dict) else None
                 status = ERROR_STATUS.get(error_type, 500) if isinstance(error_type, str) else 500
-                results[custom_id] = (status, body, body.get("request_id") if isinstance(body, dict) else None)
+                results[custom_id] = (
+                    status, body, body.get("request_id") if isinstance(body, dict) else None, None
+                )
             elif kind == "expired":
-                results[custom_id] = (_EXPIRED, None, None)
+                results[custom_id] = (_EXPIRED, None, None, None)
             elif kind == "canceled":
-                results[custom_id] = (_CANCELED, None, None)
+                results[custom_id] = (_CANCELED, None, None, None)
         return results
 
     def _resolve(self, req: _Req, payload: bytes | None = None, error: BaseException | None = None) -> None:

@@ -5,8 +5,11 @@
 created the batch, and removed once its results are in the cache (or it was cancelled). A rerun of
 the same requests (same process or a new one after a crash) finds their keys here and re-attaches
 to the batch instead of submitting again. Writes replace the file atomically (a temporary file,
-``os.replace``), re-reading it first so that processes sharing a directory keep each other's
-entries. No secrets are written: keys are hashes, ids are the provider's.
+``os.replace``). Each write re-reads the file and replaces it while holding an OS file lock
+(``lm_batches_v1.json.lock``, the ``filelock`` package of the ``asynclm[batch]`` extra), so that
+processes sharing a directory never lose each other's entries. Readers take no lock: they see the
+file before or after a replace, never half of one. No secrets are written: keys are hashes, ids are
+the provider's.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ from typing import Any
 __all__ = ["FILE_NAME", "Journal", "journal_for"]
 
 FILE_NAME = "lm_batches_v1.json"
+#: how long a write waits for another process's lock on the journal (seconds)
+LOCK_TIMEOUT = 60.0
 
 _journals: dict[str, Journal] = {}
 _lock = threading.Lock()
@@ -31,6 +36,8 @@ class Journal:
         self.directory = directory
         self.path = os.path.join(directory, FILE_NAME)
         self._lock = threading.Lock()
+        self._file_lock: Any = None
+        self._loaded = False
         self._mtime: float | None = None
         self._batches: dict[str, dict[str, Any]] = {}
         self._index: dict[str, str] = {}
@@ -48,19 +55,32 @@ class Journal:
 
     def _refresh(self) -> None:
         try:
-            mtime: float | None = os.stat(self.path).st_mtime_ns
+            st = os.stat(self.path)
+            mtime: Any = (st.st_mtime_ns, st.st_ino, st.st_size)  # a replace gives a new inode
         except OSError:
             mtime = None
-        if mtime == self._mtime and self._mtime is not None:
+        self._loaded = True
+        if mtime == self._mtime:
             return
         self._mtime = mtime
-        self._batches = self._read()
+        self._batches = self._read() if mtime is not None else {}
         self._index = {key: batch_id for batch_id, entry in self._batches.items() for key in entry.get("keys", ())}
 
-    def lookup(self, key: str) -> tuple[str, dict[str, Any]] | None:
-        """The batch id holding ``key`` and its entry, if a submitted batch holds it."""
+    def refresh(self) -> bool:
+        """Re-read the file if it changed (one ``stat`` when it did not); whether it holds any batch."""
         with self._lock:
             self._refresh()
+            return bool(self._batches)
+
+    def lookup(self, key: str, refresh: bool = True) -> tuple[str, dict[str, Any]] | None:
+        """The batch id holding ``key`` and its entry, if a submitted batch holds it.
+
+        ``refresh=False``: from the journal as last read (the file is read on the first look-up
+        only); BatchLM looks up each call so, and refreshes once per submission.
+        """
+        with self._lock:
+            if refresh or not self._loaded:
+                self._refresh()
             batch_id = self._index.get(key)
             if batch_id is None:
                 return None
@@ -85,9 +105,22 @@ class Journal:
             raise
         self._mtime = None  # re-read on next lookup
 
+    def _locked(self) -> Any:
+        """The OS lock on the journal, held around each read-modify-write across processes."""
+        if self._file_lock is None:
+            try:
+                from filelock import FileLock
+            except ImportError:
+                raise ImportError(
+                    "BatchLM's journal needs the filelock package: pip install 'asynclm[batch]'"
+                ) from None
+            os.makedirs(self.directory, exist_ok=True)
+            self._file_lock = FileLock(self.path + ".lock", timeout=LOCK_TIMEOUT, thread_local=False)
+        return self._file_lock
+
     def add(self, batch_id: str, entry: dict[str, Any]) -> None:
         """Record a batch the provider has just created (durably, before anything else happens)."""
-        with self._lock:
+        with self._lock, self._locked():
             batches = self._read()
             batches[batch_id] = entry
             self._write(batches)
@@ -95,7 +128,7 @@ class Journal:
 
     def remove(self, batch_id: str) -> None:
         """Forget a batch whose results are in the cache (or that was cancelled)."""
-        with self._lock:
+        with self._lock, self._locked():
             batches = self._read()
             if batches.pop(batch_id, None) is not None:
                 self._write(batches)

@@ -38,6 +38,29 @@ def _iso() -> str:
 _TERMINAL = ("completed", "failed", "expired", "cancelled")
 
 
+_raw_body: Any = FakeRequest.__dict__["body"]  # the slot's descriptor
+
+
+class _LineRequest(FakeRequest):
+    """A batch line as a request: its raw ``body`` is encoded only if somebody reads it (most
+    response functions read ``json`` and ``messages``; encoding each line again cost the fake
+    provider a tenth of its time)."""
+
+    __slots__ = ()
+
+    @property
+    def body(self) -> bytes:
+        value: bytes | None = _raw_body.__get__(self)
+        if value is None:
+            value = dumps(self.json)
+            _raw_body.__set__(self, value)
+        return value
+
+    @body.setter
+    def body(self, value: bytes | None) -> None:
+        _raw_body.__set__(self, value)
+
+
 def _multipart(body: bytes, content_type: str) -> dict[str, tuple[str | None, bytes]]:
     """The parts of a multipart/form-data body: name -> (file name, bytes)."""
     boundary = None
@@ -83,6 +106,7 @@ class FakeBatches:
         self.cancelled = 0
         self.polls = 0
         self.expire_after: int | None = None
+        self.timings: list[dict[str, Any]] = []  # per OpenAI batch: wall clock and CPU (bench_batch)
         self._next = 0
 
     def _id(self, prefix: str) -> str:
@@ -281,10 +305,12 @@ class FakeBatches:
         self._reply(conn, raw, 200, dumps(batch))
 
     async def _process(self, batch: dict[str, Any], lines: list[bytes], raw: RawRequest) -> None:
+        timing = {"id": batch["id"], "lines": len(lines), "created": time.time()}
         try:
             await asyncio.sleep(self.delay / 2)
             batch["status"] = "in_progress"
             await asyncio.sleep(self.delay / 2)
+            timing["started"], cpu = time.time(), time.thread_time()
             outputs: list[bytes] = []
             errors: list[bytes] = []
             expired = False
@@ -306,13 +332,11 @@ class FakeBatches:
                     }))
                     continue
                 status, custom_id, answer = await self._line(line, raw, batch["endpoint"])
-                record = {
-                    "id": f"batch_req_{batch['id']}_{n}",
-                    "custom_id": custom_id,
-                    "response": {"status_code": status, "request_id": f"req_fake_line_{n}", "body": answer},
-                    "error": None,
-                }
-                (outputs if 200 <= status < 300 else errors).append(dumps(record))
+                # OpenAI's record, with the answer's bytes as they are
+                record = b'{"id":"batch_req_%s_%d","custom_id":%s,"response":{"status_code":%d,' \
+                    b'"request_id":"req_fake_line_%d","body":%s},"error":null}' % (
+                        batch["id"].encode(), n, dumps(custom_id), status, n, answer)
+                (outputs if 200 <= status < 300 else errors).append(record)
             counts = batch["request_counts"]
             counts["completed"] = len(outputs)
             counts["failed"] = len(errors)
@@ -322,6 +346,8 @@ class FakeBatches:
                 batch["error_file_id"] = self._add_file(b"\n".join(errors) + b"\n", "batch_output", "errors.jsonl")
             batch["status"] = "expired" if expired else "completed"
             batch["expired_at" if expired else "completed_at"] = int(time.time())
+            timing["done"], timing["cpu_s"] = time.time(), time.thread_time() - cpu
+            self.timings.append(timing)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a bug (or a failing response function): keep it, fail the batch
@@ -331,23 +357,23 @@ class FakeBatches:
         finally:
             self.tasks.pop(batch["id"], None)
 
-    async def _line(self, line: bytes, raw: RawRequest, endpoint: str) -> tuple[int, Any, Any]:
+    async def _line(self, line: bytes, raw: RawRequest, endpoint: str) -> tuple[int, Any, bytes]:
         core = self.core
         try:
             item_json = loads(line)
         except JSONDecodeError:
-            return 400, None, loads(error_body("a line of the input file is not valid JSON", "invalid_request_error"))
+            return 400, None, error_body("a line of the input file is not valid JSON", "invalid_request_error")
         custom_id = item_json.get("custom_id") if isinstance(item_json, dict) else None
         body = item_json.get("body") if isinstance(item_json, dict) else None
         if item_json.get("url") != endpoint or not isinstance(body, dict):
-            return 400, custom_id, loads(error_body(f"each line needs 'url': {endpoint!r} and a 'body' object",
-                                                     "invalid_request_error"))
+            return 400, custom_id, error_body(f"each line needs 'url': {endpoint!r} and a 'body' object",
+                                              "invalid_request_error")
         core.requests += 1
-        request = FakeRequest(core.requests, "POST", endpoint, raw.headers, dumps(body), body)
+        request = _LineRequest(core.requests, "POST", endpoint, raw.headers, None, body)  # type: ignore[arg-type]
         core.request_log.append(request)
         invalid = core._validate(body)
         if invalid is not None:
-            return 400, custom_id, loads(error_body(invalid, "invalid_request_error"))
+            return 400, custom_id, error_body(invalid, "invalid_request_error")
         status, answer = await self._answer(request)
         return status, custom_id, answer
 
@@ -403,19 +429,21 @@ class FakeBatches:
                     continue
                 params = item.get("params")
                 core.requests += 1
-                request = FakeRequest(core.requests, "POST", "/v1/messages", raw.headers, dumps(params), params,
-                                      "anthropic")
+                request = _LineRequest(core.requests, "POST", "/v1/messages", raw.headers, None, params,  # type: ignore[arg-type]
+                                       "anthropic")
                 core.request_log.append(request)
                 invalid = _anthropic.validate(params, {"anthropic-version": "2023-06-01"})
-                status, answer = (400, loads(_anthropic.error_body(invalid, "invalid_request_error"))) if invalid \
+                status, answer = (400, _anthropic.error_body(invalid, "invalid_request_error")) if invalid \
                     else await self._answer(request)
                 counts["processing"] -= 1
                 if 200 <= status < 300:
                     counts["succeeded"] += 1
-                    results.append(dumps({"custom_id": custom_id, "result": {"type": "succeeded", "message": answer}}))
+                    results.append(b'{"custom_id":%s,"result":{"type":"succeeded","message":%s}}'
+                                   % (dumps(custom_id), answer))
                 else:
                     counts["errored"] += 1
-                    results.append(dumps({"custom_id": custom_id, "result": {"type": "errored", "error": answer}}))
+                    results.append(b'{"custom_id":%s,"result":{"type":"errored","error":%s}}'
+                                   % (dumps(custom_id), answer))
             self.contents[f"results_{batch['id']}"] = b"\n".join(results) + b"\n"
             batch["processing_status"] = "ended"
             batch["ended_at"] = _iso()
@@ -428,8 +456,9 @@ class FakeBatches:
         finally:
             self.tasks.pop(batch["id"], None)
 
-    async def _answer(self, request: FakeRequest) -> tuple[int, Any]:
-        """(status, body) of one line, by the server's normal response logic."""
+    async def _answer(self, request: FakeRequest) -> tuple[int, bytes]:
+        """(status, encoded JSON body) of one line, by the server's normal response logic (kept as
+        bytes: a line's record embeds them, nothing is decoded and encoded again)."""
         core = self.core
         anthropic = request.api == "anthropic"
         item: Any
@@ -445,34 +474,34 @@ class FakeBatches:
             except Exception as exc:
                 core.errors.append(exc)
                 message = f"the scripted response failed: {exc!r}"
-                return 500, loads(_anthropic.error_body(message, "api_error") if anthropic
-                                  else error_body(message, "server_error"))
+                return 500, (_anthropic.error_body(message, "api_error") if anthropic
+                             else error_body(message, "server_error"))
         if isinstance(item, Fields):
             item = Reply(item.render(request))
         if isinstance(item, str):
             item = Reply(item)
         if isinstance(item, Reply):
-            return 200, loads(core._completion(request, item))
+            return 200, core._completion(request, item)
         if isinstance(item, dict):
-            return 200, item
+            return 200, dumps(item)
         if isinstance(item, Fault) and item.kind == "status":
             if isinstance(item.body, dict):
-                return item.status, item.body
+                return item.status, dumps(item.body)
             if anthropic:
-                return item.status, loads(_anthropic.fault_body(item, "req_fake_line"))
+                return item.status, _anthropic.fault_body(item, "req_fake_line")
             default_type, default_code, default_message = DEFAULT_ERRORS.get(
                 item.status, ("server_error", None, "The server had an error (injected by FakeOpenAIServer).")
             )
-            return item.status, loads(error_body(
+            return item.status, error_body(
                 item.message or default_message,
                 item.error_type or default_type,
                 item.code if item.code is not None else default_code,
                 item.param,
-            ))
+            )
         kind = item.kind if isinstance(item, Fault) else type(item).__name__
         message = f"injected fault {kind!r} (not a status) cannot answer a batch line"
-        return 500, loads(_anthropic.error_body(message, "api_error") if anthropic
-                          else error_body(message, "server_error"))
+        return 500, (_anthropic.error_body(message, "api_error") if anthropic
+                     else error_body(message, "server_error"))
 
     def stop(self) -> None:
         for task in self.tasks.values():
