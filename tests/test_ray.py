@@ -200,11 +200,15 @@ async def test_killed_worker_loses_nothing_and_duplicates_nothing(ray_session: N
             killer = threading.Thread(target=kill_soon, daemon=True)
             killer.start()
             items = questions(300)
-            preds = await program.batch(items, concurrency=16, executor=ex)
+            with asynclm.usage_limits(max_requests=100_000) as limits:  # the dead worker's reservations end too
+                preds = await program.batch(items, concurrency=16, executor=ex)
             done.set()
             killer.join()
             assert [p.answer for p in preds] == [q["question"].upper()[::-1] for q in items]
             assert ex.restarts >= 1
+            assert limits.requests >= 300
+            # the reservations of the requests that died with the worker were released
+            assert ray.get(ex._limits.budget_stats.remote()) == {"accounts": 0, "claims": 0}
         finally:
             ex.shutdown()
 
@@ -311,3 +315,76 @@ async def test_usage_rolls_up_to_the_driver(server: FakeOpenAIServer, executor: 
     assert there.total_tokens == here.total_tokens > 0
     assert there.by_model() == here.by_model()
     assert sum(p.usage.total_tokens for p in preds) == there.total_tokens
+
+
+# -- usage_limits across workers ------------------------------------------------------------------
+
+
+async def test_a_budget_stops_a_batch_part_way(server: FakeOpenAIServer, executor: RayExecutor) -> None:
+    program = asynclm.Predict("question -> answer", lm=make_lm(server))
+    before = server.requests
+    with asynclm.usage_limits(max_requests=25) as limits:
+        results = await program.batch(questions(60), return_exceptions=True, executor=executor)
+        done = [r for r in results if not isinstance(r, BaseException)]
+        refused = [r for r in results if isinstance(r, asynclm.UsageLimitExceeded)]
+        assert server.requests - before == len(done) == 25  # exactly: max_requests is exact under concurrency
+        assert len(refused) == 35 and all(r.limit_name == "max_requests" for r in refused)
+        # the driver's figures show the workers' requests, and the block is closed here too
+        assert limits.requests == 25 and limits.in_flight == 0
+        assert limits.total_tokens == sum(p.usage.total_tokens for p in done) > 0
+        assert limits.exceeded is not None
+        with pytest.raises(asynclm.UsageLimitExceeded):
+            await program(question="one more")
+        # a later batch in the closed block starts nothing on any worker, and fails with the type
+        with pytest.raises(asynclm.UsageLimitExceeded):
+            await program.batch(questions(10), executor=executor)
+    assert server.requests - before == 25
+
+
+async def test_a_budget_holds_across_batches_and_nested_blocks(
+    server: FakeOpenAIServer, executor: RayExecutor
+) -> None:
+    program = asynclm.Predict("question -> answer", lm=make_lm(server))
+    before = server.requests
+    with asynclm.usage_limits(max_requests=15) as outer:
+        await program(question="on the driver")  # counted with the workers' requests
+        with asynclm.usage_limits(max_requests=8) as inner:
+            first = await program.batch(questions(30), return_exceptions=True, executor=executor)
+        assert sum(not isinstance(r, BaseException) for r in first) == 8
+        assert inner.requests == 8 and inner.exceeded is not None
+        assert outer.requests == 9 and outer.exceeded is None  # the inner limit refused them, not this one
+        # two batches at once under one block share its budget
+        async with anyio.create_task_group() as tg:
+            second: list[Any] = []
+
+            async def run() -> None:
+                second.extend(await program.batch(questions(20), return_exceptions=True, executor=executor))
+
+            tg.start_soon(run)
+            tg.start_soon(run)
+        assert sum(not isinstance(r, BaseException) for r in second) == 6
+        assert outer.requests == 15 and outer.exceeded is not None
+    assert server.requests - before == 15
+
+
+async def test_a_cost_budget_across_workers(server: FakeOpenAIServer, executor: RayExecutor) -> None:
+    price = {"input": 1.0, "output": 2.0}  # USD per 1M tokens
+    program = asynclm.Predict("question -> answer", lm=make_lm(server, price=price, max_tokens=64))
+    one = await program(question="question number 0")
+    per_call = one.usage.cost
+    assert per_call and per_call > 0
+    before = server.requests
+    with asynclm.usage_limits(max_cost=per_call * 10.5) as limits:
+        results = await program.batch(questions(40), return_exceptions=True, executor=executor)
+    done = [r for r in results if not isinstance(r, BaseException)]
+    refused = [r for r in results if isinstance(r, asynclm.UsageLimitExceeded)]
+    assert len(done) + len(refused) == 40 and refused and all(r.limit_name == "max_cost" for r in refused)
+    assert server.requests - before == len(done) >= 1
+    # estimates (64 output tokens) cover the real usage: never crossed; and the driver sees the cost
+    assert limits.cost is not None and limits.cost <= per_call * 10.5
+    assert limits.cost == pytest.approx(sum(p.usage.cost for p in done))
+    assert limits.requests == len(done)
+    # an LM without a price under max_cost: the worker's ValueError arrives as itself
+    unpriced = asynclm.Predict("question -> answer", lm=make_lm(server))
+    with asynclm.usage_limits(max_cost=1.0), pytest.raises(ValueError, match="price"):
+        await unpriced.batch(questions(4), executor=executor)

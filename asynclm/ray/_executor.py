@@ -12,6 +12,7 @@ from typing import Any
 import anyio
 import anyio.to_thread
 
+from asynclm.lm._budget import merge, snapshot
 from asynclm.runtime import Progress, current_settings
 
 __all__ = ["RayExecutor", "RemoteItemError"]
@@ -41,9 +42,7 @@ def _import_ray() -> Any:
     try:
         import ray
     except ImportError as exc:
-        raise ImportError(
-            "asynclm.ray.RayExecutor needs Ray: pip install 'asynclm[ray]' (or pip install ray)"
-        ) from exc
+        raise ImportError("asynclm.ray.RayExecutor needs Ray: pip install 'asynclm[ray]' (or pip install ray)") from exc
     return ray
 
 
@@ -122,6 +121,7 @@ class RayExecutor:
         self._workers: list[Any] = []
         self._limits: Any = None  # the limiter actor
         self._count = 0
+        self._names: dict[int, str] = {}  # id(actor handle) -> worker id
         self._lock = threading.Lock()
         self.restarts = 0  # workers replaced after they died
 
@@ -142,7 +142,9 @@ class RayExecutor:
             options["runtime_env"] = self._runtime_env
         self._count += 1
         actor = ray.remote(Worker).options(**options)
-        return actor.remote(self.concurrency_per_worker, self._limits, f"w{self._count}", self.threads_per_worker)
+        handle = actor.remote(self.concurrency_per_worker, self._limits, f"w{self._count}", self.threads_per_worker)
+        self._names[id(handle)] = f"w{self._count}"
+        return handle
 
     def _start(self) -> list[Any]:
         """Join or start Ray and make the actors (blocking: call it in a worker thread)."""
@@ -165,6 +167,8 @@ class RayExecutor:
 
     def _replace(self, dead: Any) -> Any:
         with self._lock:
+            # its requests in flight leave the budgets' accounts (counted at their estimates)
+            self._limits.budget_drop_worker.remote(self._names.pop(id(dead), ""))
             for i, worker in enumerate(self._workers):
                 if worker is dead:
                     self._workers[i] = self._new_worker()
@@ -258,7 +262,54 @@ class RayExecutor:
         ray = _import_ray()
         workers = await anyio.to_thread.run_sync(self._start)
         settings = self._settings()
-        job = await anyio.to_thread.run_sync(ray.put, (tuple(fns), settings))
+        blocks = _budget_blocks()
+        budget = None
+        if blocks:  # the driver's usage_limits blocks hold across the workers: accounts in the limiter actor
+            budget = ([f"{id(b):x}" for b in blocks], any(b.max_cost is not None for b in blocks))
+            chain = [(key, snapshot(b)) for key, b in zip(budget[0], blocks, strict=True)]
+            await anyio.to_thread.run_sync(ray.get, self._limits.budget_open.remote(chain))
+        try:
+            return await self._run(
+                ray,
+                workers,
+                items,
+                fn_index,
+                fns,
+                settings,
+                budget,
+                concurrency,
+                max_errors,
+                return_exceptions,
+                timeout,
+                progress,
+                on_result,
+            )
+        finally:
+            if budget is not None:
+                with anyio.CancelScope(shield=True):  # the figures come back even when cancelled
+                    deltas = await anyio.to_thread.run_sync(ray.get, self._limits.budget_close.remote(budget[0]))
+                for block, delta in zip(blocks, deltas, strict=True):
+                    merge(block, delta)
+
+    async def _run(
+        self,
+        ray: Any,
+        workers: list[Any],
+        items: Sequence[tuple[Callable[..., Any], Any]],
+        fn_index: dict[int, int],
+        fns: list[Callable[..., Any]],
+        settings: dict[str, Any],
+        budget: Any,
+        concurrency: int,
+        max_errors: int | None,
+        return_exceptions: bool,
+        timeout: float | None,
+        progress: bool | Progress,
+        on_result: Callable[[int, Any, BaseException | None], None] | None,
+    ) -> list[Any]:
+        n = len(items)
+        results: list[Any] = [None] * n
+        job = await anyio.to_thread.run_sync(ray.put, (tuple(fns), settings, budget))
 
         total_slots = max(1, min(concurrency, self.num_workers * self.concurrency_per_worker))
         size = max(1, min(self.chunk_size, math.ceil(total_slots / (2 * self.num_workers))))
@@ -379,6 +430,19 @@ def roll_up(by_model: dict[str, dict[str, Any]], cache_hits: int) -> None:
                     mine[4] += row["cost"]
             tracker.cache_hits += cache_hits
             tracker = tracker.parent
+
+
+def _budget_blocks() -> list[Any]:
+    """The driver's active ``usage_limits`` blocks, innermost first."""
+    from asynclm.lm._budget import _current
+
+    blocks = []
+    block = _current.get()
+    while block is not None:
+        if block.remote is None:
+            blocks.append(block)
+        block = block.parent
+    return blocks
 
 
 def _wait(ray: Any, refs: list[Any]) -> list[tuple[Any, bool, Any]]:

@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import importlib
 from collections import OrderedDict
+from contextlib import ExitStack
 from typing import Any
 
 import anyio
 import anyio.to_thread
 
-from asynclm.lm import track_usage
+from asynclm.lm import UsageLimits, track_usage
 from asynclm.runtime import asyncify, call_with_args, context, is_async_callable
+
+from ._limits import RemoteBudget
 
 __all__ = ["Worker", "portable_error"]
 
@@ -57,15 +60,17 @@ class Worker:
 
             use_cluster_limits(limits, worker_id)
             limits.register.remote(worker_id, ray.get_runtime_context().current_actor)
-        self._jobs: OrderedDict[str, tuple[tuple[Any, ...], dict[str, Any], dict[int, Any]]] = OrderedDict()
+        self.limits = limits
+        self.worker_id = worker_id
+        self._jobs: OrderedDict[str, tuple[tuple[Any, ...], dict[str, Any], Any, dict[int, Any]]] = OrderedDict()
         self._slots: anyio.Semaphore | None = None
 
-    async def _job(self, ref: Any) -> tuple[tuple[Any, ...], dict[str, Any], dict[int, Any]]:
+    async def _job(self, ref: Any) -> tuple[tuple[Any, ...], dict[str, Any], Any, dict[int, Any]]:
         key = ref.hex()
         job = self._jobs.get(key)
         if job is None:
-            fns, settings = await ref
-            job = (fns, settings, {})
+            fns, settings, budget = await ref
+            job = (fns, settings, budget, {})
             self._jobs[key] = job
             while len(self._jobs) > _JOBS_KEPT:
                 self._jobs.popitem(last=False)
@@ -74,7 +79,7 @@ class Worker:
     async def run_chunk(
         self, job: list[Any], chunk: list[tuple[int, int, Any]], timeout: float | None
     ) -> dict[str, Any]:
-        fns, settings, callers = await self._job(job[0])
+        fns, settings, budget, callers = await self._job(job[0])
         if self._slots is None:
             self._slots = anyio.Semaphore(self.concurrency)
             if self.threads is not None:  # plain functions (metrics) run in at most this many threads at once
@@ -104,10 +109,20 @@ class Worker:
                     return
                 out[k] = (True, value)
 
-        with context(**settings), track_usage() as usage:
+        remote = None
+        with context(**settings), track_usage() as usage, ExitStack() as stack:
+            if budget is not None:  # the driver's usage_limits blocks, as accounts in the limiter actor
+                remote = RemoteBudget(self.limits, budget[0], budget[1], self.worker_id)
+                stand_in = UsageLimits()
+                stand_in.remote = remote
+                stack.enter_context(stand_in)
             async with anyio.create_task_group() as tg:
                 for k, (index, fi, args) in enumerate(chunk):
                     tg.start_soon(one, k, index, fi, args)
+        if remote is not None and remote.used:
+            # the actor runs this worker's calls in order: once this returns, every settle sent
+            # above is counted, so the driver's figures after the batch include them
+            await self.limits.flush.remote()
         return {"items": out, "usage": usage.by_model() if usage.calls else None, "cache_hits": usage.cache_hits}
 
     def apply_pause(self, key: str, seconds: float) -> None:
