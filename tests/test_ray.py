@@ -275,6 +275,36 @@ async def test_rpm_holds_across_workers(ray_session: None) -> None:
             assert j - i + 1 <= rate + rate * (arrivals[j] - arrivals[i] + 0.15)
 
 
+async def test_tpm_holds_across_workers(ray_session: None) -> None:
+    from asynclm.testing import Reply
+
+    arrivals: list[tuple[float, int]] = []  # (when, the tokens the server reports for it)
+
+    def counted(request: Any) -> Reply:
+        # report what the LM estimated (rounded up), so refunds cannot hide tokens from the window
+        tokens = (len(request.body) + 3) // 4 + 100
+        arrivals.append((time.monotonic(), tokens))
+        return Reply(text=answer(request), prompt_tokens=tokens - 100, completion_tokens=100)
+
+    rate = 2000.0  # tokens per second: tpm=120 000, a bucket of 2000 (about 9 requests)
+    with FakeOpenAIServer(counted) as srv:
+        ex = RayExecutor(num_workers=2, concurrency_per_worker=16, chunk_size=4)
+        try:
+            program = asynclm.Predict("question -> answer", lm=make_lm(srv, tpm=rate * 60, max_tokens=100))
+            preds = await program.batch(questions(50), concurrency=32, executor=ex)
+        finally:
+            ex.shutdown()
+    assert all(p.answer for p in preds) and len(arrivals) == 50
+    arrivals.sort()
+    # as for rpm: in any window of t seconds at most rate + rate * t tokens start, with 0.15 s of
+    # jitter and a token per request of rounding. A bucket per worker would let 2 * rate through at once.
+    for i in range(len(arrivals)):
+        tokens = 0
+        for j in range(i, len(arrivals)):
+            tokens += arrivals[j][1]
+            assert tokens <= rate + rate * (arrivals[j][0] - arrivals[i][0] + 0.15) + (j - i + 1)
+
+
 async def test_a_429_pause_reaches_every_worker(ray_session: None) -> None:
     from asynclm.testing import Fault
 
