@@ -112,8 +112,11 @@ async def test_context_executor_and_settings_travel(server: FakeOpenAIServer, ex
     with asynclm.context(lm=make_lm(server), executor=executor):
         preds = await program.batch(questions(10))
         parallel = await asynclm.Parallel(concurrency=4)([(program, q) for q in questions(5)])
+        unbounded = await asynclm.Parallel(concurrency=None)([(program, q) for q in questions(5)])
     assert [p.answer for p in preds] == [q["question"].upper()[::-1] for q in questions(10)]
     assert [p.answer for p in parallel] == [p.answer for p in preds[:5]]
+    # concurrency=None (no bound) works through an executor too (its window bounds it)
+    assert [p.answer for p in unbounded] == [p.answer for p in preds[:5]]
 
 
 async def test_errors_keep_their_type_and_order(server: FakeOpenAIServer, executor: RayExecutor) -> None:

@@ -14,6 +14,8 @@ import anyio.to_thread
 
 from asynclm.lm._budget import merge, snapshot
 from asynclm.runtime import Progress, current_settings
+from asynclm.runtime._executor import ItemResults
+from asynclm.runtime._parallel import check_args
 
 __all__ = ["RayExecutor", "RemoteItemError"]
 
@@ -44,10 +46,6 @@ def _import_ray() -> Any:
     except ImportError as exc:
         raise ImportError("asynclm.ray.RayExecutor needs Ray: pip install 'asynclm[ray]' (or pip install ray)") from exc
     return ray
-
-
-def _valid_args(args: Any) -> bool:
-    return isinstance(args, (Mapping, tuple)) or callable(getattr(args, "inputs", None))
 
 
 class RayExecutor:
@@ -236,7 +234,7 @@ class RayExecutor:
         self,
         items: Sequence[tuple[Callable[..., Any], Any]],
         *,
-        concurrency: int,
+        concurrency: int | None,
         max_errors: int | None = 0,
         return_exceptions: bool = False,
         timeout: float | None = None,
@@ -245,17 +243,12 @@ class RayExecutor:
     ) -> list[Any]:
         """``asynclm.runtime.run_items`` on the actors (see ``RayExecutor``)."""
         n = len(items)
-        results: list[Any] = [None] * n
         if n == 0:
-            return results
+            return []
         fn_index: dict[int, int] = {}
         fns: list[Callable[..., Any]] = []
         for i, (fn, args) in enumerate(items):
-            if not _valid_args(args):
-                raise TypeError(
-                    f"Parallel item {i}: arguments must be a dict (keyword arguments), a tuple (positional "
-                    f"arguments) or an Example; got {type(args).__name__}. Wrap a single argument as (value,)."
-                )
+            check_args(args, i)
             if id(fn) not in fn_index:
                 fn_index[id(fn)] = len(fns)
                 fns.append(fn)
@@ -268,82 +261,40 @@ class RayExecutor:
             budget = ([f"{id(b):x}" for b in blocks], any(b.max_cost is not None for b in blocks))
             chain = [(key, snapshot(b)) for key, b in zip(budget[0], blocks, strict=True)]
             await anyio.to_thread.run_sync(ray.get, self._limits.budget_open.remote(chain))
-        try:
-            return await self._run(
-                ray,
-                workers,
-                items,
-                fn_index,
-                fns,
-                settings,
-                budget,
-                concurrency,
-                max_errors,
-                return_exceptions,
-                timeout,
-                progress,
-                on_result,
-            )
-        finally:
-            if budget is not None:
-                with anyio.CancelScope(shield=True):  # the figures come back even when cancelled
-                    deltas = await anyio.to_thread.run_sync(ray.get, self._limits.budget_close.remote(budget[0]))
-                for block, delta in zip(blocks, deltas, strict=True):
-                    merge(block, delta)
-
-    async def _run(
-        self,
-        ray: Any,
-        workers: list[Any],
-        items: Sequence[tuple[Callable[..., Any], Any]],
-        fn_index: dict[int, int],
-        fns: list[Callable[..., Any]],
-        settings: dict[str, Any],
-        budget: Any,
-        concurrency: int,
-        max_errors: int | None,
-        return_exceptions: bool,
-        timeout: float | None,
-        progress: bool | Progress,
-        on_result: Callable[[int, Any, BaseException | None], None] | None,
-    ) -> list[Any]:
-        n = len(items)
-        results: list[Any] = [None] * n
-        job = await anyio.to_thread.run_sync(ray.put, (tuple(fns), settings, budget))
-
-        total_slots = max(1, min(concurrency, self.num_workers * self.concurrency_per_worker))
-        size = max(1, min(self.chunk_size, math.ceil(total_slots / (2 * self.num_workers))))
-        per_worker = max(1, self.concurrency_per_worker // size)
-        todo: deque[tuple[int, int]] = deque((start, min(start + size, n)) for start in range(0, n, size))
+        outcomes = ItemResults(
+            n, max_errors=max_errors, return_exceptions=return_exceptions, progress=progress, on_result=on_result
+        )
         pending: dict[Any, tuple[Any, tuple[int, int]]] = {}  # ref -> (worker, (start, end))
-        load: dict[int, int] = {id(w): 0 for w in workers}
-        in_flight = 0
-        errors = 0
-        deaths = 0
-        fatal: BaseException | None = None
-        bar = progress if isinstance(progress, Progress) else Progress.maybe(bool(progress), total=n)
-
-        def send() -> None:
-            nonlocal in_flight
-            while todo:
-                start, end = todo[0]
-                if in_flight and in_flight + (end - start) > total_slots:
-                    return
-                worker = min(self._workers, key=lambda w: load.get(id(w), 0))
-                if load.get(id(worker), 0) >= per_worker:
-                    return
-                todo.popleft()
-                chunk = [(i, fn_index[id(items[i][0])], items[i][1]) for i in range(start, end)]
-                ref = worker.run_chunk.remote([job], chunk, timeout)
-                pending[ref] = (worker, (start, end))
-                load[id(worker)] = load.get(id(worker), 0) + 1
-                in_flight += end - start
-
         try:
+            job = await anyio.to_thread.run_sync(ray.put, (tuple(fns), settings, budget))
+            total_slots = max(1, min(concurrency or n, self.num_workers * self.concurrency_per_worker))
+            size = max(1, min(self.chunk_size, math.ceil(total_slots / (2 * self.num_workers))))
+            per_worker = max(1, self.concurrency_per_worker // size)
+            todo: deque[tuple[int, int]] = deque((start, min(start + size, n)) for start in range(0, n, size))
+            load: dict[int, int] = {id(w): 0 for w in workers}
+            in_flight = 0
+            deaths = 0
+
+            def send() -> None:
+                nonlocal in_flight
+                while todo:
+                    start, end = todo[0]
+                    if in_flight and in_flight + (end - start) > total_slots:
+                        return
+                    worker = min(self._workers, key=lambda w: load.get(id(w), 0))
+                    if load.get(id(worker), 0) >= per_worker:
+                        return
+                    todo.popleft()
+                    chunk = [(i, fn_index[id(items[i][0])], items[i][1]) for i in range(start, end)]
+                    ref = worker.run_chunk.remote([job], chunk, timeout)
+                    pending[ref] = (worker, (start, end))
+                    load[id(worker)] = load.get(id(worker), 0) + 1
+                    in_flight += end - start
+
             send()
-            while pending and fatal is None:
-                outcomes = await anyio.to_thread.run_sync(_wait, ray, list(pending), abandon_on_cancel=True)
-                for ref, ok, value in outcomes:
+            while pending and outcomes.fatal is None:
+                done = await anyio.to_thread.run_sync(_wait, ray, list(pending), abandon_on_cancel=True)
+                for ref, ok, value in done:
                     worker, (start, end) = pending.pop(ref)
                     load[id(worker)] -= 1
                     in_flight -= end - start
@@ -365,28 +316,12 @@ class RayExecutor:
                         roll_up(value["usage"], value["cache_hits"])
                     for index, (item_ok, item) in zip(range(start, end), value["items"], strict=True):
                         if item_ok:
-                            results[index] = item
-                            if on_result is not None:
-                                on_result(index, item, None)
-                            if bar is not None:
-                                bar.update()
-                            continue
-                        if on_result is not None:
-                            on_result(index, None, item)
-                        if bar is not None:
-                            bar.update(failed=True)
-                        if return_exceptions:
-                            results[index] = item
-                            continue
-                        errors += 1
-                        if max_errors is None or errors <= max_errors:
-                            continue
-                        if fatal is None:
-                            fatal = item
+                            outcomes.ok(index, item)
+                        elif outcomes.failed(index, item):
+                            break
+                    if outcomes.fatal is not None:
                         break
-                    if fatal is not None:
-                        break
-                if fatal is None:
+                if outcomes.fatal is None:
                     send()
         finally:
             for ref in pending:
@@ -394,11 +329,13 @@ class RayExecutor:
                     ray.cancel(ref)
                 except Exception:
                     pass
-            if bar is not None and bar is not progress:
-                bar.close()
-        if fatal is not None:
-            raise fatal
-        return results
+            outcomes.close()
+            if budget is not None:
+                with anyio.CancelScope(shield=True):  # the figures come back even when cancelled
+                    deltas = await anyio.to_thread.run_sync(ray.get, self._limits.budget_close.remote(budget[0]))
+                for block, delta in zip(blocks, deltas, strict=True):
+                    merge(block, delta)
+        return outcomes.value()
 
 
 def roll_up(by_model: dict[str, dict[str, Any]], cache_hits: int) -> None:

@@ -18,7 +18,8 @@ import anyio
 import anyio.to_thread
 
 from asynclm.lm import UsageLimits, track_usage
-from asynclm.runtime import asyncify, call_with_args, context, is_async_callable
+from asynclm.runtime import context
+from asynclm.runtime._parallel import call_item
 
 from ._limits import RemoteBudget
 
@@ -87,23 +88,10 @@ class Worker:
         slots = self._slots
         out: list[tuple[bool, Any]] = [(False, None)] * len(chunk)
 
-        async def invoke(fi: int, args: Any, index: int) -> Any:
-            caller = callers.get(fi)
-            if caller is None:
-                fn = fns[fi]
-                caller = callers[fi] = fn if is_async_callable(fn) else asyncify(fn)
-            return await call_with_args(caller, args, index)
-
         async def one(k: int, index: int, fi: int, args: Any) -> None:
             async with slots:
                 try:
-                    if timeout is None:
-                        value = await invoke(fi, args, index)
-                    else:
-                        with anyio.move_on_after(timeout) as deadline:
-                            value = await invoke(fi, args, index)
-                        if deadline.cancel_called:
-                            raise TimeoutError(f"Parallel item {index} did not finish within {timeout} s")
+                    value = await call_item(callers, fi, fns[fi], args, index, timeout)
                 except Exception as exc:
                     out[k] = (False, portable_error(exc))
                     return
