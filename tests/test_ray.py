@@ -421,3 +421,46 @@ async def test_a_cost_budget_across_workers(server: FakeOpenAIServer, executor: 
     unpriced = asynclm.Predict("question -> answer", lm=make_lm(server))
     with asynclm.usage_limits(max_cost=1.0), pytest.raises(ValueError, match="price"):
         await unpriced.batch(questions(4), executor=executor)
+
+
+# -- the window and the batch's bound ----------------------------------------------------------------
+
+
+async def test_the_batch_concurrency_holds_across_workers(ray_session: None) -> None:
+    # large chunks, few places: each worker runs only its share of the batch's concurrency at once
+    with FakeOpenAIServer(answer, latency=0.05) as srv:
+        ex = RayExecutor(num_workers=2, concurrency_per_worker=64, chunk_size=16)
+        try:
+            program = asynclm.Predict("question -> answer", lm=make_lm(srv))
+            preds = await program.batch(questions(64), concurrency=5, executor=ex)
+            assert [p.answer for p in preds] == [q["question"].upper()[::-1] for q in questions(64)]
+            assert srv.max_in_flight <= 5
+        finally:
+            ex.shutdown()
+
+
+def burn_metric(example: Any, prediction: Any, trace: Any = None) -> bool:
+    return bool(prediction.answer == example.question.upper()[::-1]) and sum(i * i for i in range(2000)) > 0
+
+
+def sync_calling_metric(example: Any, prediction: Any, trace: Any = None) -> bool:
+    return bool(asynclm.Predict("question -> answer").sync(question="judge"))
+
+
+async def test_sync_inline(server: FakeOpenAIServer, ray_session: None) -> None:
+    dev = [asynclm.Example(question=q["question"], answer="x").with_inputs("question") for q in questions(40)]
+    program = asynclm.Predict("question -> answer", lm=make_lm(server))
+    ex = RayExecutor(num_workers=2, concurrency_per_worker=16, chunk_size=8, sync_inline=True)
+    try:
+        result = await asynclm.Evaluate(devset=dev, metric=burn_metric, progress=False, executor=ex)(program)
+        assert result.score == 100.0
+        # plain item functions run inline too, with the same results and errors
+        values = await asynclm.Parallel(return_exceptions=True, executor=ex)([(int, ("7",)), (int, ("x",))])
+        assert values[0] == 7 and isinstance(values[1], ValueError)
+        # the documented limit: a plain function that calls .sync() cannot run inside the loop
+        with asynclm.context(lm=make_lm(server)):
+            bad = await asynclm.Evaluate(devset=dev[:2], metric=sync_calling_metric, progress=False,
+                                         max_errors=None, executor=ex)(program)
+        assert all(isinstance(e, asynclm.SyncInAsyncContextError) for e in bad.errors.values()) and bad.errors
+    finally:
+        ex.shutdown()

@@ -5,6 +5,10 @@ runs its items concurrently there (``Parallel``'s rules: dict/tuple/``Example`` 
 functions in worker threads, the per-item deadline) and returns one ``(ok, value or exception)``
 per item, in order. The items' callables and the driver's settings arrive once per batch (one Ray
 object) and are kept while the batch runs.
+
+A chunk may hold more items than the worker may run at once for that batch (its ``share`` of the
+batch's ``concurrency``): the rest wait for a place in this process, so that the driver can send
+large chunks (fewer round trips) while the batch's bound holds across the workers together.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import anyio
 import anyio.to_thread
 
 from asynclm.lm import UsageLimits, track_usage
-from asynclm.runtime import context
+from asynclm.runtime import context, is_async_callable
 from asynclm.runtime._parallel import call_item
 
 from ._limits import RemoteBudget
@@ -48,6 +52,48 @@ def portable_error(exc: BaseException) -> BaseException:
     return exc
 
 
+class _Job:
+    """A batch as a worker keeps it: its callables, the driver's settings and budgets, the wrappers
+    of its plain functions, and the places its items may take on this worker."""
+
+    __slots__ = ("budget", "callers", "fns", "settings", "slots")
+
+    def __init__(self, fns: tuple[Any, ...], settings: dict[str, Any], budget: Any, slots: anyio.Semaphore) -> None:
+        self.fns = fns
+        self.settings = settings
+        self.budget = budget
+        self.callers: dict[Any, Any] = {}
+        self.slots = slots
+
+
+class _Inline:
+    """A plain function called on the worker's event loop itself (``RayExecutor(sync_inline=True)``)."""
+
+    __slots__ = ("__name__", "fn")
+
+    def __init__(self, fn: Any) -> None:
+        self.fn = fn
+        self.__name__ = getattr(fn, "__name__", type(fn).__name__)
+
+    async def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        result = self.fn(*args, **kwargs)
+        if hasattr(result, "__await__"):  # a plain function that returned an awaitable
+            return await result
+        return result
+
+
+def run_inline(fn: Any) -> Any:
+    """``fn`` with its plain (sync) parts called on the loop instead of in a worker thread: a plain
+    item callable, and ``Evaluate``'s plain metric."""
+    from asynclm.evaluate._evaluate import _Scorer
+
+    if isinstance(fn, _Scorer):
+        if is_async_callable(fn.metric):
+            return fn
+        return _Scorer(fn.program, _Inline(fn.metric))
+    return fn if is_async_callable(fn) else _Inline(fn)
+
+
 class Worker:
     """One worker of a ``RayExecutor`` (used as a Ray actor class)."""
 
@@ -63,24 +109,28 @@ class Worker:
             limits.register.remote(worker_id, ray.get_runtime_context().current_actor)
         self.limits = limits
         self.worker_id = worker_id
-        self._jobs: OrderedDict[str, tuple[tuple[Any, ...], dict[str, Any], Any, dict[int, Any]]] = OrderedDict()
+        self._jobs: OrderedDict[str, _Job] = OrderedDict()
         self._slots: anyio.Semaphore | None = None
 
-    async def _job(self, ref: Any) -> tuple[tuple[Any, ...], dict[str, Any], Any, dict[int, Any]]:
+    async def _job(self, ref: Any, share: int) -> _Job:
         key = ref.hex()
         job = self._jobs.get(key)
         if job is None:
-            fns, settings, budget = await ref
-            job = (fns, settings, budget, {})
-            self._jobs[key] = job
-            while len(self._jobs) > _JOBS_KEPT:
-                self._jobs.popitem(last=False)
+            fns, settings, budget, inline = await ref
+            job = self._jobs.get(key)  # another chunk of the batch may have got here first
+            if job is None:
+                if inline:
+                    fns = tuple(run_inline(fn) for fn in fns)
+                job = self._jobs[key] = _Job(fns, settings, budget, anyio.Semaphore(share))
+                while len(self._jobs) > _JOBS_KEPT:
+                    self._jobs.popitem(last=False)
         return job
 
     async def run_chunk(
-        self, job: list[Any], chunk: list[tuple[int, int, Any]], timeout: float | None
+        self, job_ref: list[Any], chunk: list[tuple[int, int, Any]], timeout: float | None, share: int
     ) -> dict[str, Any]:
-        fns, settings, budget, callers = await self._job(job[0])
+        job = await self._job(job_ref[0], share)
+        fns, settings, budget, callers, share_slots = job.fns, job.settings, job.budget, job.callers, job.slots
         if self._slots is None:
             self._slots = anyio.Semaphore(self.concurrency)
             if self.threads is not None:  # plain functions (metrics) run in at most this many threads at once
@@ -89,7 +139,8 @@ class Worker:
         out: list[tuple[bool, Any]] = [(False, None)] * len(chunk)
 
         async def one(k: int, index: int, fi: int, args: Any) -> None:
-            async with slots:
+            # this batch's share of its concurrency on this worker, then the worker's own bound
+            async with share_slots, slots:
                 try:
                     value = await call_item(callers, fi, fns[fi], args, index, timeout)
                 except Exception as exc:
