@@ -435,6 +435,11 @@ async def test_the_batch_concurrency_holds_across_workers(ray_session: None) -> 
             preds = await program.batch(questions(64), concurrency=5, executor=ex)
             assert [p.answer for p in preds] == [q["question"].upper()[::-1] for q in questions(64)]
             assert srv.max_in_flight <= 5
+            # the driver's window: each worker has enough chunks to fill its share, plus one
+            ex.peak_items_out = 0
+            preds = await program.batch(questions(400), concurrency=6, executor=ex)
+            assert len(preds) == 400 and srv.max_in_flight <= 6
+            assert 0 < ex.peak_items_out <= 2 * 2 * 16  # 2 workers x (ceil(3 / 16) + 1) chunks of 16
         finally:
             ex.shutdown()
 

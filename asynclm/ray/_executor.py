@@ -131,6 +131,7 @@ class RayExecutor:
         self._names: dict[int, str] = {}  # id(actor handle) -> worker id
         self._lock = threading.Lock()
         self.restarts = 0  # workers replaced after they died
+        self.peak_items_out = 0  # the most items a batch had sent and not yet had back (its window)
 
     def __repr__(self) -> str:
         return (
@@ -290,8 +291,10 @@ class RayExecutor:
             todo: deque[tuple[int, int]] = deque((start, min(start + size, n)) for start in range(0, n, size))
             load = [0] * active  # chunks out, per worker position
             deaths = 0
+            out = 0  # items out
 
             def send() -> None:
+                nonlocal out
                 while todo:
                     pos = min(range(active), key=lambda i: load[i] / ahead[i])
                     if load[pos] >= ahead[pos]:
@@ -302,6 +305,8 @@ class RayExecutor:
                     ref = worker.run_chunk.remote([job], chunk, timeout, shares[pos])
                     pending[ref] = (pos, worker, (start, end))
                     load[pos] += 1
+                    out += end - start
+                    self.peak_items_out = max(self.peak_items_out, out)
 
             send()
             while pending and outcomes.fatal is None:
@@ -309,6 +314,7 @@ class RayExecutor:
                 for ref, ok, value in done:
                     pos, worker, (start, end) = pending.pop(ref)
                     load[pos] -= 1
+                    out -= end - start
                     if not ok:
                         if isinstance(value, ray.exceptions.RayActorError):
                             deaths += 1

@@ -6,6 +6,12 @@ functions in worker threads, the per-item deadline) and returns one ``(ok, value
 per item, in order. The items' callables and the driver's settings arrive once per batch (one Ray
 object) and are kept while the batch runs.
 
+The items run on an event loop of the worker's own (``asyncio.run`` in a thread it starts), not
+on the loop Ray runs actor methods on: that one has no root task, so anyio would look for one
+among all the loop's tasks on every call to a worker thread and tie the threads to the chunk's
+task (stopping them when each chunk ends). ``run_chunk`` hands its chunk over to the own loop;
+cancelling it there cancels the chunk.
+
 A chunk may hold more items than the worker may run at once for that batch (its ``share`` of the
 batch's ``concurrency``): the rest wait for a place in this process, so that the driver can send
 large chunks (fewer round trips) while the batch's bound holds across the workers together.
@@ -13,7 +19,9 @@ large chunks (fewer round trips) while the batch's bound holds across the worker
 
 from __future__ import annotations
 
+import asyncio
 import importlib
+import threading
 from collections import OrderedDict
 from contextlib import ExitStack
 from typing import Any
@@ -111,6 +119,31 @@ class Worker:
         self.worker_id = worker_id
         self._jobs: OrderedDict[str, _Job] = OrderedDict()
         self._slots: anyio.Semaphore | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_lock = threading.Lock()
+
+    def _own_loop(self) -> asyncio.AbstractEventLoop:
+        with self._loop_lock:
+            if self._loop is None:
+                ready = threading.Event()
+
+                async def home() -> None:
+                    self._loop = asyncio.get_running_loop()
+                    ready.set()
+                    await asyncio.Event().wait()  # runs as long as the worker (a daemon thread)
+
+                threading.Thread(target=asyncio.run, args=(home(),), name="asynclm-worker", daemon=True).start()
+                ready.wait()
+            assert self._loop is not None
+            return self._loop
+
+    async def run_chunk(
+        self, job_ref: list[Any], chunk: list[tuple[int, int, Any]], timeout: float | None, share: int
+    ) -> dict[str, Any]:
+        """Run a chunk's items on the worker's own loop (cancelling this cancels them there)."""
+        future = asyncio.run_coroutine_threadsafe(self._run_chunk(job_ref, chunk, timeout, share), self._own_loop())
+        result: dict[str, Any] = await asyncio.wrap_future(future)
+        return result
 
     async def _job(self, ref: Any, share: int) -> _Job:
         key = ref.hex()
@@ -126,7 +159,7 @@ class Worker:
                     self._jobs.popitem(last=False)
         return job
 
-    async def run_chunk(
+    async def _run_chunk(
         self, job_ref: list[Any], chunk: list[tuple[int, int, Any]], timeout: float | None, share: int
     ) -> dict[str, Any]:
         job = await self._job(job_ref[0], share)
