@@ -57,6 +57,16 @@ def calibrate(ms: float) -> int:
     return max(1, int(loops * (ms / 1000) / per))
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux ``/proc``; 0.0 elsewhere)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--n", type=int, default=4000)
@@ -82,6 +92,7 @@ def main() -> None:
     ray_mode = f"RayExecutor, {args.workers} workers"
     modes = ("one process", ray_mode, ray_mode + ", sync_inline")
     runs: dict[tuple[str, str], list[float]] = {}
+    cpus: dict[tuple[str, str], list[float]] = {}  # ms of CPU per example, all the run's processes
     loads: list[float] = []
     try:
         lm = asynclm.LM("openai/fake", base_url=server.base_url, api_key="k", cache=False)
@@ -95,6 +106,9 @@ def main() -> None:
         }
         for executor in executors.values():  # workers made and warm, outside the clock
             asynclm.Evaluate(devset=dev[:50], metric=trivial, progress=False, executor=executor).sync(program)
+        # the processes whose CPU a run uses: this one, the server, and the mode's workers
+        pids = {mode: [ray.get(w.ping.remote()) for w in ex.workers] for mode, ex in executors.items()}
+        base = [os.getpid(), server.process.pid]
         # the rows alternate, so that the load of other jobs falls on all of them alike
         for _ in range(args.repeat):
             for name, metric in (("~2 ms CPU", Burn(loops)), ("trivial", trivial)):
@@ -107,12 +121,20 @@ def main() -> None:
                         executor=executors.get(mode),
                     )
                     loads.append(os.getloadavg()[0])
+                    procs = base + pids.get(mode, [])
+                    cpu0 = sum(cpu_seconds(pid) for pid in procs)
                     start = time.perf_counter()
                     result = ev.sync(program)
                     wall = time.perf_counter() - start
+                    cpu = (sum(cpu_seconds(pid) for pid in procs) - cpu0) / args.n * 1000
                     assert result.score == 100.0, result
                     runs.setdefault((name, mode), []).append(wall)
-                    print(f"{name:10} {mode:42} {wall:6.2f} s  {args.n / wall:7.0f} examples/s", flush=True)
+                    cpus.setdefault((name, mode), []).append(cpu)
+                    print(
+                        f"{name:10} {mode:42} {wall:6.2f} s  {args.n / wall:7.0f} examples/s  "
+                        f"{cpu:5.2f} ms CPU/example (driver + server + workers)",
+                        flush=True,
+                    )
         for executor in executors.values():
             executor.shutdown()
     finally:
@@ -134,6 +156,10 @@ def main() -> None:
             wall = median[(name, mode)]
             cells.append(f"{args.n / wall:.0f}/s ({wall:.2f} s): **{one / wall:.2f}×**")
         print(f"| {name} | " + " | ".join(cells) + " |")
+    print()
+    print("CPU per example (ms, median; driver + server + the mode's workers):")
+    for name in ("~2 ms CPU", "trivial"):
+        print(f"  {name}: " + ", ".join(f"{mode}: {statistics.median(cpus[(name, mode)]):.2f}" for mode in modes))
     rows = [
         {
             "metric": name,
