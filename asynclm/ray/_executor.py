@@ -270,7 +270,8 @@ class RayExecutor:
         if blocks:  # the driver's usage_limits blocks hold across the workers: accounts in the limiter actor
             budget = ([f"{id(b):x}" for b in blocks], any(b.max_cost is not None for b in blocks))
             chain = [(key, snapshot(b)) for key, b in zip(budget[0], blocks, strict=True)]
-            await anyio.to_thread.run_sync(ray.get, self._limits.budget_open.remote(chain))
+            with anyio.CancelScope(shield=True):  # opened means closed below: never left half done
+                await anyio.to_thread.run_sync(ray.get, self._limits.budget_open.remote(chain))
         outcomes = ItemResults(
             n, max_errors=max_errors, return_exceptions=return_exceptions, progress=progress, on_result=on_result
         )
