@@ -112,8 +112,11 @@ async def test_context_executor_and_settings_travel(server: FakeOpenAIServer, ex
     with asynclm.context(lm=make_lm(server), executor=executor):
         preds = await program.batch(questions(10))
         parallel = await asynclm.Parallel(concurrency=4)([(program, q) for q in questions(5)])
+        unbounded = await asynclm.Parallel(concurrency=None)([(program, q) for q in questions(5)])
     assert [p.answer for p in preds] == [q["question"].upper()[::-1] for q in questions(10)]
     assert [p.answer for p in parallel] == [p.answer for p in preds[:5]]
+    # concurrency=None (no bound) works through an executor too (its window bounds it)
+    assert [p.answer for p in unbounded] == [p.answer for p in preds[:5]]
 
 
 async def test_errors_keep_their_type_and_order(server: FakeOpenAIServer, executor: RayExecutor) -> None:
@@ -200,11 +203,15 @@ async def test_killed_worker_loses_nothing_and_duplicates_nothing(ray_session: N
             killer = threading.Thread(target=kill_soon, daemon=True)
             killer.start()
             items = questions(300)
-            preds = await program.batch(items, concurrency=16, executor=ex)
+            with asynclm.usage_limits(max_requests=100_000) as limits:  # the dead worker's reservations end too
+                preds = await program.batch(items, concurrency=16, executor=ex)
             done.set()
             killer.join()
             assert [p.answer for p in preds] == [q["question"].upper()[::-1] for q in items]
             assert ex.restarts >= 1
+            assert limits.requests >= 300
+            # the reservations of the requests that died with the worker were released
+            assert ray.get(ex._limits.budget_stats.remote()) == {"accounts": 0, "claims": 0}
         finally:
             ex.shutdown()
 
@@ -271,6 +278,36 @@ async def test_rpm_holds_across_workers(ray_session: None) -> None:
             assert j - i + 1 <= rate + rate * (arrivals[j] - arrivals[i] + 0.15)
 
 
+async def test_tpm_holds_across_workers(ray_session: None) -> None:
+    from asynclm.testing import Reply
+
+    arrivals: list[tuple[float, int]] = []  # (when, the tokens the server reports for it)
+
+    def counted(request: Any) -> Reply:
+        # report what the LM estimated (rounded up), so refunds cannot hide tokens from the window
+        tokens = (len(request.body) + 3) // 4 + 100
+        arrivals.append((time.monotonic(), tokens))
+        return Reply(text=answer(request), prompt_tokens=tokens - 100, completion_tokens=100)
+
+    rate = 2000.0  # tokens per second: tpm=120 000, a bucket of 2000 (about 9 requests)
+    with FakeOpenAIServer(counted) as srv:
+        ex = RayExecutor(num_workers=2, concurrency_per_worker=16, chunk_size=4)
+        try:
+            program = asynclm.Predict("question -> answer", lm=make_lm(srv, tpm=rate * 60, max_tokens=100))
+            preds = await program.batch(questions(50), concurrency=32, executor=ex)
+        finally:
+            ex.shutdown()
+    assert all(p.answer for p in preds) and len(arrivals) == 50
+    arrivals.sort()
+    # as for rpm: in any window of t seconds at most rate + rate * t tokens start, with 0.15 s of
+    # jitter and a token per request of rounding. A bucket per worker would let 2 * rate through at once.
+    for i in range(len(arrivals)):
+        tokens = 0
+        for j in range(i, len(arrivals)):
+            tokens += arrivals[j][1]
+            assert tokens <= rate + rate * (arrivals[j][0] - arrivals[i][0] + 0.15) + (j - i + 1)
+
+
 async def test_a_429_pause_reaches_every_worker(ray_session: None) -> None:
     from asynclm.testing import Fault
 
@@ -311,3 +348,124 @@ async def test_usage_rolls_up_to_the_driver(server: FakeOpenAIServer, executor: 
     assert there.total_tokens == here.total_tokens > 0
     assert there.by_model() == here.by_model()
     assert sum(p.usage.total_tokens for p in preds) == there.total_tokens
+
+
+# -- usage_limits across workers ------------------------------------------------------------------
+
+
+async def test_a_budget_stops_a_batch_part_way(server: FakeOpenAIServer, executor: RayExecutor) -> None:
+    program = asynclm.Predict("question -> answer", lm=make_lm(server))
+    before = server.requests
+    with asynclm.usage_limits(max_requests=25) as limits:
+        results = await program.batch(questions(60), return_exceptions=True, executor=executor)
+        done = [r for r in results if not isinstance(r, BaseException)]
+        refused = [r for r in results if isinstance(r, asynclm.UsageLimitExceeded)]
+        assert server.requests - before == len(done) == 25  # exactly: max_requests is exact under concurrency
+        assert len(refused) == 35 and all(r.limit_name == "max_requests" for r in refused)
+        # the driver's figures show the workers' requests, and the block is closed here too
+        assert limits.requests == 25 and limits.in_flight == 0
+        assert limits.total_tokens == sum(p.usage.total_tokens for p in done) > 0
+        assert limits.exceeded is not None
+        with pytest.raises(asynclm.UsageLimitExceeded):
+            await program(question="one more")
+        # a later batch in the closed block starts nothing on any worker, and fails with the type
+        with pytest.raises(asynclm.UsageLimitExceeded):
+            await program.batch(questions(10), executor=executor)
+    assert server.requests - before == 25
+
+
+async def test_a_budget_holds_across_batches_and_nested_blocks(
+    server: FakeOpenAIServer, executor: RayExecutor
+) -> None:
+    program = asynclm.Predict("question -> answer", lm=make_lm(server))
+    before = server.requests
+    with asynclm.usage_limits(max_requests=15) as outer:
+        await program(question="on the driver")  # counted with the workers' requests
+        with asynclm.usage_limits(max_requests=8) as inner:
+            first = await program.batch(questions(30), return_exceptions=True, executor=executor)
+        assert sum(not isinstance(r, BaseException) for r in first) == 8
+        assert inner.requests == 8 and inner.exceeded is not None
+        assert outer.requests == 9 and outer.exceeded is None  # the inner limit refused them, not this one
+        # two batches at once under one block share its budget
+        async with anyio.create_task_group() as tg:
+            second: list[Any] = []
+
+            async def run() -> None:
+                second.extend(await program.batch(questions(20), return_exceptions=True, executor=executor))
+
+            tg.start_soon(run)
+            tg.start_soon(run)
+        assert sum(not isinstance(r, BaseException) for r in second) == 6
+        assert outer.requests == 15 and outer.exceeded is not None
+    assert server.requests - before == 15
+
+
+async def test_a_cost_budget_across_workers(server: FakeOpenAIServer, executor: RayExecutor) -> None:
+    price = {"input": 1.0, "output": 2.0}  # USD per 1M tokens
+    program = asynclm.Predict("question -> answer", lm=make_lm(server, price=price, max_tokens=64))
+    one = await program(question="question number 0")
+    per_call = one.usage.cost
+    assert per_call and per_call > 0
+    before = server.requests
+    with asynclm.usage_limits(max_cost=per_call * 10.5) as limits:
+        results = await program.batch(questions(40), return_exceptions=True, executor=executor)
+    done = [r for r in results if not isinstance(r, BaseException)]
+    refused = [r for r in results if isinstance(r, asynclm.UsageLimitExceeded)]
+    assert len(done) + len(refused) == 40 and refused and all(r.limit_name == "max_cost" for r in refused)
+    assert server.requests - before == len(done) >= 1
+    # estimates (64 output tokens) cover the real usage: never crossed; and the driver sees the cost
+    assert limits.cost is not None and limits.cost <= per_call * 10.5
+    assert limits.cost == pytest.approx(sum(p.usage.cost for p in done))
+    assert limits.requests == len(done)
+    # an LM without a price under max_cost: the worker's ValueError arrives as itself
+    unpriced = asynclm.Predict("question -> answer", lm=make_lm(server))
+    with asynclm.usage_limits(max_cost=1.0), pytest.raises(ValueError, match="price"):
+        await unpriced.batch(questions(4), executor=executor)
+
+
+# -- the window and the batch's bound ----------------------------------------------------------------
+
+
+async def test_the_batch_concurrency_holds_across_workers(ray_session: None) -> None:
+    # large chunks, few places: each worker runs only its share of the batch's concurrency at once
+    with FakeOpenAIServer(answer, latency=0.05) as srv:
+        ex = RayExecutor(num_workers=2, concurrency_per_worker=64, chunk_size=16)
+        try:
+            program = asynclm.Predict("question -> answer", lm=make_lm(srv))
+            preds = await program.batch(questions(64), concurrency=5, executor=ex)
+            assert [p.answer for p in preds] == [q["question"].upper()[::-1] for q in questions(64)]
+            assert srv.max_in_flight <= 5
+            # the driver's window: each worker has enough chunks to fill its share, plus one
+            ex.peak_items_out = 0
+            preds = await program.batch(questions(400), concurrency=6, executor=ex)
+            assert len(preds) == 400 and srv.max_in_flight <= 6
+            assert 0 < ex.peak_items_out <= 2 * 2 * 16  # 2 workers x (ceil(3 / 16) + 1) chunks of 16
+        finally:
+            ex.shutdown()
+
+
+def burn_metric(example: Any, prediction: Any, trace: Any = None) -> bool:
+    return bool(prediction.answer == example.question.upper()[::-1]) and sum(i * i for i in range(2000)) > 0
+
+
+def sync_calling_metric(example: Any, prediction: Any, trace: Any = None) -> bool:
+    return bool(asynclm.Predict("question -> answer").sync(question="judge"))
+
+
+async def test_sync_inline(server: FakeOpenAIServer, ray_session: None) -> None:
+    dev = [asynclm.Example(question=q["question"], answer="x").with_inputs("question") for q in questions(40)]
+    program = asynclm.Predict("question -> answer", lm=make_lm(server))
+    ex = RayExecutor(num_workers=2, concurrency_per_worker=16, chunk_size=8, sync_inline=True)
+    try:
+        result = await asynclm.Evaluate(devset=dev, metric=burn_metric, progress=False, executor=ex)(program)
+        assert result.score == 100.0
+        # plain item functions run inline too, with the same results and errors
+        values = await asynclm.Parallel(return_exceptions=True, executor=ex)([(int, ("7",)), (int, ("x",))])
+        assert values[0] == 7 and isinstance(values[1], ValueError)
+        # the documented limit: a plain function that calls .sync() cannot run inside the loop
+        with asynclm.context(lm=make_lm(server)):
+            bad = await asynclm.Evaluate(devset=dev[:2], metric=sync_calling_metric, progress=False,
+                                         max_errors=None, executor=ex)(program)
+        assert all(isinstance(e, asynclm.SyncInAsyncContextError) for e in bad.errors.values()) and bad.errors
+    finally:
+        ex.shutdown()

@@ -27,6 +27,14 @@ actual usage. And it is used: without streams, a request is refused only when
 
 All state is under one lock (the calls run on many threads' event loops at once), never held
 across an ``await``; a waiting request is woken on its own loop (``runtime.CrossLoopEvent``).
+
+Blocks whose figures live in another process (``asynclm.ray``: a driver's blocks, seen from a
+worker) appear in the chain as a block with ``remote`` set (an object with ``needs_cost``, an
+async ``reserve(ticket)`` that returns a claim or raises ``UsageLimitExceeded``, and
+``settle(claim, usage, cost)``): a ticket is checked against the local blocks first, then
+reserved remotely in ``Ticket.wait``; ``settle`` releases both. The same rules apply there
+(the remote side runs ``Ticket.decide`` and ``release`` on its copies of the blocks), so the
+bound above holds for all the processes' requests together.
 """
 
 from __future__ import annotations
@@ -45,7 +53,17 @@ from ._models import Usage
 if TYPE_CHECKING:
     from ._client import LM
 
-__all__ = ["Ticket", "UsageLimitExceeded", "UsageLimits", "admit", "settle", "usage_limits"]
+__all__ = [
+    "Ticket",
+    "UsageLimitExceeded",
+    "UsageLimits",
+    "admit",
+    "merge",
+    "release",
+    "settle",
+    "snapshot",
+    "usage_limits",
+]
 
 _LOCK = threading.Lock()
 
@@ -120,6 +138,7 @@ class UsageLimits:
         "output_tokens",
         "parent",
         "peak_in_flight",
+        "remote",
         "requests",
         "reserved_cost",
         "reserved_input_tokens",
@@ -170,6 +189,7 @@ class UsageLimits:
         self.reserved_total_tokens = 0.0
         self.reserved_cost = 0.0
         self.exceeded: UsageLimitExceeded | None = None
+        self.remote: Any = None  # set on a stand-in for blocks whose figures live elsewhere (see above)
         self._tokens: list[Token[UsageLimits | None]] = []
         self._waiting: list[Ticket] = []  # admissions waiting for requests in flight to end
 
@@ -263,7 +283,20 @@ class Ticket:
     then ``await ticket.wait()`` (it admits or raises). ``settle`` ends it.
     """
 
-    __slots__ = ("admitted", "blocks", "cost", "event", "first", "input", "lm", "output", "stream")
+    __slots__ = (
+        "admitted",
+        "blocks",
+        "claim",
+        "cost",
+        "event",
+        "first",
+        "held",
+        "input",
+        "lm",
+        "output",
+        "remote",
+        "stream",
+    )
 
     def __init__(
         self,
@@ -282,11 +315,22 @@ class Ticket:
         self.cost = cost
         self.first = first
         self.stream = bool(stream)
-        self.admitted = False
+        self.admitted = False  # reserved everywhere: the request may start
+        self.held = False  # reserved in the local blocks
         self.event: CrossLoopEvent | None = None
+        self.remote: Any = None  # the remote blocks' side (see the module's docstring), if any
+        self.claim: Any = None  # what the remote side reserved for it
 
     def _try(self) -> None:
         """Admit, or register to wait (``self.event``), or raise. Call under ``_LOCK``."""
+        wait_on = self.decide()
+        if wait_on is not None:  # wait for one of them to end, then check again
+            self.event = CrossLoopEvent()
+            wait_on._waiting.append(self)
+
+    def decide(self) -> UsageLimits | None:
+        """Reserve in every block and return ``None``; or return the block whose requests in flight
+        must end first; or raise. Call under ``_LOCK``."""
         for block in self.blocks:
             if block.exceeded is not None:
                 raise _closed(block.exceeded, self.lm)
@@ -304,10 +348,8 @@ class Ticket:
                 if ticket.event is not None:
                     ticket.event.set()
             raise error
-        if wait_on is not None:  # wait for one of them to end, then check again
-            self.event = CrossLoopEvent()
-            wait_on._waiting.append(self)
-            return
+        if wait_on is not None:
+            return wait_on
         for block in self.blocks:
             block.requests += self.first
             block.in_flight += 1
@@ -318,11 +360,13 @@ class Ticket:
             block.reserved_output_tokens += self.output
             block.reserved_total_tokens += self.input + self.output
             block.reserved_cost += self.cost
-        self.admitted = True
+        self.held = True
+        self.admitted = self.remote is None
+        return None
 
     async def wait(self) -> None:
         """Wait until admitted (or raise ``UsageLimitExceeded``)."""
-        while not self.admitted:
+        while not self.held:
             event = self.event
             assert event is not None
             try:
@@ -335,6 +379,13 @@ class Ticket:
                     self.event = None
             with _LOCK:
                 self._try()
+        if not self.admitted:  # the remote blocks' turn
+            try:
+                self.claim = await self.remote.reserve(self)
+            except BaseException:
+                release(self, None, None, refused=True)
+                raise
+            self.admitted = True
 
 
 def active() -> bool:
@@ -356,9 +407,13 @@ def admit(lm: LM, data: bytes, body: Mapping[str, Any], first: bool) -> Ticket |
         return None
     blocks: list[UsageLimits] = []
     needs_cost = False
+    remote = None
     while block is not None:
         blocks.append(block)
         needs_cost = needs_cost or block.max_cost is not None
+        if block.remote is not None:
+            remote = block.remote
+            needs_cost = needs_cost or remote.needs_cost
         block = block.parent
     inp = len(data) / 4.0
     out = max(0.0, lm._estimate_tokens(data, body) - inp)
@@ -374,6 +429,7 @@ def admit(lm: LM, data: bytes, body: Mapping[str, Any], first: bool) -> Ticket |
             )
         cost = estimate
     ticket = Ticket(lm, tuple(blocks), inp, out, cost, first, bool(body.get("stream")))
+    ticket.remote = remote
     with _LOCK:
         ticket._try()
     return ticket
@@ -456,15 +512,28 @@ def _closed(error: UsageLimitExceeded, lm: LM) -> UsageLimitExceeded:
 
 def settle(ticket: Ticket, usage: Usage | None) -> None:
     """An attempt is over: free its reservation; add ``usage`` (``None``: it failed, or never started)."""
-    if not ticket.admitted:  # cancelled or timed out while waiting: nothing was reserved
+    if not ticket.held:  # cancelled or timed out while waiting: nothing was reserved
         return
-    ticket.admitted = False
     cost = None
     if usage is not None:
         cost = usage.cost if usage.cost is not None else ticket.lm._pricer.cost(usage)
+    if ticket.claim is not None:
+        claim, ticket.claim = ticket.claim, None
+        ticket.remote.settle(claim, usage, cost)
+    release(ticket, usage, cost)
+
+
+def release(ticket: Ticket, usage: Usage | None, cost: float | None, refused: bool = False) -> None:
+    """Free the local blocks' reservation of a held ticket; add ``usage`` and ``cost`` (USD, ``None``:
+    unknown). ``refused``: the remote side refused it after all, so it was no request."""
+    if not ticket.held:
+        return
+    ticket.held = ticket.admitted = False
     wake: list[CrossLoopEvent] = []
     with _LOCK:
         for block in ticket.blocks:
+            if refused:
+                block.requests -= ticket.first
             block.in_flight -= 1
             block.streams_in_flight -= ticket.stream
             block.reserved_input_tokens -= ticket.input
@@ -492,3 +561,32 @@ def settle(ticket: Ticket, usage: Usage | None) -> None:
                 block._waiting = keep
     for event in wake:
         event.set()
+
+
+# what another process needs to hold a block's limits (asynclm.ray), and to report back
+_FIGURES = ("requests", "input_tokens", "output_tokens", "total_tokens", "known_cost", "unknown_cost_requests")
+
+
+def snapshot(block: UsageLimits) -> dict[str, Any]:
+    """A block's limits and figures (requests in flight counted as used: they are not the other
+    side's to settle), and the error that closed it."""
+    with _LOCK:
+        state: dict[str, Any] = {name: value for name, value in _limit_items(block)}
+        state.update({name: getattr(block, name) for name in _FIGURES})
+        state["input_tokens"] += block.reserved_input_tokens
+        state["output_tokens"] += block.reserved_output_tokens
+        state["total_tokens"] += block.reserved_total_tokens
+        state["known_cost"] += block.reserved_cost
+        state["exceeded"] = block.exceeded
+        return state
+
+
+def merge(block: UsageLimits, delta: Mapping[str, Any]) -> None:
+    """Add what another process used under ``block`` (``_FIGURES`` deltas, ``peak_in_flight``,
+    ``exceeded``) to its figures."""
+    with _LOCK:
+        for name in _FIGURES:
+            setattr(block, name, getattr(block, name) + delta[name])
+        block.peak_in_flight = max(block.peak_in_flight, delta["peak_in_flight"])
+        if block.exceeded is None and delta["exceeded"] is not None:
+            block.exceeded = delta["exceeded"]

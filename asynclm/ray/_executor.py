@@ -12,7 +12,10 @@ from typing import Any
 import anyio
 import anyio.to_thread
 
+from asynclm.lm._budget import merge, snapshot
 from asynclm.runtime import Progress, current_settings
+from asynclm.runtime._executor import ItemResults
+from asynclm.runtime._parallel import check_args
 
 __all__ = ["RayExecutor", "RemoteItemError"]
 
@@ -41,14 +44,8 @@ def _import_ray() -> Any:
     try:
         import ray
     except ImportError as exc:
-        raise ImportError(
-            "asynclm.ray.RayExecutor needs Ray: pip install 'asynclm[ray]' (or pip install ray)"
-        ) from exc
+        raise ImportError("asynclm.ray.RayExecutor needs Ray: pip install 'asynclm[ray]' (or pip install ray)") from exc
     return ray
-
-
-def _valid_args(args: Any) -> bool:
-    return isinstance(args, (Mapping, tuple)) or callable(getattr(args, "inputs", None))
 
 
 class RayExecutor:
@@ -76,7 +73,8 @@ class RayExecutor:
             session already running in this process, else a new local one (``ray.init()``).
         num_cpus_per_worker: the CPU each actor reserves; fractional by default, so that there
             may be more workers than cores (I/O-bound work).
-        chunk_size: the most items per chunk sent to a worker.
+        chunk_size: the most items per chunk sent to a worker (a worker runs at most its share of
+            the batch's ``concurrency`` at once and queues the rest).
         env_vars: environment variables for the workers (for instance an API key read from the
             driver's environment); passed through Ray's runtime env, never stored with a program.
         runtime_env: a Ray runtime env for the workers (``env_vars`` is merged into it).
@@ -84,6 +82,12 @@ class RayExecutor:
             once — metrics, ``def forward`` programs (anyio's default is 40). CPU-bound functions
             in many threads of one process fight over its GIL with Ray's own threads; ``None``:
             anyio's default.
+        sync_inline: call plain (sync) functions — a metric, a plain item function — on the
+            worker's event loop instead of in a worker thread. Faster for pure-CPU functions (no
+            thread hop, no GIL ping-pong between the loop and the threads), but such a function
+            then holds up the worker's other items while it runs, and must neither block on I/O
+            nor call ``.sync()`` (which raises inside a running loop). Off by default, so that a
+            batch behaves exactly as without the executor.
     """
 
     def __init__(
@@ -97,6 +101,7 @@ class RayExecutor:
         env_vars: Mapping[str, str] | None = None,
         runtime_env: Mapping[str, Any] | None = None,
         threads_per_worker: int | None = 4,
+        sync_inline: bool = False,
     ) -> None:
         for name, value in (
             ("num_workers", num_workers),
@@ -115,6 +120,7 @@ class RayExecutor:
         if threads_per_worker is not None and (not isinstance(threads_per_worker, int) or threads_per_worker < 1):
             raise ValueError(f"RayExecutor(threads_per_worker={threads_per_worker!r}): use an int >= 1, or None")
         self.threads_per_worker = threads_per_worker
+        self.sync_inline = bool(sync_inline)
         env = dict(runtime_env or {})
         if env_vars:
             env["env_vars"] = {**dict(env.get("env_vars") or {}), **dict(env_vars)}
@@ -122,8 +128,10 @@ class RayExecutor:
         self._workers: list[Any] = []
         self._limits: Any = None  # the limiter actor
         self._count = 0
+        self._names: dict[int, str] = {}  # id(actor handle) -> worker id
         self._lock = threading.Lock()
         self.restarts = 0  # workers replaced after they died
+        self.peak_items_out = 0  # the most items a batch had sent and not yet had back (its window)
 
     def __repr__(self) -> str:
         return (
@@ -142,7 +150,9 @@ class RayExecutor:
             options["runtime_env"] = self._runtime_env
         self._count += 1
         actor = ray.remote(Worker).options(**options)
-        return actor.remote(self.concurrency_per_worker, self._limits, f"w{self._count}", self.threads_per_worker)
+        handle = actor.remote(self.concurrency_per_worker, self._limits, f"w{self._count}", self.threads_per_worker)
+        self._names[id(handle)] = f"w{self._count}"
+        return handle
 
     def _start(self) -> list[Any]:
         """Join or start Ray and make the actors (blocking: call it in a worker thread)."""
@@ -165,6 +175,8 @@ class RayExecutor:
 
     def _replace(self, dead: Any) -> Any:
         with self._lock:
+            # its requests in flight leave the budgets' accounts (counted at their estimates)
+            self._limits.budget_drop_worker.remote(self._names.pop(id(dead), ""))
             for i, worker in enumerate(self._workers):
                 if worker is dead:
                     self._workers[i] = self._new_worker()
@@ -232,7 +244,7 @@ class RayExecutor:
         self,
         items: Sequence[tuple[Callable[..., Any], Any]],
         *,
-        concurrency: int,
+        concurrency: int | None,
         max_errors: int | None = 0,
         return_exceptions: bool = False,
         timeout: float | None = None,
@@ -241,61 +253,69 @@ class RayExecutor:
     ) -> list[Any]:
         """``asynclm.runtime.run_items`` on the actors (see ``RayExecutor``)."""
         n = len(items)
-        results: list[Any] = [None] * n
         if n == 0:
-            return results
+            return []
         fn_index: dict[int, int] = {}
         fns: list[Callable[..., Any]] = []
         for i, (fn, args) in enumerate(items):
-            if not _valid_args(args):
-                raise TypeError(
-                    f"Parallel item {i}: arguments must be a dict (keyword arguments), a tuple (positional "
-                    f"arguments) or an Example; got {type(args).__name__}. Wrap a single argument as (value,)."
-                )
+            check_args(args, i)
             if id(fn) not in fn_index:
                 fn_index[id(fn)] = len(fns)
                 fns.append(fn)
         ray = _import_ray()
-        workers = await anyio.to_thread.run_sync(self._start)
+        await anyio.to_thread.run_sync(self._start)
         settings = self._settings()
-        job = await anyio.to_thread.run_sync(ray.put, (tuple(fns), settings))
-
-        total_slots = max(1, min(concurrency, self.num_workers * self.concurrency_per_worker))
-        size = max(1, min(self.chunk_size, math.ceil(total_slots / (2 * self.num_workers))))
-        per_worker = max(1, self.concurrency_per_worker // size)
-        todo: deque[tuple[int, int]] = deque((start, min(start + size, n)) for start in range(0, n, size))
-        pending: dict[Any, tuple[Any, tuple[int, int]]] = {}  # ref -> (worker, (start, end))
-        load: dict[int, int] = {id(w): 0 for w in workers}
-        in_flight = 0
-        errors = 0
-        deaths = 0
-        fatal: BaseException | None = None
-        bar = progress if isinstance(progress, Progress) else Progress.maybe(bool(progress), total=n)
-
-        def send() -> None:
-            nonlocal in_flight
-            while todo:
-                start, end = todo[0]
-                if in_flight and in_flight + (end - start) > total_slots:
-                    return
-                worker = min(self._workers, key=lambda w: load.get(id(w), 0))
-                if load.get(id(worker), 0) >= per_worker:
-                    return
-                todo.popleft()
-                chunk = [(i, fn_index[id(items[i][0])], items[i][1]) for i in range(start, end)]
-                ref = worker.run_chunk.remote([job], chunk, timeout)
-                pending[ref] = (worker, (start, end))
-                load[id(worker)] = load.get(id(worker), 0) + 1
-                in_flight += end - start
-
+        blocks = _budget_blocks()
+        budget = None
+        if blocks:  # the driver's usage_limits blocks hold across the workers: accounts in the limiter actor
+            budget = ([f"{id(b):x}" for b in blocks], any(b.max_cost is not None for b in blocks))
+            chain = [(key, snapshot(b)) for key, b in zip(budget[0], blocks, strict=True)]
+            with anyio.CancelScope(shield=True):  # opened means closed below: never left half done
+                await anyio.to_thread.run_sync(ray.get, self._limits.budget_open.remote(chain))
+        outcomes = ItemResults(
+            n, max_errors=max_errors, return_exceptions=return_exceptions, progress=progress, on_result=on_result
+        )
+        pending: dict[Any, tuple[int, Any, tuple[int, int]]] = {}  # ref -> (position, worker, (start, end))
         try:
+            job = await anyio.to_thread.run_sync(ray.put, (tuple(fns), settings, budget, self.sync_inline))
+            # The batch's concurrency is split into a share per worker (the shares add up to it, so
+            # the bound holds across workers); a worker runs at most its share of the batch's items
+            # at once and queues the rest of its chunks. So chunks can be large (few round trips,
+            # little per-chunk work) and still keep every worker busy: each worker has at most
+            # enough chunks to fill its share plus one, which bounds the items out at once to
+            # concurrency + 2 * chunk size per worker (the driver's window).
+            bound = min(n if concurrency is None else concurrency, self.num_workers * self.concurrency_per_worker)
+            active = min(self.num_workers, bound)
+            shares = [bound // active + (i < bound % active) for i in range(active)]
+            size = max(1, min(self.chunk_size, math.ceil(n / (2 * active))))
+            ahead = [math.ceil(share / size) + 1 for share in shares]
+            todo: deque[tuple[int, int]] = deque((start, min(start + size, n)) for start in range(0, n, size))
+            load = [0] * active  # chunks out, per worker position
+            deaths = 0
+            out = 0  # items out
+
+            def send() -> None:
+                nonlocal out
+                while todo:
+                    pos = min(range(active), key=lambda i: load[i] / ahead[i])
+                    if load[pos] >= ahead[pos]:
+                        return
+                    start, end = todo.popleft()
+                    chunk = [(i, fn_index[id(items[i][0])], items[i][1]) for i in range(start, end)]
+                    worker = self._workers[pos]
+                    ref = worker.run_chunk.remote([job], chunk, timeout, shares[pos])
+                    pending[ref] = (pos, worker, (start, end))
+                    load[pos] += 1
+                    out += end - start
+                    self.peak_items_out = max(self.peak_items_out, out)
+
             send()
-            while pending and fatal is None:
-                outcomes = await anyio.to_thread.run_sync(_wait, ray, list(pending), abandon_on_cancel=True)
-                for ref, ok, value in outcomes:
-                    worker, (start, end) = pending.pop(ref)
-                    load[id(worker)] -= 1
-                    in_flight -= end - start
+            while pending and outcomes.fatal is None:
+                done = await anyio.to_thread.run_sync(_wait, ray, list(pending), abandon_on_cancel=True)
+                for ref, ok, value in done:
+                    pos, worker, (start, end) = pending.pop(ref)
+                    load[pos] -= 1
+                    out -= end - start
                     if not ok:
                         if isinstance(value, ray.exceptions.RayActorError):
                             deaths += 1
@@ -304,8 +324,8 @@ class RayExecutor:
                                     f"RayExecutor: {deaths} workers died during this batch (last: {value}); "
                                     "an item may be killing them (out of memory?): run it locally to see"
                                 ) from value
-                            replacement = await anyio.to_thread.run_sync(self._replace, worker)
-                            load.setdefault(id(replacement), 0)
+                            if self._workers[pos] is worker:  # not replaced yet (by this batch or another)
+                                await anyio.to_thread.run_sync(self._replace, worker)
                             todo.appendleft((start, end))
                             continue
                         cause = getattr(value, "cause", None)  # a RayTaskError: the worker code's own error
@@ -314,28 +334,12 @@ class RayExecutor:
                         roll_up(value["usage"], value["cache_hits"])
                     for index, (item_ok, item) in zip(range(start, end), value["items"], strict=True):
                         if item_ok:
-                            results[index] = item
-                            if on_result is not None:
-                                on_result(index, item, None)
-                            if bar is not None:
-                                bar.update()
-                            continue
-                        if on_result is not None:
-                            on_result(index, None, item)
-                        if bar is not None:
-                            bar.update(failed=True)
-                        if return_exceptions:
-                            results[index] = item
-                            continue
-                        errors += 1
-                        if max_errors is None or errors <= max_errors:
-                            continue
-                        if fatal is None:
-                            fatal = item
+                            outcomes.ok(index, item)
+                        elif outcomes.failed(index, item):
+                            break
+                    if outcomes.fatal is not None:
                         break
-                    if fatal is not None:
-                        break
-                if fatal is None:
+                if outcomes.fatal is None:
                     send()
         finally:
             for ref in pending:
@@ -343,11 +347,13 @@ class RayExecutor:
                     ray.cancel(ref)
                 except Exception:
                     pass
-            if bar is not None and bar is not progress:
-                bar.close()
-        if fatal is not None:
-            raise fatal
-        return results
+            outcomes.close()
+            if budget is not None:
+                with anyio.CancelScope(shield=True):  # the figures come back even when cancelled
+                    deltas = await anyio.to_thread.run_sync(ray.get, self._limits.budget_close.remote(budget[0]))
+                for block, delta in zip(blocks, deltas, strict=True):
+                    merge(block, delta)
+        return outcomes.value()
 
 
 def roll_up(by_model: dict[str, dict[str, Any]], cache_hits: int) -> None:
@@ -379,6 +385,19 @@ def roll_up(by_model: dict[str, dict[str, Any]], cache_hits: int) -> None:
                     mine[4] += row["cost"]
             tracker.cache_hits += cache_hits
             tracker = tracker.parent
+
+
+def _budget_blocks() -> list[Any]:
+    """The driver's active ``usage_limits`` blocks, innermost first."""
+    from asynclm.lm._budget import _current
+
+    blocks = []
+    block = _current.get()
+    while block is not None:
+        if block.remote is None:
+            blocks.append(block)
+        block = block.parent
+    return blocks
 
 
 def _wait(ray: Any, refs: list[Any]) -> list[tuple[Any, bool, Any]]:

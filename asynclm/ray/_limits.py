@@ -12,8 +12,17 @@ process-local limiters, ones that take their capacity from the executor's limite
 * a 429 with ``Retry-After``: the worker that got it pauses its own LM and tells the actor, which
   pauses the shared buckets and passes the pause on to every other worker.
 
-The actor's calls are short and never wait: a worker that finds no free slot polls again after a
-few milliseconds (so a cancelled request never leaves a slot leased to nobody).
+* ``usage_limits``: the driver's active blocks become accounts in the actor for as long as a batch
+  runs under them (batches running at once under one block share its account). A worker's
+  request is checked against its own blocks (any opened inside the program), then reserved in
+  the accounts before each attempt, by the same code as in one process (``lm._budget``:
+  ``Ticket.decide``, ``release``), so the same limits, waiting and documented overshoot bound
+  hold across all workers together; its usage replaces the reservation when it ends. At the end
+  of the batch the driver adds what the accounts used to its blocks' figures.
+
+The actor's calls are short and never wait: a worker that finds no free slot (or a request that
+fits a budget only once requests in flight end) polls again after a few milliseconds (so a
+cancelled request never leaves a slot leased to nobody).
 """
 
 from __future__ import annotations
@@ -23,9 +32,11 @@ from typing import Any
 
 import anyio
 
+from asynclm.lm._budget import _FIGURES, Ticket, UsageLimitExceeded, UsageLimits, release
+from asynclm.lm._models import Usage
 from asynclm.runtime import RateLimiter
 
-__all__ = ["LeasedRate", "LeasedSlots", "LimitsActor"]
+__all__ = ["LeasedRate", "LeasedSlots", "LimitsActor", "RemoteBudget"]
 
 _POLL = 0.005  # seconds between polls for a free slot
 _POLL_MAX = 0.05
@@ -38,6 +49,9 @@ class LimitsActor:
         self._slots: dict[str, list[int]] = {}  # key -> [total, leased, peak]
         self._buckets: dict[tuple[str, str], RateLimiter] = {}
         self._workers: dict[str, Any] = {}
+        self._accounts: dict[str, list[Any]] = {}  # key -> [block, batches open on it, figures reported]
+        self._claims: dict[int, tuple[str, Ticket]] = {}  # claim -> (worker id, its reservation)
+        self._claim_count = 0
 
     def register(self, worker_id: str, handle: Any) -> None:
         self._workers[worker_id] = handle
@@ -78,9 +92,132 @@ class LimitsActor:
                 except Exception:  # a dead worker
                     self._workers.pop(worker_id, None)
 
+    # -- usage_limits accounts ---------------------------------------------------------------------
+
+    def budget_open(self, chain: list[tuple[str, dict[str, Any]]]) -> None:
+        """A batch starts under the driver's blocks ``chain`` (key, ``_budget.snapshot``)."""
+        for key, state in chain:
+            account = self._accounts.get(key)
+            if account is None:
+                block = UsageLimits(*(state[name] for name in _LIMITS))
+                for name in _FIGURES:
+                    setattr(block, name, state[name])
+                block.exceeded = state["exceeded"]
+                account = self._accounts[key] = [block, 0, {name: state[name] for name in _FIGURES}]
+            account[1] += 1
+
+    def budget_close(self, keys: list[str]) -> list[dict[str, Any]]:
+        """A batch under ``keys`` ended: what each account used since it was last reported."""
+        out = []
+        for key in keys:
+            account = self._accounts[key]
+            block, reported = account[0], account[2]
+            now = {name: getattr(block, name) for name in _FIGURES}
+            out.append(
+                {
+                    **{name: now[name] - reported[name] for name in _FIGURES},
+                    "peak_in_flight": block.peak_in_flight,
+                    "exceeded": block.exceeded,
+                }
+            )
+            account[2] = now
+            account[1] -= 1
+            if not account[1]:  # reservations still out (cancelled chunks) settle on the orphaned block
+                del self._accounts[key]
+        return out
+
+    def budget_reserve(
+        self, keys: list[str], worker_id: str, estimate: tuple[float, float, float, bool, bool], model: tuple[str, str]
+    ) -> Any:
+        """Reserve a worker's request in the accounts ``keys``: a claim (int); ``None``: it fits
+        once requests in flight end (ask again); or the ``UsageLimitExceeded`` to raise."""
+        inp, out, cost, first, stream = estimate
+        blocks = tuple(self._accounts[key][0] for key in keys)
+        ticket = Ticket(_Model(*model), blocks, inp, out, cost, first, stream)  # type: ignore[arg-type]
+        try:
+            if ticket.decide() is not None:
+                return None
+        except UsageLimitExceeded as exc:
+            return exc
+        self._claim_count += 1
+        self._claims[self._claim_count] = (worker_id, ticket)
+        return self._claim_count
+
+    def budget_settle(self, claim: int, usage: tuple[int, int, int] | None, cost: float | None) -> None:
+        found = self._claims.pop(claim, None)
+        if found is not None:
+            used = (
+                None
+                if usage is None
+                else Usage(prompt_tokens=usage[0], completion_tokens=usage[1], total_tokens=usage[2])
+            )
+            release(found[1], used, cost)
+
+    def budget_drop_worker(self, worker_id: str) -> None:
+        """A worker died: its requests in flight count as having used their estimates (their real
+        usage is lost with it)."""
+        for claim, (owner, ticket) in list(self._claims.items()):
+            if owner == worker_id:
+                del self._claims[claim]
+                estimate = Usage(
+                    prompt_tokens=round(ticket.input),
+                    completion_tokens=round(ticket.output),
+                    total_tokens=round(ticket.input + ticket.output),
+                )
+                release(ticket, estimate, ticket.cost)
+
+    def budget_stats(self) -> dict[str, int]:
+        """Accounts open and reservations out (for tests and monitoring)."""
+        return {"accounts": len(self._accounts), "claims": len(self._claims)}
+
+    def flush(self) -> None:
+        """Returns once this actor has run every call the caller sent before it."""
+
     def stats(self) -> dict[str, Any]:
         """Leased and peak slots per LM configuration (for tests and monitoring)."""
         return {key: {"total": t, "leased": leased, "peak": peak} for key, (t, leased, peak) in self._slots.items()}
+
+
+_LIMITS = ("max_requests", "max_input_tokens", "max_output_tokens", "max_total_tokens", "max_cost")
+
+
+class _Model:
+    """What a refusal's message needs of the LM, in the actor."""
+
+    def __init__(self, model: str, model_name: str) -> None:
+        self.model = model
+        self.model_name = model_name
+
+
+class RemoteBudget:
+    """On a worker: the driver's ``usage_limits`` blocks, as accounts in the limiter actor (the
+    ``remote`` of ``lm._budget``)."""
+
+    def __init__(self, actor: Any, keys: list[str], needs_cost: bool, worker_id: str) -> None:
+        self.actor = actor
+        self.keys = keys
+        self.needs_cost = needs_cost
+        self.worker_id = worker_id
+        self.used = False  # whether a request was reserved (the chunk then waits for its settles)
+
+    async def reserve(self, ticket: Ticket) -> int:
+        poll = _POLL
+        estimate = (ticket.input, ticket.output, ticket.cost, ticket.first, ticket.stream)
+        model = (ticket.lm.model, ticket.lm.model_name)
+        while True:
+            with anyio.CancelScope(shield=True):  # a claim must not be lost
+                answer = await self.actor.budget_reserve.remote(self.keys, self.worker_id, estimate, model)
+            if isinstance(answer, UsageLimitExceeded):
+                raise answer
+            if answer is not None:
+                self.used = True
+                return int(answer)
+            await anyio.sleep(poll)
+            poll = min(_POLL_MAX, poll * 2)
+
+    def settle(self, claim: int, usage: Usage | None, cost: float | None) -> None:
+        used = None if usage is None else (usage.prompt_tokens, usage.completion_tokens, usage.total_tokens)
+        self.actor.budget_settle.remote(claim, used, cost)
 
 
 class _Pause:

@@ -8,11 +8,11 @@ from typing import Any
 
 import anyio
 
-from ._executor import check_executor, current_executor
+from ._executor import ItemResults, check_executor, current_executor
 from ._progress import Progress
 from ._sync import SyncCallable, asyncify, is_async_callable
 
-__all__ = ["Parallel", "call_with_args"]
+__all__ = ["Parallel", "call_item", "call_with_args", "check_args"]
 
 
 def _args_error(args: Any, index: int | None) -> TypeError:
@@ -25,6 +25,13 @@ def _args_error(args: Any, index: int | None) -> TypeError:
 
 def _valid_args(args: Any) -> bool:
     return isinstance(args, (Mapping, tuple)) or callable(getattr(args, "inputs", None))
+
+
+def check_args(args: Any, index: int) -> None:
+    """Raise the ``TypeError`` for item ``index``'s arguments unless they are a dict, a tuple or an
+    ``Example`` (a malformed batch is a caller bug: check before running anything)."""
+    if not _valid_args(args):
+        raise _args_error(args, index)
 
 
 def call_with_args(fn: Callable[..., Any], args: Any, index: int | None = None) -> Any:
@@ -106,13 +113,10 @@ class Parallel(SyncCallable):
         items = list(pairs)
         for i, pair in enumerate(items):
             if not (isinstance(pair, tuple) and len(pair) == 2 and callable(pair[0])):
-                raise TypeError(
-                    f"Parallel item {i} must be a (callable, arguments) pair; got {type(pair).__name__}"
-                )
-            if not _valid_args(pair[1]):
-                # A malformed batch is a caller bug: fail before running anything, whatever
-                # max_errors / return_exceptions say (they are for failures of the items).
-                raise _args_error(pair[1], i)
+                raise TypeError(f"Parallel item {i} must be a (callable, arguments) pair; got {type(pair).__name__}")
+            # before running anything, whatever max_errors / return_exceptions say (they are
+            # for failures of the items)
+            check_args(pair[1], i)
         return await run_items(
             items,
             concurrency=self.concurrency,
@@ -145,9 +149,8 @@ async def run_items(
     worker per item (no bound).
     """
     n = len(items)
-    results: list[Any] = [None] * n
     if n == 0:
-        return results
+        return []
     if executor is not None:
         out: list[Any] = await executor.run_items(
             items,
@@ -159,64 +162,57 @@ async def run_items(
             on_result=on_result,
         )
         return out
-    callers: dict[int, Callable[..., Any]] = {}  # id(fn) -> fn itself, or fn wrapped by asyncify
+    callers: dict[Any, Callable[..., Any]] = {}  # id(fn) -> fn itself, or fn wrapped by asyncify
     next_index = 0
-    errors = 0
-    fatal: list[BaseException] = []
-    bar = progress if isinstance(progress, Progress) else Progress.maybe(progress, total=n)
-
-    async def invoke(fn: Callable[..., Any], args: Any, index: int) -> Any:
-        caller = callers.get(id(fn))
-        if caller is None:
-            caller = callers[id(fn)] = fn if is_async_callable(fn) else asyncify(fn)
-        return await call_with_args(caller, args, index)
+    outcomes = ItemResults(
+        n, max_errors=max_errors, return_exceptions=return_exceptions, progress=progress, on_result=on_result
+    )
 
     async def worker(cancel_scope: anyio.CancelScope) -> None:
-        nonlocal next_index, errors
-        while not fatal:
+        nonlocal next_index
+        while outcomes.fatal is None:
             index = next_index
             if index >= n:
                 return
             next_index += 1
             fn, args = items[index]
             try:
-                if timeout is None:
-                    value = await invoke(fn, args, index)
-                else:
-                    with anyio.move_on_after(timeout) as deadline:
-                        value = await invoke(fn, args, index)
-                    if deadline.cancel_called:
-                        # Also when the item could not be interrupted and returned late (a sync
-                        # callable finishes its worker thread first): over the deadline is a failure.
-                        raise TimeoutError(f"Parallel item {index} did not finish within {timeout} s")
+                value = await call_item(callers, id(fn), fn, args, index, timeout)
             except Exception as exc:
-                if on_result is not None:
-                    on_result(index, None, exc)
-                if bar is not None:
-                    bar.update(failed=True)
-                if return_exceptions:
-                    results[index] = exc
-                    continue
-                errors += 1
-                if max_errors is None or errors <= max_errors:
-                    continue
-                if not fatal:
-                    fatal.append(exc)
+                if outcomes.failed(index, exc):
                     cancel_scope.cancel()
-                return
-            results[index] = value
-            if on_result is not None:
-                on_result(index, value, None)
-            if bar is not None:
-                bar.update()
+                    return
+                continue
+            outcomes.ok(index, value)
 
     try:
         async with anyio.create_task_group() as tg:
             for _ in range(n if concurrency is None else min(concurrency, n)):
                 tg.start_soon(worker, tg.cancel_scope)
     finally:
-        if bar is not None and bar is not progress:
-            bar.close()
-    if fatal:
-        raise fatal[0]
-    return results
+        outcomes.close()
+    return outcomes.value()
+
+
+async def call_item(
+    callers: dict[Any, Callable[..., Any]],
+    key: Any,
+    fn: Callable[..., Any],
+    args: Any,
+    index: int,
+    timeout: float | None,
+) -> Any:
+    """Run one item the ``Parallel`` way: ``fn`` awaited, or in a worker thread when it is plain
+    (its wrapper kept in ``callers`` under ``key``), within the per-item ``timeout``."""
+    caller = callers.get(key)
+    if caller is None:
+        caller = callers[key] = fn if is_async_callable(fn) else asyncify(fn)
+    if timeout is None:
+        return await call_with_args(caller, args, index)
+    with anyio.move_on_after(timeout) as deadline:
+        value = await call_with_args(caller, args, index)
+    if deadline.cancel_called:
+        # Also when the item could not be interrupted and returned late (a sync callable
+        # finishes its worker thread first): over the deadline is a failure.
+        raise TimeoutError(f"Parallel item {index} did not finish within {timeout} s")
+    return value
