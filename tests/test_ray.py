@@ -131,7 +131,9 @@ async def test_errors_keep_their_type_and_order(server: FakeOpenAIServer, execut
     assert tolerated[3] is None and tolerated[17] is None and tolerated[0].answer
     with pytest.raises(KeyError, match="bad item"):
         await program.batch(questions(20), max_errors=1, executor=executor)
-    with pytest.raises(KeyError, match="bad item 3"):
+    # the first failure to happen is raised, as without an executor; items 3 and 17 fail at once on
+    # two workers, so either may arrive first
+    with pytest.raises(KeyError, match=r"bad item (3|17)"):
         await program.batch(questions(20), executor=executor)
 
 
