@@ -632,3 +632,31 @@ def test_four_processes_share_one_directory_without_losing_writes(
     direct |= {f"direct own {k} {b} {i}" for k in range(4) for b in range(20) for i in range(25)}
     assert {hashlib.sha256(name.encode()).hexdigest() for name in direct} <= keys
     assert len(keys) == len(expected) + len(direct)
+
+
+def test_first_writes_from_many_threads_start_one_writer(tmp_path: Path) -> None:
+    # The first put() of each thread racing to start the writer must start exactly one: two
+    # writers would share one SQLite connection (seen as a segfault at exit in examples/threads.py,
+    # ~1 run in 10, after "cannot start a transaction within a transaction").
+    threads_per_round, rounds = 16, 40
+    for round_ in range(rounds):
+        disk = _cache.DiskCache(tmp_path / f"r{round_}")
+        barrier = threading.Barrier(threads_per_round)
+
+        def first_write(index: int, disk: _cache.DiskCache = disk, barrier: threading.Barrier = barrier) -> None:
+            barrier.wait()
+            disk.put(f"k{index}", b'"v"')
+
+        workers = [threading.Thread(target=first_write, args=(i,)) for i in range(threads_per_round)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+        writers = [t for t in threading.enumerate() if t.name == f"asynclm-cache-writer {disk.path}"]
+        disk.close()
+        assert len(writers) == 1, f"round {round_}: {len(writers)} writer threads for one file"
+        assert disk.writable
+        import sqlite3
+
+        with sqlite3.connect(disk.path) as conn:
+            assert conn.execute("SELECT count(*) FROM responses").fetchone()[0] == threads_per_round

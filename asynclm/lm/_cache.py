@@ -280,11 +280,15 @@ class DiskCache:
         writer = self._writer
         if writer is None or not writer.is_alive():  # first write, or one after close()
             with self._start_lock:  # not self._lock: a reader may hold that for a while
-                if self._writer is writer:
-                    self._writer = threading.Thread(
+                # Checked again under the lock, and published only once started: a thread that
+                # saw it created but not yet alive would start a second writer on one connection.
+                writer = self._writer
+                if writer is None or not writer.is_alive():
+                    writer = threading.Thread(
                         target=self._write_loop, name=f"asynclm-cache-writer {self.path}", daemon=True
                     )
-                    self._writer.start()
+                    writer.start()
+                    self._writer = writer
         if self._index is not None:
             self._index.add(_short(key))
         self._queue.put((key, value.decode()))
