@@ -4,12 +4,14 @@ re-attach, budgets, streaming refused. Both backends."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import logging
 import os
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -484,3 +486,60 @@ async def test_the_driver_and_its_heir_cancelled_together_leave_the_others_answe
             scopes[1].cancel()
     assert answers == {i: f"q{i}!" for i in range(2, 6)}
     assert server.batches_created == 1
+
+
+
+def test_calls_from_many_loops_at_once_leave_the_batch_lm_to_one_of_them(tmp_path: Path) -> None:
+    # First calls of one BatchLM made at once from 8 threads' loops (asyncio and trio): one loop
+    # gets it, every other call is refused with the RuntimeError. (The check was not atomic with
+    # the claim: two or three loops went on, sharing its loop-bound state: their calls hung,
+    # failed an internal assertion, or all went through.) The winner's request is held at the
+    # server until every other thread has its outcome, so no call can end before another checks.
+    # A short switch interval lets threads interleave between any two bytecodes, as they do on a
+    # loaded machine.
+    threads, rounds = 8, 20
+    lock = threading.Lock()
+    outcomes: list[list[str]] = [[] for _ in range(rounds)]
+    parked = [0] * rounds
+
+    async def held(request: Any) -> str:  # on the server's loop
+        round_ = int(request.messages[-1]["content"].split()[0][1:])
+        with lock:
+            parked[round_] += 1
+        while True:
+            with lock:
+                if len(outcomes[round_]) + parked[round_] >= threads:
+                    return "ok"
+            await asyncio.sleep(0.002)
+
+    start = threading.Barrier(threads)
+    with FakeOpenAIServer(held) as server:
+        blms = [make(server, window=0.01, poll_interval=0.01) for _ in range(rounds)]
+
+        def calls(index: int) -> None:
+            with alm.context(backend=("asyncio", "trio")[index % 2], cache_dir=str(tmp_path)):
+                for round_, blm in enumerate(blms):
+                    start.wait()
+                    try:
+                        # bounded only so that a hung call fails the test instead of stalling it
+                        alm.syncify(blm.__call__, timeout=30)(f"q{round_} {index}")
+                        outcome = "ok"
+                    except RuntimeError as exc:
+                        outcome = "refused" if "one event loop at a time" in str(exc) else repr(exc)
+                    except BaseException as exc:
+                        outcome = repr(exc)
+                    with lock:
+                        outcomes[round_].append(outcome)
+
+        interval = sys.getswitchinterval()
+        sys.setswitchinterval(1e-6)
+        try:
+            workers = [threading.Thread(target=calls, args=(i,)) for i in range(threads)]
+            for worker in workers:
+                worker.start()
+            for worker in workers:
+                worker.join()
+        finally:
+            sys.setswitchinterval(interval)
+    wrong = [(r, sorted(got)) for r, got in enumerate(outcomes) if sorted(got) != ["ok"] + ["refused"] * (threads - 1)]
+    assert wrong == []

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from typing import Any
+from typing import Any, ClassVar
 
 import anyio
 import pytest
@@ -500,3 +500,71 @@ async def test_retries_are_logged_without_the_key(server: FakeOpenAIServer, capl
         await make_lm(server)("hi")
     assert "retrying fake-model" in caplog.text and "503" in caplog.text
     assert KEY not in caplog.text
+
+
+_COMPLETION = json.dumps(
+    {
+        "id": "c",
+        "object": "chat.completion",
+        "model": "gpt-4o-mini",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+    }
+).encode()
+
+
+class _KeyCheckingTransport:
+    """Answers every request with a completion; records the ones sent without an API key."""
+
+    unauthenticated: ClassVar[list[str]] = []
+
+    async def post(self, url: str, body: bytes, headers: Any, **kw: Any) -> Any:
+        from asynclm.lm._transports import Response
+
+        if "authorization" not in headers:
+            self.unauthenticated.append(threading.current_thread().name)
+        return Response(200, {"content-type": "application/json"}, _COMPLETION)
+
+    async def post_stream(self, url: str, body: bytes, headers: Any, **kw: Any) -> Any:
+        raise NotImplementedError
+
+    async def aclose(self) -> None:
+        pass
+
+
+def test_a_key_set_after_the_lm_was_made_reaches_every_first_request(
+    portal_backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Many threads make the first requests of an LM whose key appeared in the environment after
+    # it was made: each must send the key. (The key was published before the headers holding
+    # it: a thread that saw the key sent the old headers, without it — a 401.) A short switch
+    # interval lets threads interleave between any two bytecodes, as they do on a loaded machine.
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    threads, rounds = 8, 300
+    lms = [LM("openai/gpt-4o-mini", max_retries=0, http_client_factory=_KeyCheckingTransport) for _ in range(rounds)]
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    _KeyCheckingTransport.unauthenticated = []
+    barrier = threading.Barrier(threads)
+    failures: list[BaseException] = []
+
+    def calls() -> None:
+        for lm in lms:
+            barrier.wait()
+            try:
+                lm.sync("hi", cache=False)
+            except Exception as exc:
+                failures.append(exc)
+
+    import sys
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        workers = [threading.Thread(target=calls) for _ in range(threads)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert _KeyCheckingTransport.unauthenticated == [] and failures == []

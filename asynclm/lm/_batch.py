@@ -29,6 +29,7 @@ import logging
 import os
 import re
 import sys
+import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Iterator
@@ -252,9 +253,11 @@ class BatchLM(SyncCallable):
         self._anthropic = lm.provider == "anthropic"
         self._batches_path = "/messages/batches" if self._anthropic else "/batches"
         self.history: deque[dict[str, Any]] = deque(maxlen=HISTORY_SIZE)
+        self._loop_lock = threading.Lock()
         self._reset()
 
     def _reset(self) -> None:
+        self._calls = 0  # calls in progress, all on the loop of self._token (under _loop_lock)
         self._token: Any = None
         # ordered: the driver's successor is the oldest waiting request, found without a scan
         self._reqs: OrderedDict[str, _Req] = OrderedDict()
@@ -319,60 +322,68 @@ class BatchLM(SyncCallable):
         settings = current_settings()
         store = memory_store if use_cache == "memory" else store_for(settings)
         token = anyio.lowlevel.current_token()
-        if self._token is None or not (self._reqs or self._arriving):
+        # Checked and claimed under a lock, and counted until the call returns: calls from two
+        # loops that checked at once (or one that checked while another loop's call had not yet
+        # queued its request) both went on, sharing this loop-bound state: hangs.
+        with self._loop_lock:
+            if self._calls and self._token != token:
+                raise RuntimeError(
+                    "BatchLM: one BatchLM serves one event loop at a time; make one BatchLM per thread/loop"
+                )
             self._token = token
-        elif self._token != token:
-            raise RuntimeError(
-                "BatchLM: one BatchLM serves one event loop at a time; make one BatchLM per thread/loop"
-            )
-        if use_cache and use_cache != "refresh":
-            hit = store.memory.get(key)
-            if hit is None and store.persistent is not None:
-                self._arriving += 1  # the driver holds the window open while calls are on their way
-                try:
-                    hit = await self._lookup(store, key)
-                finally:
-                    self._arriving -= 1
-            if hit is not None:
-                response = lm._from_cache(hit)
-                record_usage(lm.model_name, response.usage, True)
-                lm._record(body, response.texts, response.usage, True, started, t0)
-                return response
-        journal = self._journal(settings.cache_dir)
-        ticket = admit(lm, data, body, True)  # usage_limits: reserve before submission
-        if ticket is not None and not ticket.admitted:
-            await ticket.wait()
-        usage: Usage | None = None
+            self._calls += 1
         try:
-            req = self._reqs.get(key)
-            if req is None:
-                req = self._reqs[key] = _Req(key, data, store if use_cache else None)
-                found = journal.lookup(key, refresh=False)  # the journal in memory: no file access per call
-                if found is not None:  # submitted before (this process or an earlier one): re-attach
-                    self._attach(req, *found, journal)
-                else:
-                    if not self._pending:
-                        self._kick.set()
-                        self._first_queued = time.time()
-                    self._pending[key] = req
-                    self._last_enqueue = anyio.current_time()
-                    if len(self._pending) >= self.max_requests:
-                        self._kick.set()
-            payload = await self._wait(req, journal)
-            raw, req.raw = req.raw, None  # decoded once when its batch ended; a second waiter decodes anew
-            response = lm._wire.response(raw if raw is not None else _loads(payload), lm.model_name, False)
-            usage = response.usage
-            cost = lm._pricer.cost(usage)
-            usage.cost = None if cost is None else cost * BATCH_DISCOUNT
-        except LMError as exc:
-            lm._record_error(body, exc, started, t0)
-            raise
+            if use_cache and use_cache != "refresh":
+                hit = store.memory.get(key)
+                if hit is None and store.persistent is not None:
+                    self._arriving += 1  # the driver holds the window open while calls are on their way
+                    try:
+                        hit = await self._lookup(store, key)
+                    finally:
+                        self._arriving -= 1
+                if hit is not None:
+                    response = lm._from_cache(hit)
+                    record_usage(lm.model_name, response.usage, True)
+                    lm._record(body, response.texts, response.usage, True, started, t0)
+                    return response
+            journal = self._journal(settings.cache_dir)
+            ticket = admit(lm, data, body, True)  # usage_limits: reserve before submission
+            if ticket is not None and not ticket.admitted:
+                await ticket.wait()
+            usage: Usage | None = None
+            try:
+                req = self._reqs.get(key)
+                if req is None:
+                    req = self._reqs[key] = _Req(key, data, store if use_cache else None)
+                    found = journal.lookup(key, refresh=False)  # the journal in memory: no file access per call
+                    if found is not None:  # submitted before (this process or an earlier one): re-attach
+                        self._attach(req, *found, journal)
+                    else:
+                        if not self._pending:
+                            self._kick.set()
+                            self._first_queued = time.time()
+                        self._pending[key] = req
+                        self._last_enqueue = anyio.current_time()
+                        if len(self._pending) >= self.max_requests:
+                            self._kick.set()
+                payload = await self._wait(req, journal)
+                raw, req.raw = req.raw, None  # decoded once when its batch ended; a second waiter decodes anew
+                response = lm._wire.response(raw if raw is not None else _loads(payload), lm.model_name, False)
+                usage = response.usage
+                cost = lm._pricer.cost(usage)
+                usage.cost = None if cost is None else cost * BATCH_DISCOUNT
+            except LMError as exc:
+                lm._record_error(body, exc, started, t0)
+                raise
+            finally:
+                if ticket is not None:
+                    settle(ticket, usage)
+            record_usage(lm.model_name, usage, False)
+            lm._record(body, response.texts, usage, False, started, t0)
+            return response
         finally:
-            if ticket is not None:
-                settle(ticket, usage)
-        record_usage(lm.model_name, usage, False)
-        lm._record(body, response.texts, usage, False, started, t0)
-        return response
+            with self._loop_lock:
+                self._calls -= 1
 
     def _journal(self, directory: str | None) -> Journal:
         journal = self._journals.get(directory)

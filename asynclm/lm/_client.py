@@ -534,8 +534,10 @@ class LM(SyncCallable):
             return
         key = os.environ.get(self._wire.key_env)
         if key:  # set after this LM was made
+            # The headers first: another thread that sees the key set goes on to send
+            # self._headers, which must already hold it (else a request without the key: a 401).
+            self._headers = _Headers(self._wire.headers(key))
             self._key = _Secret(key)
-            self._headers = self._make_headers()
             return
         raise AuthenticationError(
             f"no API key for {self.model!r} at {self.base_url}: pass LM(..., api_key=...) or set "
