@@ -146,6 +146,19 @@ async def test_the_cache_keeps_anthropic_responses(
     assert server.requests == 1
 
 
+async def test_an_anthropic_cache_hit_costs_a_known_zero(server: FakeOpenAIServer, tmp_path: Path) -> None:
+    # A hit is free, as on OpenAI's path: a total over priced calls stays known (it was None).
+    server.set_responses("answer")
+    with asynclm.context(cache_dir=str(tmp_path)):
+        lm = make_lm(server, cache=True, price={"input": 3.0, "output": 15.0})
+        first = await lm(f"priced question in {tmp_path}")
+        with track_usage() as tracked:
+            hit = await lm(f"priced question in {tmp_path}")
+    assert first.usage.cost is not None and first.usage.cost > 0
+    assert hit.cache_hit and hit.usage.cost == 0.0
+    assert (tracked.calls, tracked.cache_hits, tracked.cost, tracked.unknown_cost_calls) == (1, 1, 0.0, 0)
+
+
 def test_sync_call(server: FakeOpenAIServer) -> None:
     server.set_responses("from sync")
     assert make_lm(server).sync("hi").text == "from sync"

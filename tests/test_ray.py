@@ -272,12 +272,14 @@ async def test_rpm_holds_across_workers(ray_session: None) -> None:
         finally:
             ex.shutdown()
     # a token bucket of `rate` per second holding at most `rate`: in any window of t seconds at most
-    # rate + rate * t requests start, give or take 0.15 s of scheduling jitter between a token's grant
-    # and its request's arrival. Two workers with a bucket each would start 2 * rate at once.
+    # rate + rate * t requests start, give or take 0.25 s of scheduling jitter between a token's grant
+    # and its request's arrival (0.15 s was exceeded by 0.002 s once, a CI run with Python 3.10 on two
+    # busy cores: 36 requests in 0.648 s). Two workers with a bucket each would start 2 * rate = 40
+    # at once, against a bound of 25 here.
     assert len(arrivals) == 70
     for i in range(len(arrivals)):
         for j in range(i, len(arrivals)):
-            assert j - i + 1 <= rate + rate * (arrivals[j] - arrivals[i] + 0.15)
+            assert j - i + 1 <= rate + rate * (arrivals[j] - arrivals[i] + 0.25)
 
 
 async def test_tpm_holds_across_workers(ray_session: None) -> None:

@@ -275,7 +275,7 @@ def usage_from_json(data: Any) -> Usage:
     )
 
 
-_ZERO = Usage()
+_ZERO = Usage(cost=0.0)  # a cache hit costs nothing (as on OpenAI's path): a known 0, not an unknown
 
 
 class AnthropicResponse(LMResponse):
