@@ -441,8 +441,9 @@ class LocalLM(LM):
 
     def _use(self, url: str) -> None:
         if url != self.base_url:
-            self.base_url = url
+            # _url first: a thread that sees the new base_url skips this and posts to _url
             self._url = url + "/chat/completions"
+            self.base_url = url
 
     def _body(self, prompt: str | None, messages: Any, params: dict[str, Any]) -> dict[str, Any]:
         body = super()._body(prompt, messages, params)
