@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import sys
 import threading
+from collections.abc import Callable
 
 
 class InFlight:
@@ -29,3 +31,19 @@ class StubLM(str):
 
     async def __call__(self, *args: object, **kwargs: object) -> None:
         raise AssertionError(f"StubLM {str(self)!r} is a marker, not a model")
+
+
+def run_threads_interleaved(target: Callable[..., object], args_per_thread: list[tuple[object, ...]]) -> None:
+    """Run ``target(*args)`` on one thread per args tuple and join them all, with the interpreter
+    switching threads every microsecond meanwhile (as a loaded machine may), so races between two
+    bytecodes are reachable; the switch interval is restored afterwards."""
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        workers = [threading.Thread(target=target, args=args) for args in args_per_thread]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+    finally:
+        sys.setswitchinterval(interval)

@@ -24,6 +24,8 @@ from asynclm.lm import BatchLM, LMError, LMTimeoutError, RateLimitError, UsageLi
 from asynclm.lm._batch_journal import FILE_NAME, journal_for
 from asynclm.testing import FakeOpenAIServer, Fault, Fields
 
+from .helpers import run_threads_interleaved
+
 KEY = "sk-test-batch"
 
 
@@ -531,15 +533,6 @@ def test_calls_from_many_loops_at_once_leave_the_batch_lm_to_one_of_them(tmp_pat
                     with lock:
                         outcomes[round_].append(outcome)
 
-        interval = sys.getswitchinterval()
-        sys.setswitchinterval(1e-6)
-        try:
-            workers = [threading.Thread(target=calls, args=(i,)) for i in range(threads)]
-            for worker in workers:
-                worker.start()
-            for worker in workers:
-                worker.join()
-        finally:
-            sys.setswitchinterval(interval)
+        run_threads_interleaved(calls, [(i,) for i in range(threads)])
     wrong = [(r, sorted(got)) for r, got in enumerate(outcomes) if sorted(got) != ["ok"] + ["refused"] * (threads - 1)]
     assert wrong == []

@@ -26,6 +26,8 @@ from asynclm.lm import (
 from asynclm.runtime import SyncInAsyncContextError
 from asynclm.testing import FakeOpenAIServer, Fault
 
+from .helpers import run_threads_interleaved
+
 KEY = "sk-test-SECRET-0123456789"
 
 
@@ -555,16 +557,5 @@ def test_a_key_set_after_the_lm_was_made_reaches_every_first_request(
             except Exception as exc:
                 failures.append(exc)
 
-    import sys
-
-    interval = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)
-    try:
-        workers = [threading.Thread(target=calls) for _ in range(threads)]
-        for worker in workers:
-            worker.start()
-        for worker in workers:
-            worker.join()
-    finally:
-        sys.setswitchinterval(interval)
+    run_threads_interleaved(calls, [() for _ in range(threads)])
     assert _KeyCheckingTransport.unauthenticated == [] and failures == []
