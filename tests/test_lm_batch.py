@@ -490,7 +490,6 @@ async def test_the_driver_and_its_heir_cancelled_together_leave_the_others_answe
     assert server.batches_created == 1
 
 
-
 def test_calls_from_many_loops_at_once_leave_the_batch_lm_to_one_of_them(tmp_path: Path) -> None:
     # First calls of one BatchLM made at once from 8 threads' loops (asyncio and trio): one loop
     # gets it, every other call is refused with the RuntimeError. (The check was not atomic with

@@ -638,6 +638,8 @@ def test_first_writes_from_many_threads_start_one_writer(tmp_path: Path) -> None
     # The first put() of each thread racing to start the writer must start exactly one: two
     # writers would share one SQLite connection (seen as a segfault at exit in examples/threads.py,
     # ~1 run in 10, after "cannot start a transaction within a transaction").
+    import sqlite3
+
     threads_per_round, rounds = 16, 40
     for round_ in range(rounds):
         disk = _cache.DiskCache(tmp_path / f"r{round_}")
@@ -656,7 +658,5 @@ def test_first_writes_from_many_threads_start_one_writer(tmp_path: Path) -> None
         disk.close()
         assert len(writers) == 1, f"round {round_}: {len(writers)} writer threads for one file"
         assert disk.writable
-        import sqlite3
-
         with sqlite3.connect(disk.path) as conn:
             assert conn.execute("SELECT count(*) FROM responses").fetchone()[0] == threads_per_round

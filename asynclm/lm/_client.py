@@ -335,7 +335,7 @@ class LM(SyncCallable):
         self._tpm = RateLimiter(tpm / 60.0) if tpm is not None else None
         self._paused_until = 0.0  # time.monotonic(); used when there is no rpm limiter to pause
         self._pause_lock = threading.Lock()
-        self._headers = self._make_headers()
+        self._headers = self._make_headers(self._key.value)
         # made once: the transport registry keys each loop's transport by this object
         self._transport_factory: Callable[[], Any] | None = None
         if http_client_factory is not None:
@@ -347,8 +347,8 @@ class LM(SyncCallable):
 
             self._transport_factory = ssl_transport_factory(ssl_context)
 
-    def _make_headers(self) -> _Headers:
-        return _Headers(self._wire.headers(self._key.value))
+    def _make_headers(self, key: str | None) -> _Headers:
+        return _Headers(self._wire.headers(key))
 
     def __repr__(self) -> str:
         extra = "".join(f", {k}={v!r}" for k, v in self.default_params.items())
@@ -536,7 +536,7 @@ class LM(SyncCallable):
         if key:  # set after this LM was made
             # The headers first: another thread that sees the key set goes on to send
             # self._headers, which must already hold it (else a request without the key: a 401).
-            self._headers = _Headers(self._wire.headers(key))
+            self._headers = self._make_headers(key)
             self._key = _Secret(key)
             return
         raise AuthenticationError(
