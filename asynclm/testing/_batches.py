@@ -5,12 +5,14 @@
 - ``POST .../batches`` (``input_file_id``, ``endpoint``, ``completion_window``),
   ``GET .../batches/{id}``, ``POST .../batches/{id}/cancel``.
 
-A batch waits ``batch_delay`` seconds (``validating`` then ``in_progress``), then each of its lines
-is answered by the server's normal response logic (the script, ``Fields``, injected faults,
+A batch is ``validating`` for the first half of ``batch_delay``, then ``in_progress``: each of its
+lines is answered by the server's normal response logic (the script, ``Fields``, injected faults,
 ``fault_rate``), counted as a request and kept in ``request_log``: a 2xx answer goes to the output
 file, a scripted ``Fault`` (its status and error body) to the error file. Then the batch is
 ``completed`` (or ``expired``, the lines after the first ``expire_after`` reported in the error
-file with code ``batch_expired``, when ``FakeOpenAIServer.batch_expire_after`` is set).
+file with code ``batch_expired``, when ``FakeOpenAIServer.batch_expire_after`` is set), once
+``batch_delay`` has passed since its creation (or once its lines are answered, if that takes
+longer): like a real provider's processing time, the delay includes answering the lines.
 Cancelling one that is not finished makes it ``cancelled`` at once (lines not yet answered are
 reported in neither file), and counts in ``batches_cancelled``.
 """
@@ -306,10 +308,10 @@ class FakeBatches:
 
     async def _process(self, batch: dict[str, Any], lines: list[bytes], raw: RawRequest) -> None:
         timing = {"id": batch["id"], "lines": len(lines), "created": time.time()}
+        end = time.monotonic() + self.delay
         try:
             await asyncio.sleep(self.delay / 2)
             batch["status"] = "in_progress"
-            await asyncio.sleep(self.delay / 2)
             timing["started"], cpu = time.time(), time.thread_time()
             outputs: list[bytes] = []
             errors: list[bytes] = []
@@ -337,6 +339,8 @@ class FakeBatches:
                     b'"request_id":"req_fake_line_%d","body":%s},"error":null}' % (
                         batch["id"].encode(), n, dumps(custom_id), status, n, answer)
                 (outputs if 200 <= status < 300 else errors).append(record)
+            timing["cpu_s"] = time.thread_time() - cpu
+            await asyncio.sleep(end - time.monotonic())  # the rest of the delay
             counts = batch["request_counts"]
             counts["completed"] = len(outputs)
             counts["failed"] = len(errors)
@@ -346,7 +350,7 @@ class FakeBatches:
                 batch["error_file_id"] = self._add_file(b"\n".join(errors) + b"\n", "batch_output", "errors.jsonl")
             batch["status"] = "expired" if expired else "completed"
             batch["expired_at" if expired else "completed_at"] = int(time.time())
-            timing["done"], timing["cpu_s"] = time.time(), time.thread_time() - cpu
+            timing["done"] = time.time()
             self.timings.append(timing)
         except asyncio.CancelledError:
             raise
@@ -416,8 +420,9 @@ class FakeBatches:
 
     async def _anthropic_process(self, batch: dict[str, Any], requests: list[Any], raw: RawRequest) -> None:
         core = self.core
+        end = time.monotonic() + self.delay
         try:
-            await asyncio.sleep(self.delay)
+            await asyncio.sleep(self.delay / 2)
             counts = batch["request_counts"]
             results: list[bytes] = []
             for n, item in enumerate(requests):
@@ -444,6 +449,7 @@ class FakeBatches:
                     counts["errored"] += 1
                     results.append(b'{"custom_id":%s,"result":{"type":"errored","error":%s}}'
                                    % (dumps(custom_id), answer))
+            await asyncio.sleep(end - time.monotonic())  # the rest of the delay
             self.contents[f"results_{batch['id']}"] = b"\n".join(results) + b"\n"
             batch["processing_status"] = "ended"
             batch["ended_at"] = _iso()

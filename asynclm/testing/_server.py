@@ -100,12 +100,12 @@ class FakeOpenAIServer:
             same requests.
         log_size: how many recent requests ``request_log`` keeps.
         host, port: where to listen (default 127.0.0.1, an ephemeral port).
-        batch_delay: how long a provider batch (``POST /v1/batches``) takes before its lines are
-            answered (seconds; see "Batch APIs" below).
+        batch_delay: how long a provider batch (``POST /v1/batches``) takes from its creation to
+            its end, answering its lines included (seconds; see "Batch APIs" below).
 
     Batch APIs: ``POST /v1/files`` (multipart JSONL upload), ``GET /v1/files/{id}/content``,
-    ``POST /v1/batches``, ``GET /v1/batches/{id}``, ``POST /v1/batches/{id}/cancel``. After
-    ``batch_delay`` each line is answered by the normal response logic (script, ``Fields``,
+    ``POST /v1/batches``, ``GET /v1/batches/{id}``, ``POST /v1/batches/{id}/cancel``. Halfway
+    through ``batch_delay`` each line is answered by the normal response logic (script, ``Fields``,
     faults; counted in ``requests``); a scripted ``Fault.error(...)`` makes that line an error
     line. ``batches_created`` and ``batches_cancelled`` count batches.
 
