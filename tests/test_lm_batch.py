@@ -535,3 +535,37 @@ def test_calls_from_many_loops_at_once_leave_the_batch_lm_to_one_of_them(tmp_pat
         run_threads_interleaved(calls, [(i,) for i in range(threads)])
     wrong = [(r, sorted(got)) for r, got in enumerate(outcomes) if sorted(got) != ["ok"] + ["refused"] * (threads - 1)]
     assert wrong == []
+
+
+async def test_the_control_plane_trusts_what_every_other_request_trusts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """BatchLM's uploads and polls verify TLS against the process's default context (the system
+    trust store) like the LM's own calls, not against httpx's bundled CA list."""
+    import ssl
+
+    from asynclm.lm import BadRequestError, LMConnectionError
+    from asynclm.lm._transports import _ssl
+
+    from .rawhttp import RawServer, reply, static
+
+    trustme = pytest.importorskip("trustme")
+    ca = trustme.CA()
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1", "localhost").configure_cert(server_ctx)
+    system = ssl.create_default_context()
+    ca.configure_trust(system)
+    monkeypatch.setattr(_ssl, "_default", system)  # as if the system store held the test CA
+    refusal = b'{"error": {"message": "no uploads today", "type": "invalid_request_error"}}'
+    with RawServer(ssl_context=server_ctx) as raw:
+        raw.routes["/v1/files"] = static(reply(refusal, status="400 Bad Request"))
+        lm = alm.LM("openai/gpt-4o-mini", base_url=raw.url + "/v1", api_key=KEY, max_retries=0)
+        with alm.context(cache_dir=str(tmp_path)), pytest.raises(BadRequestError, match="no uploads today"):
+            await BatchLM(lm, window=0)("hi")  # a TLS failure would be an LMConnectionError
+        assert [r.path for r in raw.requests] == ["/v1/files"]
+        # and a store that does not know the CA refuses it, saying so
+        monkeypatch.setattr(_ssl, "_default", ssl.create_default_context())
+        with alm.context(cache_dir=str(tmp_path)), pytest.raises(LMConnectionError) as refused:
+            await BatchLM(lm, window=0)("hi again")
+        assert "/v1/files failed: ConnectError: certificate verification failed" in str(refused.value)
+        assert len(raw.requests) == 1

@@ -18,8 +18,8 @@ the same requests re-attaches to that batch instead of paying for it again.
 
 The control-plane requests (file upload, batch create, poll, download, cancel) are a handful per
 batch, so they go through an httpx client (the LM's ``http_client_factory`` when it has one, else
-``httpx.AsyncClient`` with the LM's ``ssl_context``; the ``asynclm[batch]`` extra), not the LM's
-POST-only fast transport.
+``httpx.AsyncClient`` with the LM's ``ssl_context`` or the process's default one; the
+``asynclm[batch]`` extra), not the LM's POST-only fast transport.
 """
 
 from __future__ import annotations
@@ -542,7 +542,12 @@ class BatchLM(SyncCallable):
                     "(or pass LM(http_client_factory=...))"
                 ) from None
 
-            verify: Any = lm.ssl_context if lm.ssl_context is not None else True
+            # the trust store of every other request (the system's, via truststore), made once per
+            # process: httpx's own default (certifi) would refuse a corporate CA the LM's calls accept,
+            # and loading it cost ~50 ms per driving session
+            from ._transports._ssl import load_default_ssl_context
+
+            verify = lm.ssl_context if lm.ssl_context is not None else await load_default_ssl_context()
             client = httpx.AsyncClient(verify=verify, timeout=httpx.Timeout(120.0, connect=30.0))
         try:
             yield client
@@ -584,7 +589,7 @@ class BatchLM(SyncCallable):
             except Exception as exc:  # httpx's transport errors
                 from ._errors import LMConnectionError
 
-                error = LMConnectionError(f"{method} {url} failed: {lm._describe_exc(exc)}", model=lm.model_name)
+                error = LMConnectionError(f"{method} {url} failed: {self._why(exc)}", model=lm.model_name)
                 retry_after = None
             else:
                 status = response.status_code
@@ -608,6 +613,24 @@ class BatchLM(SyncCallable):
 
             await anyio.sleep(backoff_delay(attempt, lm.backoff_base, lm.backoff_max, retry_after))
             attempt += 1
+
+    def _why(self, exc: BaseException) -> str:
+        """What a failed control-plane request says, with its innermost cause: httpx's own error
+        often has no text (``ConnectError()`` for a refused certificate)."""
+        import ssl
+
+        from ._transports._ssl import describe_tls_error
+
+        inner = exc
+        for _ in range(8):
+            cause = inner.__cause__ or inner.__context__
+            if cause is None:
+                break
+            inner = cause
+        if inner is exc:
+            return self.lm._describe_exc(exc)
+        why = describe_tls_error(inner) if isinstance(inner, ssl.SSLError) else self.lm._describe_exc(inner)
+        return f"{type(exc).__name__}: {why}"
 
     def _endpoint(self) -> str:
         # OpenAI's batch lines name the endpoint with its /v1 prefix
