@@ -8,7 +8,8 @@ answers OpenAI's files + batches endpoints. Each backend runs in a fresh interpr
 ``TwoStep().batch(items, concurrency=None)`` with ``BatchLM(window, poll_interval)`` and a fresh
 cache directory; then the baseline, the same items through the plain LM (no batching, ordinary
 chat-completion requests to the same server, ``--baseline-concurrency`` at once, a fresh cache
-directory too).
+directory too); then a BatchLM row with ``--small`` items (1 000), where the client's CPU is small
+beside the model.
 
 It explains the wall time. Per provider round (one program step of every item) it prints the
 phases, from BatchLM's history and the fake provider's own timings (wall clock, same machine):
@@ -78,8 +79,13 @@ def run_client(spec: dict[str, Any]) -> dict[str, Any]:
     anyio.run(lambda: lm("warm-up", cache=False), backend=spec["backend"])
     if batched:
         import filelock  # noqa: F401
-        import httpx  # noqa: F401
+        import httpx
 
+        from asynclm.lm._transports._ssl import default_ssl_context
+
+        # the control plane's client, once: its imports (httpcore imports trio when it is installed)
+        # and the trust store are once per process, like the plain row's first connection
+        anyio.run(httpx.AsyncClient(verify=default_ssl_context()).aclose, backend=spec["backend"])
         blm = alm.BatchLM(lm, window=spec["window"], poll_interval=spec["poll"])
     items = [{"question": f"q{i}"} for i in range(spec["items"])]
 
@@ -182,6 +188,9 @@ def main(argv: list[str] | None = None) -> None:
         return
     parser = argparse.ArgumentParser(prog="python -m bench.bench_batch", description=__doc__.split("\n")[0])
     parser.add_argument("--items", type=int, default=None, help="default 10 000 (200 with --smoke)")
+    parser.add_argument("--small", type=int, default=1000,
+                        help="also a BatchLM row with this many items, where the client's CPU is small "
+                             "beside the model (0: none)")  # fmt: skip
     parser.add_argument("--delay", type=float, default=1.0, help="the fake provider's processing time per batch")
     parser.add_argument("--window", type=float, default=1.0)
     parser.add_argument("--poll", type=float, default=0.5)
@@ -195,20 +204,25 @@ def main(argv: list[str] | None = None) -> None:
     if args.smoke:
         args.items, args.delay, args.window, args.poll = args.items or 200, 0.1, 0.1, 0.1
     args.items = args.items or 10_000
+    if args.smoke:
+        args.small = 0
     server = _Server(args.delay)
     rows: list[dict[str, Any]] = []
+    runs = [("batch", args.items)] + ([] if args.no_baseline else [("plain", args.items)])
+    if args.small:
+        runs.append(("batch", args.small))
     try:
         for backend in args.backends.split(","):
-            for mode in ("batch",) if args.no_baseline else ("batch", "plain"):
+            for mode, items in runs:
                 with tempfile.TemporaryDirectory() as cache_dir:
-                    spec = {"url": server.url, "items": args.items, "window": args.window, "poll": args.poll,
+                    spec = {"url": server.url, "items": items, "window": args.window, "poll": args.poll,
                             "backend": backend, "cache_dir": cache_dir, "mode": mode,
                             "concurrency": args.baseline_concurrency}  # fmt: skip
                     before = server.stats()
                     result = run_json([sys.executable, "-m", "bench.bench_batch", "client", json.dumps(spec)],
                                       timeout=1800)  # fmt: skip
                     after = server.stats()
-                    row = {"backend": backend, "mode": mode, **result,
+                    row = {"backend": backend, "mode": mode, "items": items, **result,
                            "server_cpu_s": after["cpu_s"] - before["cpu_s"]}  # fmt: skip
                     if mode == "batch":
                         row["rounds"] = _rounds(row, after["batches"][len(before["batches"]) :])
@@ -216,20 +230,23 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         server.close()
     model = 2 * (args.window + args.delay + args.poll)
-    print(f"\n{args.items} items x 2 steps, batch delay {args.delay} s, window {args.window} s, "
+    sizes = f"{args.items} (and {args.small})" if args.small else f"{args.items}"
+    print(f"\n{sizes} items x 2 steps, batch delay {args.delay} s, window {args.window} s, "
           f"poll {args.poll} s; model 2 x (window + delay + poll) = {model:.1f} s\n")  # fmt: skip
-    print("| backend | row | wall s | model s | model + client CPU + server CPU s | client CPU s | server CPU s "
-          "| client CPU us/call | vs plain | peak RSS MB | correct |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| backend | row | items | wall s | model s | model + client CPU + server CPU s | client CPU s "
+          "| server CPU s | client CPU us/call | vs plain | peak RSS MB | correct |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     plain = {r["backend"]: r for r in rows if r["mode"] == "plain"}
     for r in rows:
         base = plain.get(r["backend"])
-        ratio = f"{r['cpu_us_per_call'] / base['cpu_us_per_call']:.2f}x" if base and r is not base else ""
+        ratio = f"{r['cpu_us_per_call'] / base['cpu_us_per_call']:.2f}x" \
+            if base and r is not base and r["items"] == base["items"] else ""
         what = f"BatchLM, {r['batches']} batches ({', '.join(map(str, r['batch_sizes']))})" \
             if r["mode"] == "batch" else f"plain LM, {args.baseline_concurrency} at once"
         explained = f"{model + r['cpu_s'] + r['server_cpu_s']:.1f}" if r["mode"] == "batch" else ""
-        print(f"| {r['backend']} | {what} | {r['wall_s']:.1f} | {model if r['mode'] == 'batch' else 0:.1f} "
-              f"| {explained} | {r['cpu_s']:.1f} | {r['server_cpu_s']:.1f} | {r['cpu_us_per_call']:.0f} | {ratio} "
+        print(f"| {r['backend']} | {what} | {r['items']} | {r['wall_s']:.1f} "
+              f"| {model if r['mode'] == 'batch' else 0:.1f} | {explained} | {r['cpu_s']:.1f} "
+              f"| {r['server_cpu_s']:.1f} | {r['cpu_us_per_call']:.0f} | {ratio} "
               f"| {r['peak_rss_mb']:.0f} | {r['correct']} |")  # fmt: skip
     names = ("build", "window", "submit", "provider", "provider_cpu", "poll_wait", "download_parse", "wake", "tail")
     print("\nPhases per round, seconds (build: the client runs the items' step and parks its requests; window: "
@@ -237,13 +254,13 @@ def main(argv: list[str] | None = None) -> None:
           "lines answered, of which provider_cpu is the fake server's CPU; poll_wait: answered -> the poll "
           "that saw it; download_parse: output file fetched, parsed, cached; wake: waiting calls resumed; "
           "tail: the last step's parsing and the results back)\n")  # fmt: skip
-    print("| backend | round | " + " | ".join(names) + " | sum |")
-    print("|---|---|" + "---|" * (len(names) + 1))
+    print("| backend | items | round | " + " | ".join(names) + " | sum |")
+    print("|---|---|---|" + "---|" * (len(names) + 1))
     for r in rows:
         for i, phases in enumerate(r.get("rounds", ()), 1):
             cells = [f"{phases[n]:.2f}" if n in phases else "" for n in names]
             total = sum(v for n, v in phases.items() if n != "provider_cpu")
-            print(f"| {r['backend']} | {i} | " + " | ".join(cells) + f" | {total:.2f} |")
+            print(f"| {r['backend']} | {r['items']} | {i} | " + " | ".join(cells) + f" | {total:.2f} |")
     out = Path(args.out) if args.out else BENCH_DIR / "results" / f"batch-{time.strftime('%Y%m%d-%H%M%S')}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     for r in rows:
