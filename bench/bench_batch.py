@@ -73,7 +73,8 @@ def run_client(spec: dict[str, Any]) -> dict[str, Any]:
             draft = (await self.draft(question=question)).draft
             return await self.answer(draft=draft)
 
-    lm = alm.LM("openai/gpt-4o-mini", base_url=spec["url"], api_key="k")
+    model = "anthropic/claude-haiku-4-5" if spec.get("provider") == "anthropic" else "openai/gpt-4o-mini"
+    lm = alm.LM(model, base_url=spec["url"], api_key="k")
     batched = spec["mode"] == "batch"
     # warm-up outside the measurement, the same for both rows: imports and the first connection
     anyio.run(lambda: lm("warm-up", cache=False), backend=spec["backend"])
@@ -113,7 +114,7 @@ def run_client(spec: dict[str, Any]) -> dict[str, Any]:
     }
     if batched:
         result["history"] = list(blm.history)
-        batches = [h for h in blm.history if h["status"] == "completed"]
+        batches = [h for h in blm.history if h["status"] in ("completed", "ended")]
         result["batches"] = len(batches)
         result["batch_sizes"] = [h["requests"] for h in batches]
     return result
@@ -195,6 +196,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--window", type=float, default=1.0)
     parser.add_argument("--poll", type=float, default=0.5)
     parser.add_argument("--backends", default="asyncio,trio")
+    parser.add_argument("--provider", default="openai", choices=["openai", "anthropic"],
+                        help="whose Batch API the fake provider plays (OpenAI's files + batches, or "
+                             "Anthropic's Message Batches)")  # fmt: skip
     parser.add_argument("--baseline-concurrency", type=int, default=256,
                         help="calls in flight for the plain-LM baseline row")  # fmt: skip
     parser.add_argument("--no-baseline", action="store_true")
@@ -216,7 +220,7 @@ def main(argv: list[str] | None = None) -> None:
             for mode, items in runs:
                 with tempfile.TemporaryDirectory() as cache_dir:
                     spec = {"url": server.url, "items": items, "window": args.window, "poll": args.poll,
-                            "backend": backend, "cache_dir": cache_dir, "mode": mode,
+                            "backend": backend, "cache_dir": cache_dir, "mode": mode, "provider": args.provider,
                             "concurrency": args.baseline_concurrency}  # fmt: skip
                     before = server.stats()
                     result = run_json([sys.executable, "-m", "bench.bench_batch", "client", json.dumps(spec)],

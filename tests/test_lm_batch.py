@@ -569,3 +569,102 @@ async def test_the_control_plane_trusts_what_every_other_request_trusts(
             await BatchLM(lm, window=0)("hi again")
         assert "/v1/files failed: ConnectError: certificate verification failed" in str(refused.value)
         assert len(raw.requests) == 1
+
+
+@pytest.mark.parametrize("provider", ["openai", "anthropic"])
+async def test_output_lines_in_any_json_shape_reach_their_calls(provider: str, tmp_path: Path) -> None:
+    """Lines written as the providers write them are cut out without decoding the whole line;
+    lines in another shape (keys reordered, spaces, an extra key) are decoded whole: every call
+    still gets its own answer."""
+    import json
+
+    from .rawhttp import RawServer, reply
+
+    anthropic = provider == "anthropic"
+    asked: dict[str, str] = {}  # custom_id -> the prompt
+
+    def answer(text: str) -> dict[str, Any]:
+        if anthropic:
+            return {"id": "msg_1", "type": "message", "role": "assistant", "model": "claude-haiku-4-5",
+                    "content": [{"type": "text", "text": text}], "stop_reason": "end_turn",
+                    "usage": {"input_tokens": 3, "output_tokens": 1}}  # fmt: skip
+        return {"id": "c1", "object": "chat.completion", "model": "gpt-4o-mini",
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}}  # fmt: skip
+
+    def shaped(n: int, cid: str, body: dict[str, Any]) -> bytes:
+        compact = {"separators": (",", ":")}
+        if anthropic:
+            return [
+                json.dumps({"custom_id": cid, "result": {"type": "succeeded", "message": body}}, **compact),  # as sent
+                json.dumps({"custom_id": cid, "result": {"type": "succeeded", "message": body}}),  # spaces
+                json.dumps({"result": {"type": "succeeded", "message": body}, "custom_id": cid}),  # reordered
+                json.dumps({"custom_id": cid, "result": {"type": "succeeded", "message": body, "x": 1}}, **compact),
+            ][n % 4].encode()
+        record = {"id": f"r{n}", "custom_id": cid,
+                  "response": {"status_code": 200, "request_id": f"q{n}", "body": body}, "error": None}  # fmt: skip
+        return [
+            json.dumps(record, **compact),  # as sent
+            json.dumps(record),  # spaces
+            json.dumps({"custom_id": cid, **record}, **compact),  # reordered
+            json.dumps({**record, "response": {**record["response"], "x": 1}}, **compact),  # an extra key
+        ][n % 4].encode()
+
+    def prompt_of(params: dict[str, Any]) -> str:
+        content = params["messages"][-1]["content"]
+        return content if isinstance(content, str) else content[0]["text"]
+
+    async def upload(server: Any, req: Any, r: Any, w: asyncio.StreamWriter) -> bool:
+        for line in req.body.split(b"\n"):
+            if line.startswith(b'{"custom_id"'):
+                item = json.loads(line)
+                asked[item["custom_id"]] = prompt_of(item["body"])
+        w.write(reply(b'{"id": "file-in", "object": "file"}'))
+        return True
+
+    async def create(server: Any, req: Any, r: Any, w: asyncio.StreamWriter) -> bool:
+        if anthropic:
+            for item in json.loads(req.body)["requests"]:
+                asked[item["custom_id"]] = prompt_of(item["params"])
+            w.write(reply(b'{"id": "b1", "type": "message_batch", "processing_status": "in_progress"}'))
+        else:
+            w.write(reply(b'{"id": "b1", "object": "batch", "status": "validating"}'))
+        return True
+
+    async def results(server: Any, req: Any, r: Any, w: asyncio.StreamWriter) -> bool:
+        lines = [shaped(n, cid, answer(text.upper())) for n, (cid, text) in enumerate(asked.items())]
+        w.write(reply(b"\n".join(lines) + b"\n"))
+        return True
+
+    ended = (b'{"id": "b1", "processing_status": "ended", "results_url": "/v1/messages/batches/b1/results"}'
+             if anthropic else b'{"id": "b1", "status": "completed", "output_file_id": "file-out"}')  # fmt: skip
+    prompts = [f"question {i}" for i in range(8)]
+    with RawServer() as raw:
+        raw.routes.update({
+            "/v1/files": upload,
+            "/v1/batches": create,
+            "/v1/messages/batches": create,
+            "/v1/batches/b1": static_reply(ended),
+            "/v1/messages/batches/b1": static_reply(ended),
+            "/v1/files/file-out/content": results,
+            "/v1/messages/batches/b1/results": results,
+        })  # fmt: skip
+        model = "anthropic/claude-haiku-4-5" if anthropic else "openai/gpt-4o-mini"
+        blm = BatchLM(alm.LM(model, base_url=raw.url + "/v1", api_key=KEY), window=0.1, poll_interval=0.05)
+        got: dict[str, str] = {}
+
+        async def ask(prompt: str) -> None:
+            got[prompt] = (await blm(prompt)).text
+
+        with alm.context(cache_dir=str(tmp_path)):
+            async with anyio.create_task_group() as tg:
+                for prompt in prompts:
+                    tg.start_soon(ask, prompt)
+    assert len(asked) == 8  # one provider batch of all eight
+    assert got == {p: p.upper() for p in prompts}
+
+
+def static_reply(body: bytes) -> Any:
+    from .rawhttp import reply, static
+
+    return static(reply(body))

@@ -73,6 +73,11 @@ _LINE = re.compile(
     rb'"status_code"\s*:\s*(2\d\d)\s*,\s*"request_id"\s*:\s*(?:"([^"\\]*)"|null)\s*,\s*"body"\s*:\s*'
 )
 _TAILS = (b'},"error":null}', b'}, "error": null}')
+# an Anthropic results line holding a succeeded message, likewise
+_ANTHROPIC_LINE = re.compile(
+    rb'\{\s*"custom_id"\s*:\s*"([0-9a-f]{64})"\s*,\s*"result"\s*:\s*\{\s*"type"\s*:\s*"succeeded"\s*,\s*'
+    rb'"message"\s*:\s*'
+)
 _loads = json.loads
 _dumps = json.dumps
 
@@ -119,6 +124,25 @@ def _answered_line(line: bytes, check: Any) -> tuple[str, tuple[int, bytes, str 
                 int(m.group(2)), body, None if request_id is None else request_id.decode(), True
             )
     return None
+
+
+def _succeeded_line(line: bytes, check: Any) -> tuple[str, tuple[int, bytes, None, bool]] | None:
+    """(custom_id, result) of an Anthropic results line holding a succeeded message, with the
+    message's bytes cut out and checked; ``None`` when the line has another shape."""
+    m = _ANTHROPIC_LINE.match(line)
+    if m is None:
+        return None
+    line = line.rstrip()
+    if not line.endswith(b"}}"):
+        return None
+    body = line[m.end() : -2].rstrip()
+    if not body.endswith(b"}"):  # spaces before the closing braces: another shape
+        return None
+    try:
+        check(body)
+    except ValueError:
+        return None
+    return m.group(1).decode(), (200, body, None, True)
 
 
 class _Lookup:
@@ -913,7 +937,12 @@ class BatchLM(SyncCallable):
 
         results: _Results = {}
         content = await self._call(http, "GET", f"/messages/batches/{batch_id}/results", raw=True)
+        check = self.lm._wire.check
         for line in content.splitlines():
+            fast = _succeeded_line(line, check)
+            if fast is not None:
+                results[fast[0]] = fast[1]
+                continue
             if not line.strip():
                 continue
             try:

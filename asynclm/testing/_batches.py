@@ -420,9 +420,11 @@ class FakeBatches:
 
     async def _anthropic_process(self, batch: dict[str, Any], requests: list[Any], raw: RawRequest) -> None:
         core = self.core
+        timing = {"id": batch["id"], "lines": len(requests), "created": time.time()}
         end = time.monotonic() + self.delay
         try:
             await asyncio.sleep(self.delay / 2)
+            timing["started"], cpu = time.time(), time.thread_time()
             counts = batch["request_counts"]
             results: list[bytes] = []
             for n, item in enumerate(requests):
@@ -449,11 +451,14 @@ class FakeBatches:
                     counts["errored"] += 1
                     results.append(b'{"custom_id":%s,"result":{"type":"errored","error":%s}}'
                                    % (dumps(custom_id), answer))
+            timing["cpu_s"] = time.thread_time() - cpu
             await asyncio.sleep(end - time.monotonic())  # the rest of the delay
             self.contents[f"results_{batch['id']}"] = b"\n".join(results) + b"\n"
             batch["processing_status"] = "ended"
             batch["ended_at"] = _iso()
             batch["results_url"] = f"/v1/messages/batches/{batch['id']}/results"
+            timing["done"] = time.time()
+            self.timings.append(timing)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
