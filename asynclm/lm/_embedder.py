@@ -74,8 +74,9 @@ class Embedder(SyncCallable):
 
     Args:
         model: ``"openai/<model>"`` or a function ``texts -> vectors`` (sync or ``async def``).
-        base_url, api_key, max_retries, timeout, max_concurrency, rpm, tpm,
-            http_client_factory, ssl_context, max_response_bytes, price: as for ``LM``.
+        base_url: as for ``LM``; so are ``api_key``, ``max_retries``, ``timeout``,
+            ``max_concurrency``, ``rpm``, ``tpm``, ``http_client_factory``, ``ssl_context``,
+            ``max_response_bytes`` and ``price``.
         batch_size: the most texts per request; larger inputs are split and the batches sent
             concurrently (within ``max_concurrency``), results kept in input order.
         cache: ``True`` | ``"memory"`` | ``"refresh"`` | ``False``, as for ``LM``.
