@@ -381,6 +381,20 @@ async def test_evaluate_with_no_bound_makes_one_batch_per_step(server: FakeOpenA
     assert server.batches_created == 2
 
 
+async def test_an_optimizer_bootstraps_through_provider_batches(server: FakeOpenAIServer, tmp_path: Path) -> None:
+    """BootstrapFewShot's teacher runs its examples in flight at once: each of the program's steps
+    is one provider batch, and the demos are those of a run without batching."""
+    trainset = [alm.Example(question=f"q{i}", answer=f"Q{i}!").with_inputs("question") for i in range(12)]
+    optimizer = alm.BootstrapFewShot(metric=lambda ex, pred, trace=None: ex.answer == pred.answer,
+                                     max_bootstrapped_demos=4, max_labeled_demos=4, concurrency=12)  # fmt: skip
+    with alm.context(lm=make(server), cache_dir=str(tmp_path)):
+        compiled = await optimizer.compile(TwoStep(), trainset=trainset)
+    assert server.batches_created == 2  # draft, then answer, for the 12 examples together
+    assert [d.question for d in compiled.draft.demos] == ["q0", "q1", "q2", "q3"]  # in training-set order
+    assert [(d.draft, d.answer) for d in compiled.answer.demos] == [(f"q{i}!", f"Q{i}!") for i in range(4)]
+    assert all(d.augmented for d in compiled.draft.demos + compiled.answer.demos)
+
+
 async def test_a_journaled_batch_the_provider_does_not_know_is_submitted_again(
     server: FakeOpenAIServer, tmp_path: Path
 ) -> None:
