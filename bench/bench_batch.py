@@ -2,9 +2,10 @@
 
     python -m bench.bench_batch                         # 10 000 items x 2 steps, batch delay 1 s
     python -m bench.bench_batch --items 1000 --smoke    # quick check of the harness
+    python -m bench.bench_batch --provider anthropic    # through Message Batches instead
 
 The server (a ``FakeOpenAIServer`` in its own process, ``batch_delay`` seconds per provider batch)
-answers OpenAI's files + batches endpoints. Each backend runs in a fresh interpreter:
+answers OpenAI's files + batches endpoints (or Anthropic's Message Batches). Each backend runs in a fresh interpreter:
 ``TwoStep().batch(items, concurrency=None)`` with ``BatchLM(window, poll_interval)`` and a fresh
 cache directory; then the baseline, the same items through the plain LM (no batching, ordinary
 chat-completion requests to the same server, ``--baseline-concurrency`` at once, a fresh cache

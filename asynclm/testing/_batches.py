@@ -108,7 +108,7 @@ class FakeBatches:
         self.cancelled = 0
         self.polls = 0
         self.expire_after: int | None = None
-        self.timings: list[dict[str, Any]] = []  # per OpenAI batch: wall clock and CPU (bench_batch)
+        self.timings: list[dict[str, Any]] = []  # per batch (both APIs): wall clock and CPU (bench_batch)
         self._next = 0
 
     def _id(self, prefix: str) -> str:
