@@ -395,6 +395,42 @@ async def test_an_optimizer_bootstraps_through_provider_batches(server: FakeOpen
     assert all(d.augmented for d in compiled.draft.demos + compiled.answer.demos)
 
 
+async def test_a_full_provider_queue_gets_the_requests_again_in_smaller_batches(tmp_path: Path) -> None:
+    """OpenAI fails a batch that would take the organisation over its enqueued-token limit, before
+    running any line: its requests are queued again, in smaller batches, each sent when there is room."""
+    with FakeOpenAIServer(Fields(_fields), batch_delay=0.2) as server:
+        server.batch_queue_limit = 30
+        blm = make(server)
+        items = [{"question": f"q{i}"} for i in range(100)]
+        with alm.context(lm=blm, cache_dir=str(tmp_path)), track_usage() as usage:
+            preds = await alm.Predict("question -> draft").batch(items, concurrency=None)
+        assert [p.draft for p in preds] == [f"q{i}!" for i in range(100)]
+        assert server.requests == 100 and usage.calls == 100  # a refused batch ran nothing
+        refused = [h for h in blm.history if h.get("requeued")]
+        done = [h["requests"] for h in blm.history if h["status"] == "completed"]
+        assert refused and refused[0]["requests"] == 100 and server.batches_refused == len(refused)
+        # 100 refused, 50 refused, then 25 at a time, one after another
+        assert sum(done) == 100 and max(done) <= 30 and len(done) <= 6, blm.history
+    assert journal_for(str(tmp_path)).batch_ids() == []
+
+
+async def test_a_queue_that_never_has_room_gives_each_call_a_rate_limit_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from asynclm.lm import _batch
+
+    monkeypatch.setattr(_batch, "QUEUE_FULL_GIVE_UP", 0.5)  # the providers' window is 24 h
+    with FakeOpenAIServer(Fields(_fields), batch_delay=0.05) as server:
+        server.batch_queue_limit = 0
+        with alm.context(lm=make(server), cache_dir=str(tmp_path)):
+            results = await alm.Predict("question -> draft").batch(
+                [{"question": "a"}, {"question": "b"}, {"question": "c"}], concurrency=None, return_exceptions=True
+            )
+        assert all(isinstance(r, RateLimitError) for r in results), results
+        assert "Enqueued token limit reached" in str(results[0]) and "has had no room" in str(results[0])
+        assert server.requests == 0 and server.batches_refused >= 2
+
+
 async def test_a_journaled_batch_the_provider_does_not_know_is_submitted_again(
     server: FakeOpenAIServer, tmp_path: Path
 ) -> None:

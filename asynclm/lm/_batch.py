@@ -45,7 +45,7 @@ from ._batch_journal import Journal, journal_for
 from ._budget import admit, settle
 from ._cache import DiskCache, cache_key, check_cache_mode, default_cache_dir, memory_store, store_for
 from ._client import HISTORY_SIZE, LM, _clone
-from ._errors import BadRequestError, LMError, LMTimeoutError, ServerError
+from ._errors import BadRequestError, LMError, LMTimeoutError, RateLimitError, ServerError
 from ._models import LMResponse, Usage
 from ._retry import parse_retry_after
 from ._usage import record_usage
@@ -62,6 +62,9 @@ OPENAI_MAX_REQUESTS = 50_000
 #: batch), with room for the wrapping of each line
 MAX_BATCH_BYTES = 180_000_000
 _TERMINAL = ("completed", "failed", "expired", "cancelled", "ended")
+#: how long requests refused because the provider's queue is full keep being offered again, with
+#: no batch of this BatchLM ending meanwhile (the completion window the providers promise)
+QUEUE_FULL_GIVE_UP = 24 * 3600.0
 _EXPIRED = -1  # a line the provider did not run before its window passed
 _CANCELED = -2  # a line not run because the batch was cancelled
 # custom_id -> (status, body: decoded, or its bytes, request id, whether the body's bytes were checked)
@@ -143,6 +146,17 @@ def _succeeded_line(line: bytes, check: Any) -> tuple[str, tuple[int, bytes, Non
     except ValueError:
         return None
     return m.group(1).decode(), (200, body, None, True)
+
+
+def _batch_errors(info: dict[str, Any]) -> str:
+    errors = (info.get("errors") or {}).get("data") or []
+    return "; ".join(str(e.get("message")) for e in errors if isinstance(e, dict)) or "no detail"
+
+
+def _queue_full(info: dict[str, Any]) -> bool:
+    """Whether a failed OpenAI batch was refused for room (the organisation's enqueued-token limit)."""
+    errors = (info.get("errors") or {}).get("data") or []
+    return any(isinstance(e, dict) and e.get("code") == "token_limit_exceeded" for e in errors)
 
 
 class _Lookup:
@@ -294,6 +308,14 @@ class BatchLM(SyncCallable):
         self._arriving = 0
         self._driving = False
         self._kick = anyio.Event()
+        # once the provider has refused a batch because its queue was full: one batch in flight
+        # at a time, of at most _cap requests, none before _not_before; _refused counts the
+        # refusals since a batch of ours last ended, the first of them at _refused_since
+        self._one_at_a_time = False
+        self._cap = OPENAI_MAX_REQUESTS
+        self._not_before = 0.0
+        self._refused = 0
+        self._refused_since = 0.0
         self.submitted = 0
         self.completed = 0
         self._bar: Any = None
@@ -531,8 +553,9 @@ class BatchLM(SyncCallable):
                 self._kick = anyio.Event()
                 now = anyio.current_time()
                 quiet = now - self._last_enqueue
-                if self._pending and (
-                    len(self._pending) >= self.max_requests
+                room = now >= self._not_before and not (self._one_at_a_time and self._batches)
+                if self._pending and room and (
+                    len(self._pending) >= min(self.max_requests, self._cap)
                     or (quiet >= self.window and (not self._arriving or quiet >= 10 * self.window))
                 ):
                     await self._submit(http, journal)
@@ -547,7 +570,7 @@ class BatchLM(SyncCallable):
                     at = self._last_enqueue + self.window
                     if at <= now and self._arriving:  # calls still on their way: look again soon
                         at = now + max(0.005, min(self.window, 0.05))
-                    wake.append(at)
+                    wake.append(max(at, self._not_before))
                 delay = (min(wake) - anyio.current_time()) if wake else self.poll_interval
                 with anyio.move_on_after(max(0.0, delay)):
                     await self._kick.wait()
@@ -677,8 +700,9 @@ class BatchLM(SyncCallable):
                 return
         take: list[_Req] = []
         size = 0
+        most = min(self.max_requests, self._cap)
         for r in self._pending.values():  # split by the provider's size limits
-            if len(take) >= self.max_requests:
+            if len(take) >= most:
                 break
             line = len(r.data) + 200
             if take and size + line > MAX_BATCH_BYTES:
@@ -774,16 +798,7 @@ class BatchLM(SyncCallable):
             if exc.status == 404:  # the provider does not know it (deleted, another account): ask again
                 logger.warning("provider batch %s is unknown to %s: submitting its requests again",
                                batch.id, self.lm.base_url)  # fmt: skip
-                self._batches.pop(batch.id, None)
-                await anyio.to_thread.run_sync(batch.journal.remove, batch.id)
-                for key in batch.keys:
-                    req = self._reqs.get(key)
-                    if req is not None and req.batch == batch.id:
-                        req.batch = None
-                        if not self._pending:
-                            self._first_queued = time.time()
-                        self._pending[key] = req
-                        self._last_enqueue = anyio.current_time()
+                await self._requeue(batch)
                 return
             if batch.failures > 20 or (exc.status is not None and exc.status in (401, 403)):
                 self._batches.pop(batch.id, None)
@@ -805,6 +820,11 @@ class BatchLM(SyncCallable):
         if status not in _TERMINAL:
             batch.next_poll = anyio.current_time() + self.poll_interval
             return
+        if status == "failed" and _queue_full(info):
+            await self._refused_for_room(batch, info)
+            return
+        # a batch of ours ended: the provider's queue has room again
+        self._refused, self._not_before = 0, 0.0
         seen = time.time()
         if self._anthropic:
             results = await self._anthropic_results(http, batch.id, info)
@@ -831,9 +851,8 @@ class BatchLM(SyncCallable):
                         model=lm.model_name,
                     )
                 elif line_status == "failed":
-                    errors = (info.get("errors") or {}).get("data") or []
-                    detail = "; ".join(str(e.get("message")) for e in errors if isinstance(e, dict)) or "no detail"
-                    error = BadRequestError(f"provider batch {batch.id} failed: {detail}", model=lm.model_name)
+                    error = BadRequestError(f"provider batch {batch.id} failed: {_batch_errors(info)}",
+                                            model=lm.model_name)
                 elif line_status == "cancelled":
                     error = LMError(f"provider batch {batch.id} was cancelled before this request ran",
                                     model=lm.model_name)
@@ -895,6 +914,67 @@ class BatchLM(SyncCallable):
         })  # fmt: skip
         if self.progress:
             self._report(f"batch {batch.id} {status}")
+
+    async def _requeue(self, batch: _Batch) -> None:
+        """Forget the provider batch ``batch``; its requests still awaited go back to the queue."""
+        self._batches.pop(batch.id, None)
+        await anyio.to_thread.run_sync(batch.journal.remove, batch.id)
+        for key in batch.keys:
+            req = self._reqs.get(key)
+            if req is not None and req.batch == batch.id:
+                req.batch = None
+                if not self._pending:
+                    self._first_queued = time.time()
+                self._pending[key] = req
+                self._last_enqueue = anyio.current_time()
+
+    def _backoff(self) -> float:
+        return min(self.poll_interval * 2.0 ** (self._refused - 1), 600.0)
+
+    async def _refused_for_room(self, batch: _Batch, info: dict[str, Any]) -> None:
+        """The provider failed ``batch`` because its queue was full (OpenAI's enqueued-token limit:
+        this BatchLM's batches in flight, or other jobs of the organisation). Nothing was run or
+        paid: the requests go back to the queue. From then on this BatchLM keeps one batch in
+        flight at a time; a batch refused while it was the only one makes later batches at most
+        half its size; the next is submitted after a back-off (doubling from ``poll_interval`` to
+        10 minutes, reset when a batch of ours ends). After ``QUEUE_FULL_GIVE_UP`` seconds of
+        refusals with no batch of ours ending, this batch's calls and those queued get a
+        ``RateLimitError``."""
+        now = anyio.current_time()
+        if not self._refused:
+            self._refused_since = now
+        self._refused += 1
+        detail = _batch_errors(info)
+        self.history.append({"batch": batch.id, "requests": len(batch.keys), "status": "failed",
+                             "time": time.time(), "requeued": True})  # fmt: skip
+        if now - self._refused_since >= QUEUE_FULL_GIVE_UP:
+            self._batches.pop(batch.id, None)
+            await anyio.to_thread.run_sync(batch.journal.remove, batch.id)
+            error = RateLimitError(
+                f"provider batch {batch.id} failed: {detail} (the provider's queue has had no room for "
+                f"{now - self._refused_since:.0f} s; submit fewer requests at once, or retry later)",
+                model=self.lm.model_name,
+            )
+            for key in batch.keys:
+                req = self._reqs.get(key)
+                if req is not None and req.batch == batch.id:
+                    self._resolve(req, error=error)
+            for req in list(self._pending.values()):  # queued again earlier, for the same room
+                self._resolve(req, error=error)
+            self._pending.clear()
+            self._refused, self._not_before = 0, 0.0  # calls made from now on start afresh
+            return
+        others = any(b is not batch for b in self._batches.values())
+        if not others:  # too big for the room there is (ours in flight would explain it otherwise)
+            self._cap = max(1, min(self._cap, len(batch.keys)) // 2)
+        self._one_at_a_time = True
+        self._not_before = now + self._backoff()
+        logger.warning(
+            "provider batch %s failed: %s; its %d requests go back to the queue: one batch at a time of at most "
+            "%d, the next in %.0f s at the earliest", batch.id, detail, len(batch.keys), self._cap,
+            self._not_before - now,
+        )
+        await self._requeue(batch)
 
     async def _openai_results(self, http: Any, info: dict[str, Any]) -> _Results:
         """The lines of a finished OpenAI batch's output and error files, by custom_id."""

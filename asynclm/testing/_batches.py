@@ -13,6 +13,9 @@ file, a scripted ``Fault`` (its status and error body) to the error file. Then t
 file with code ``batch_expired``, when ``FakeOpenAIServer.batch_expire_after`` is set), once
 ``batch_delay`` has passed since its creation (or once its lines are answered, if that takes
 longer): like a real provider's processing time, the delay includes answering the lines.
+With ``FakeOpenAIServer.batch_queue_limit`` set, a batch whose lines would take the requests of
+the batches in progress over it fails at the end of its validation, as OpenAI's enqueued-token
+limit does (code ``token_limit_exceeded``, no line answered).
 Cancelling one that is not finished makes it ``cancelled`` at once (lines not yet answered are
 reported in neither file), and counts in ``batches_cancelled``.
 """
@@ -108,6 +111,8 @@ class FakeBatches:
         self.cancelled = 0
         self.polls = 0
         self.expire_after: int | None = None
+        self.queue_limit: int | None = None
+        self.refused = 0
         self.timings: list[dict[str, Any]] = []  # per batch (both APIs): wall clock and CPU (bench_batch)
         self._next = 0
 
@@ -311,6 +316,21 @@ class FakeBatches:
         end = time.monotonic() + self.delay
         try:
             await asyncio.sleep(self.delay / 2)
+            if self.queue_limit is not None:
+                queued = sum(b["request_counts"]["total"] for b in self.batches.values()
+                             if b.get("status") in ("in_progress", "finalizing"))  # fmt: skip
+                if queued + len(lines) > self.queue_limit:
+                    # OpenAI's enqueued-token limit (counted in requests here): failed, nothing run
+                    self.refused += 1
+                    batch["status"] = "failed"
+                    batch["failed_at"] = int(time.time())
+                    batch["errors"] = {"object": "list", "data": [{
+                        "code": "token_limit_exceeded", "line": None, "param": None,
+                        "message": f"Enqueued token limit reached for this organization. Limit: {self.queue_limit} "
+                                   "enqueued requests (FakeOpenAIServer counts requests). Please try again once "
+                                   "some in_progress batches have been completed.",
+                    }]}  # fmt: skip
+                    return
             batch["status"] = "in_progress"
             timing["started"], cpu = time.time(), time.thread_time()
             outputs: list[bytes] = []

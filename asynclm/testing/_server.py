@@ -340,8 +340,22 @@ class FakeOpenAIServer:
     batch_delay = property(
         lambda self: self._core.batches.delay,
         lambda self, value: setattr(self._core.batches, "delay", float(value)),
-        doc="Seconds a provider batch takes before its lines are answered; settable while running.",
+        doc="Seconds a provider batch takes from its creation to its end, answering its lines included; "
+        "settable while running.",
     )
+
+    batch_queue_limit = property(
+        lambda self: self._core.batches.queue_limit,
+        lambda self, value: setattr(self._core.batches, "queue_limit", value),
+        doc="If set (an int), the most requests of OpenAI-style batches in progress at once: a batch that "
+        "would go over it fails at the end of its validation with code 'token_limit_exceeded' and no line "
+        "answered, as OpenAI's enqueued-token limit does (counted in requests here).",
+    )
+
+    @property
+    def batches_refused(self) -> int:
+        """Provider batches failed because ``batch_queue_limit`` left no room."""
+        return self._core.batches.refused
 
     @property
     def batches_created(self) -> int:
