@@ -411,6 +411,7 @@ async def test_a_full_provider_queue_gets_the_requests_again_in_smaller_batches(
         assert refused and refused[0]["requests"] == 100 and server.batches_refused == len(refused)
         # 100 refused, 50 refused, then 25 at a time, one after another
         assert sum(done) == 100 and max(done) <= 30 and len(done) <= 6, blm.history
+        assert blm.submitted == blm.completed == 100  # what the progress bar shows
     assert journal_for(str(tmp_path)).batch_ids() == []
 
 

@@ -944,6 +944,7 @@ class BatchLM(SyncCallable):
         if not self._refused:
             self._refused_since = now
         self._refused += 1
+        self.submitted -= len(batch.keys)  # (for the progress bar: they are queued again)
         detail = _batch_errors(info)
         self.history.append({"batch": batch.id, "requests": len(batch.keys), "status": "failed",
                              "time": time.time(), "requeued": True})  # fmt: skip
