@@ -395,9 +395,29 @@ async def test_an_optimizer_bootstraps_through_provider_batches(server: FakeOpen
     assert all(d.augmented for d in compiled.draft.demos + compiled.answer.demos)
 
 
-async def test_a_full_provider_queue_gets_the_requests_again_in_smaller_batches(tmp_path: Path) -> None:
+class _CountingAnyio:
+    """``anyio`` as ``asynclm.lm._batch`` sees it, counting the driver's waits."""
+
+    def __init__(self) -> None:
+        self.waits = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(anyio, name)
+
+    def move_on_after(self, delay: float) -> Any:
+        self.waits += 1
+        return anyio.move_on_after(delay)
+
+
+async def test_a_full_provider_queue_gets_the_requests_again_in_smaller_batches(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """OpenAI fails a batch that would take the organisation over its enqueued-token limit, before
     running any line: its requests are queued again, in smaller batches, each sent when there is room."""
+    from asynclm.lm import _batch
+
+    counting = _CountingAnyio()
+    monkeypatch.setattr(_batch, "anyio", counting)
     with FakeOpenAIServer(Fields(_fields), batch_delay=0.2) as server:
         server.batch_queue_limit = 30
         blm = make(server)
@@ -412,6 +432,9 @@ async def test_a_full_provider_queue_gets_the_requests_again_in_smaller_batches(
         # 100 refused, 50 refused, then 25 at a time, one after another
         assert sum(done) == 100 and max(done) <= 30 and len(done) <= 6, blm.history
         assert blm.submitted == blm.completed == 100  # what the progress bar shows
+        # while requests wait for the batch in flight, the driver sleeps until its next poll (it
+        # spun before: tens of thousands of zero-length waits)
+        assert counting.waits < 300, counting.waits
     assert journal_for(str(tmp_path)).batch_ids() == []
 
 

@@ -566,7 +566,7 @@ class BatchLM(SyncCallable):
                 if me.resolved:
                     break
                 wake = [b.next_poll for b in self._batches.values()]
-                if self._pending:
+                if self._pending and not (self._one_at_a_time and self._batches):  # (else a poll wakes us)
                     at = self._last_enqueue + self.window
                     if at <= now and self._arriving:  # calls still on their way: look again soon
                         at = now + max(0.005, min(self.window, 0.05))
@@ -972,7 +972,7 @@ class BatchLM(SyncCallable):
         self._not_before = now + self._backoff()
         logger.warning(
             "provider batch %s failed: %s; its %d requests go back to the queue: one batch at a time of at most "
-            "%d, the next in %.0f s at the earliest", batch.id, detail, len(batch.keys), self._cap,
+            "%d, the next in %.3g s at the earliest", batch.id, detail, len(batch.keys), self._cap,
             self._not_before - now,
         )
         await self._requeue(batch)
