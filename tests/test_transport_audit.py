@@ -589,3 +589,20 @@ async def test_trust_does_not_change_when_a_proxy_is_configured(
         transport = default_transport(ctx)
         assert type(transport).__name__ == "HttpxTransport"
         await transport.aclose()
+
+
+async def test_a_refused_certificate_through_a_proxy_says_why(
+    tls_server: tuple[RawServer, ssl.SSLContext], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """httpx raises ``ConnectError()`` with no text for a refused certificate: the error names the
+    reason from its cause, as the built-in client's does."""
+    pytest.importorskip("httpx")
+    server, _ = tls_server
+    server.routes["/v1/chat/completions"] = static(reply(COMPLETION))
+    with connect_proxy() as (proxy_url, _tunnels):
+        monkeypatch.setenv("HTTPS_PROXY", proxy_url)
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        monkeypatch.delenv("no_proxy", raising=False)
+        lm = lm_for(server.url.replace("127.0.0.1", "localhost"), max_retries=0)  # the test CA is unknown
+        with pytest.raises(LMConnectionError, match="ConnectError: certificate verification failed"):
+            await lm("hi")

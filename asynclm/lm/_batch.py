@@ -148,15 +148,18 @@ def _succeeded_line(line: bytes, check: Any) -> tuple[str, tuple[int, bytes, Non
     return m.group(1).decode(), (200, body, None, True)
 
 
+def _errors_of(info: dict[str, Any]) -> list[dict[str, Any]]:
+    """The error objects of a failed OpenAI batch."""
+    return [e for e in (info.get("errors") or {}).get("data") or [] if isinstance(e, dict)]
+
+
 def _batch_errors(info: dict[str, Any]) -> str:
-    errors = (info.get("errors") or {}).get("data") or []
-    return "; ".join(str(e.get("message")) for e in errors if isinstance(e, dict)) or "no detail"
+    return "; ".join(str(e.get("message")) for e in _errors_of(info)) or "no detail"
 
 
 def _queue_full(info: dict[str, Any]) -> bool:
     """Whether a failed OpenAI batch was refused for room (the organisation's enqueued-token limit)."""
-    errors = (info.get("errors") or {}).get("data") or []
-    return any(isinstance(e, dict) and e.get("code") == "token_limit_exceeded" for e in errors)
+    return any(e.get("code") == "token_limit_exceeded" for e in _errors_of(info))
 
 
 class _Lookup:
@@ -635,8 +638,10 @@ class BatchLM(SyncCallable):
                     response = await http.request(method, url, headers=headers)
             except Exception as exc:  # httpx's transport errors
                 from ._errors import LMConnectionError
+                from ._transports._httpx import describe_httpx_error
 
-                error = LMConnectionError(f"{method} {url} failed: {self._why(exc)}", model=lm.model_name)
+                why = lm._describe_exc(describe_httpx_error(exc))  # (the key masked)
+                error = LMConnectionError(f"{method} {url} failed: {why}", model=lm.model_name)
                 retry_after = None
             else:
                 status = response.status_code
@@ -660,24 +665,6 @@ class BatchLM(SyncCallable):
 
             await anyio.sleep(backoff_delay(attempt, lm.backoff_base, lm.backoff_max, retry_after))
             attempt += 1
-
-    def _why(self, exc: BaseException) -> str:
-        """What a failed control-plane request says, with its innermost cause: httpx's own error
-        often has no text (``ConnectError()`` for a refused certificate)."""
-        import ssl
-
-        from ._transports._ssl import describe_tls_error
-
-        inner = exc
-        for _ in range(8):
-            cause = inner.__cause__ or inner.__context__
-            if cause is None:
-                break
-            inner = cause
-        if inner is exc:
-            return self.lm._describe_exc(exc)
-        why = describe_tls_error(inner) if isinstance(inner, ssl.SSLError) else self.lm._describe_exc(inner)
-        return f"{type(exc).__name__}: {why}"
 
     def _endpoint(self) -> str:
         # OpenAI's batch lines name the endpoint with its /v1 prefix

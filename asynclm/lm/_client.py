@@ -695,8 +695,8 @@ class LM(SyncCallable):
             if delay > 0:
                 await anyio.sleep(delay)
 
-    def _describe_exc(self, exc: BaseException) -> str:
-        text = str(exc) or type(exc).__name__
+    def _describe_exc(self, exc: BaseException | str) -> str:
+        text = exc if isinstance(exc, str) else str(exc) or type(exc).__name__
         if self._key.value:
             text = text.replace(self._key.value, "***")
         return text

@@ -7,14 +7,16 @@ event loop, and this adapter owns and closes it. Exceptions are translated by cl
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import AsyncIterator, Mapping
 from typing import Any, NoReturn
 
 import anyio
 
 from ._base import ClosingStreamMixin, DeadlineExceeded, Response, ResponseTooLarge, TransportError, TransportTimeout
+from ._ssl import describe_tls_error
 
-__all__ = ["HttpxTransport"]
+__all__ = ["HttpxTransport", "describe_httpx_error"]
 
 _TRANSPORT_ERRORS = frozenset(
     {
@@ -33,15 +35,31 @@ _TRANSPORT_ERRORS = frozenset(
 )
 
 
+def describe_httpx_error(exc: BaseException) -> str:
+    """``Type: reason`` for an httpx-style error. httpx often raises one with no text of its own
+    (``ConnectError()`` for a refused certificate): the reason then comes from its innermost cause."""
+    inner = exc
+    for _ in range(8):
+        cause = inner.__cause__ or inner.__context__
+        if cause is None:
+            break
+        inner = cause
+    if isinstance(inner, ssl.SSLError):
+        reason = describe_tls_error(inner)
+    else:
+        reason = str(exc) or (str(inner) if inner is not exc else "") or type(inner).__name__
+    return f"{type(exc).__name__}: {reason}"
+
+
 def _raise_translated(exc: BaseException, url: str) -> NoReturn:
     if isinstance(exc, TransportError):  # ours (ResponseTooLarge): already typed
         raise exc
     names = {cls.__name__ for cls in type(exc).__mro__}
     where = url.split("?", 1)[0]  # the query may carry a key
     if "TimeoutException" in names:
-        raise TransportTimeout(f"{where}: {type(exc).__name__}: {exc}") from exc
+        raise TransportTimeout(f"{where}: {describe_httpx_error(exc)}") from exc
     if names & _TRANSPORT_ERRORS:
-        raise TransportError(f"{where}: {type(exc).__name__}: {exc}") from exc
+        raise TransportError(f"{where}: {describe_httpx_error(exc)}") from exc
     raise exc
 
 
